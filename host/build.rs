@@ -1,0 +1,2 @@
+//! Build script (guest plugins are built here in a later step).
+fn main() {}

@@ -1,0 +1,670 @@
+//! `/v1/automations`: create, list, read, change, delete and dispatch.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::extract::parse_json;
+use super::{ApiJson, ApiPath, ApiQuery, AppState, Error, ErrorBody, Page, PageQuery};
+use crate::model::{
+    Automation, BundleRef, ConcurrencyPolicy, ExecutorRef, PresetRef, Run, RunStatus, RunTrigger,
+    StatusDetail, Trigger,
+};
+use crate::scheduler::cron::{CronError, Schedule};
+use crate::store::AutomationFilter;
+
+/// Default run time budget, in seconds.
+const DEFAULT_TIMEOUT_SECONDS: u32 = 600;
+/// Longest allowed run time budget: one day.
+const MAX_TIMEOUT_SECONDS: u32 = 86_400;
+/// Default number of simultaneous runs per automation.
+const DEFAULT_CONCURRENCY: u32 = 1;
+
+pub(super) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(automations_create, automations_list))
+        .routes(routes!(
+            automations_get,
+            automations_update,
+            automations_delete
+        ))
+        .routes(routes!(automations_dispatch))
+}
+
+/// The body of `POST /v1/automations`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AutomationCreate {
+    /// A name, 1 to 200 characters.
+    pub name: String,
+    /// What fires it.
+    pub trigger: Trigger,
+    /// An uploaded bundle to run.
+    #[serde(default)]
+    pub bundle: Option<BundleRef>,
+    /// A preset that renders the bundle.
+    #[serde(default)]
+    pub preset: Option<PresetRef>,
+    /// The command to run from the bundle root; required with `bundle` alone.
+    #[serde(default)]
+    pub entrypoint: Option<String>,
+    /// Environment variables for every run.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub env: BTreeMap<String, String>,
+    /// The executor (default: the host's `AUTOMATION_DEFAULT_EXECUTOR`).
+    #[serde(default)]
+    pub executor: Option<ExecutorRef>,
+    /// Run time budget in seconds, 1 to 86400 (default 600).
+    #[serde(default)]
+    pub timeout_seconds: Option<u32>,
+    /// Whether triggers fire it (default true).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Most simultaneous runs, 1 to 1000 (default 1).
+    #[serde(default)]
+    pub concurrency: Option<u32>,
+    /// What a run over the limit does: `queue` (default) or `skip`.
+    #[serde(default)]
+    pub concurrency_policy: Option<ConcurrencyPolicy>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The body of `PATCH /v1/automations/{id}`: any subset of the fields;
+/// `null` clears `bundle`, `preset` and `entrypoint`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AutomationPatch {
+    /// New name.
+    pub name: Option<String>,
+    /// New trigger.
+    pub trigger: Option<Trigger>,
+    /// New bundle, or null to remove it.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<BundleRef>)]
+    pub bundle: Option<Option<BundleRef>>,
+    /// New preset, or null to remove it.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<PresetRef>)]
+    pub preset: Option<Option<PresetRef>>,
+    /// New entrypoint, or null to remove it.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub entrypoint: Option<Option<String>>,
+    /// New environment (replaces the old one).
+    #[schema(value_type = Option<Object>)]
+    pub env: Option<BTreeMap<String, String>>,
+    /// New executor.
+    pub executor: Option<ExecutorRef>,
+    /// New time budget.
+    pub timeout_seconds: Option<u32>,
+    /// Enable or disable.
+    pub enabled: Option<bool>,
+    /// New concurrency limit.
+    pub concurrency: Option<u32>,
+    /// New concurrency policy.
+    pub concurrency_policy: Option<ConcurrencyPolicy>,
+}
+
+/// Distinguishes an absent field (outer `None`) from `null` (`Some(None)`).
+fn double_option<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// The body of `POST /v1/automations/{id}/dispatch` (optional).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DispatchBody {
+    /// A payload handed to the run as its trigger payload.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub payload: Value,
+}
+
+/// Filters for listing automations.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListQuery {
+    /// Page size, 1 to 100 (default 50).
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Only enabled (true) or disabled (false) automations.
+    pub enabled: Option<bool>,
+    /// Only this trigger type: `cron`, `event` or `manual`.
+    pub trigger: Option<String>,
+}
+
+/// Creates an automation.
+#[utoipa::path(
+    post,
+    path = "/v1/automations",
+    tag = "automations",
+    request_body = AutomationCreate,
+    security(("api_key" = [])),
+    responses(
+        (status = 201, body = Automation),
+        (status = 400, description = "malformed JSON", body = ErrorBody),
+        (status = 422, description = "invalid automation", body = ErrorBody),
+    )
+)]
+async fn automations_create(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<AutomationCreate>,
+) -> Result<(StatusCode, Json<Automation>), Error> {
+    let now = crate::model::now();
+    let automation = Automation {
+        id: Uuid::now_v7(),
+        name: body.name,
+        trigger: body.trigger,
+        bundle: body.bundle,
+        preset: body.preset,
+        entrypoint: body.entrypoint,
+        env: body.env,
+        executor: body.executor.unwrap_or_else(|| ExecutorRef {
+            plugin: state.config.default_executor.clone(),
+            config: Value::Object(Default::default()),
+        }),
+        timeout_seconds: body.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT_SECONDS),
+        enabled: body.enabled,
+        concurrency: body.concurrency.unwrap_or(DEFAULT_CONCURRENCY),
+        concurrency_policy: body.concurrency_policy.unwrap_or_default(),
+        filter_errors: Default::default(),
+        last_triggered_at: None,
+        created_at: now,
+        updated_at: now,
+    };
+    validate(&state, &automation).await?;
+    state.store.insert_automation(&automation).await?;
+    tracing::info!(automation.id = %automation.id, name = %automation.name, trigger = automation.trigger.kind(), "automation created");
+    Ok((StatusCode::CREATED, Json(automation)))
+}
+
+/// Lists automations, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/automations",
+    tag = "automations",
+    params(ListQuery),
+    security(("api_key" = [])),
+    responses((status = 200, body = Page<Automation>), (status = 400, body = ErrorBody))
+)]
+async fn automations_list(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<Page<Automation>>, Error> {
+    let (limit, before) = PageQuery {
+        limit: q.limit,
+        cursor: q.cursor,
+    }
+    .resolve()?;
+    if let Some(t) = &q.trigger {
+        if !["cron", "event", "manual"].contains(&t.as_str()) {
+            return Err(Error::BadRequest(
+                "invalid_query",
+                format!("trigger must be cron, event or manual (got {t:?})"),
+            ));
+        }
+    }
+    let filter = AutomationFilter {
+        enabled: q.enabled,
+        trigger_type: q.trigger,
+    };
+    let page = state
+        .store
+        .list_automations(&filter, limit + 1, before)
+        .await?;
+    Ok(Json(Page::new(page.items, page.total, limit, |a| a.id)))
+}
+
+/// Reads an automation.
+#[utoipa::path(
+    get,
+    path = "/v1/automations/{id}",
+    tag = "automations",
+    params(("id" = Uuid, Path, description = "Automation id")),
+    security(("api_key" = [])),
+    responses((status = 200, body = Automation), (status = 404, body = ErrorBody))
+)]
+async fn automations_get(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Json<Automation>, Error> {
+    Ok(Json(load(&state, id).await?))
+}
+
+/// Changes some of an automation's fields.
+#[utoipa::path(
+    patch,
+    path = "/v1/automations/{id}",
+    tag = "automations",
+    params(("id" = Uuid, Path, description = "Automation id")),
+    request_body = AutomationPatch,
+    security(("api_key" = [])),
+    responses((status = 200, body = Automation), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody))
+)]
+async fn automations_update(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(patch): ApiJson<AutomationPatch>,
+) -> Result<Json<Automation>, Error> {
+    let mut a = load(&state, id).await?;
+    let AutomationPatch {
+        name,
+        trigger,
+        bundle,
+        preset,
+        entrypoint,
+        env,
+        executor,
+        timeout_seconds,
+        enabled,
+        concurrency,
+        concurrency_policy,
+    } = patch;
+    if let Some(v) = name {
+        a.name = v;
+    }
+    if let Some(v) = trigger {
+        a.trigger = v;
+    }
+    if let Some(v) = bundle {
+        a.bundle = v;
+    }
+    if let Some(v) = preset {
+        a.preset = v;
+    }
+    if let Some(v) = entrypoint {
+        a.entrypoint = v;
+    }
+    if let Some(v) = env {
+        a.env = v;
+    }
+    if let Some(v) = executor {
+        a.executor = v;
+    }
+    if let Some(v) = timeout_seconds {
+        a.timeout_seconds = v;
+    }
+    if let Some(v) = enabled {
+        a.enabled = v;
+    }
+    if let Some(v) = concurrency {
+        a.concurrency = v;
+    }
+    if let Some(v) = concurrency_policy {
+        a.concurrency_policy = v;
+    }
+    a.updated_at = crate::model::now();
+    validate(&state, &a).await?;
+    if !state.store.update_automation(&a).await? {
+        return Err(Error::not_found("automation", id));
+    }
+    tracing::info!(automation.id = %id, "automation updated");
+    Ok(Json(a))
+}
+
+/// Deletes an automation (soft: it stays readable in old runs, never fires
+/// again, and its pending runs are cancelled).
+#[utoipa::path(
+    delete,
+    path = "/v1/automations/{id}",
+    tag = "automations",
+    params(("id" = Uuid, Path, description = "Automation id")),
+    security(("api_key" = [])),
+    responses((status = 204, description = "deleted"), (status = 404, body = ErrorBody))
+)]
+async fn automations_delete(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<StatusCode, Error> {
+    if state.store.soft_delete_automation(id).await? {
+        tracing::info!(automation.id = %id, "automation deleted");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(Error::not_found("automation", id))
+    }
+}
+
+/// Fires an automation now: creates a `pending` run. Works on disabled
+/// automations too (a manual dispatch is an explicit request).
+#[utoipa::path(
+    post,
+    path = "/v1/automations/{id}/dispatch",
+    tag = "automations",
+    params(("id" = Uuid, Path, description = "Automation id")),
+    request_body(content = Option<DispatchBody>, description = "optional; `{\"payload\": ...}`"),
+    security(("api_key" = [])),
+    responses((status = 201, body = Run), (status = 404, body = ErrorBody))
+)]
+async fn automations_dispatch(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Run>), Error> {
+    let body: DispatchBody = if body.iter().all(u8::is_ascii_whitespace) {
+        DispatchBody::default()
+    } else {
+        parse_json(&body)?
+    };
+    let automation = load(&state, id).await?;
+    let now = crate::model::now();
+    let run = Run {
+        id: Uuid::now_v7(),
+        automation_id: automation.id,
+        status: RunStatus::Pending,
+        status_detail: StatusDetail {
+            from: None,
+            by: "api".into(),
+            reason: "dispatched manually".into(),
+            at: now,
+        },
+        trigger: RunTrigger {
+            kind: "manual".into(),
+            payload: body.payload,
+            event_id: None,
+            event_key: None,
+            scheduled_for: None,
+        },
+        attempt: 0,
+        executor: None,
+        executor_handle: None,
+        output: None,
+        error: None,
+        created_at: now,
+        started_at: None,
+        finished_at: None,
+        timeout_at: None,
+        updated_at: now,
+    };
+    state.store.insert_run(&run, None).await?;
+    tracing::info!(automation.id = %id, run.id = %run.id, "run dispatched manually");
+    Ok((StatusCode::CREATED, Json(run)))
+}
+
+async fn load(state: &AppState, id: Uuid) -> Result<Automation, Error> {
+    state
+        .store
+        .get_automation(id)
+        .await?
+        .ok_or_else(|| Error::not_found("automation", id))
+}
+
+/// Checks an automation before it is stored; the first problem is a 422 that
+/// names the field.
+async fn validate(state: &AppState, a: &Automation) -> Result<(), Error> {
+    check_text("name", &a.name, 200)?;
+    match &a.trigger {
+        Trigger::Cron {
+            schedule, timezone, ..
+        } => {
+            check_len("trigger.schedule", schedule, 256)?;
+            check_len("trigger.timezone", timezone, 64)?;
+            Schedule::parse(schedule, timezone).map_err(|e| match e {
+                CronError::TimeZone(_) => {
+                    Error::invalid("invalid_timezone", format!("trigger.timezone: {e}"))
+                }
+                _ => Error::invalid("invalid_cron", format!("trigger.schedule: {e}")),
+            })?;
+        }
+        Trigger::Event {
+            source,
+            on,
+            filter,
+            filter_plugin,
+        } => {
+            check_name("trigger.source", source)?;
+            if on.is_empty() || on.len() > 50 {
+                return Err(Error::invalid(
+                    "invalid_trigger",
+                    "trigger.on must list 1 to 50 event keys or patterns",
+                ));
+            }
+            for pattern in on {
+                check_len("trigger.on", pattern, 200)?;
+                if pattern.is_empty() || pattern.chars().any(char::is_whitespace) {
+                    return Err(Error::invalid(
+                        "invalid_trigger",
+                        format!("trigger.on: {pattern:?} must be non-empty without spaces"),
+                    ));
+                }
+            }
+            if let Some(f) = filter {
+                check_len("trigger.filter", f, 8192)?;
+            }
+            check_name("trigger.filter_plugin", filter_plugin)?;
+        }
+        Trigger::Manual {} => {}
+    }
+    if a.bundle.is_none() && a.preset.is_none() {
+        return Err(Error::invalid(
+            "nothing_to_run",
+            "give a bundle (an upload), a preset, or both",
+        ));
+    }
+    if let Some(b) = &a.bundle {
+        if state.store.get_upload(b.upload_id).await?.is_none() {
+            return Err(Error::invalid(
+                "unknown_upload",
+                format!("bundle.upload_id: upload {} does not exist", b.upload_id),
+            ));
+        }
+        if a.preset.is_none() && a.entrypoint.is_none() {
+            return Err(Error::invalid(
+                "missing_entrypoint",
+                "entrypoint is required to run a bundle without a preset",
+            ));
+        }
+    }
+    if let Some(e) = &a.entrypoint {
+        check_entrypoint(e)?;
+    }
+    if let Some(p) = &a.preset {
+        check_name("preset.name", &p.name)?;
+        check_json_object("preset.config", &p.config)?;
+    }
+    check_name("executor.plugin", &a.executor.plugin)?;
+    check_json_object("executor.config", &a.executor.config)?;
+    check_env(&a.env)?;
+    if !(1..=MAX_TIMEOUT_SECONDS).contains(&a.timeout_seconds) {
+        return Err(Error::invalid(
+            "invalid_timeout",
+            format!(
+                "timeout_seconds must be 1 to {MAX_TIMEOUT_SECONDS} (got {})",
+                a.timeout_seconds
+            ),
+        ));
+    }
+    if !(1..=1000).contains(&a.concurrency) {
+        return Err(Error::invalid(
+            "invalid_concurrency",
+            format!("concurrency must be 1 to 1000 (got {})", a.concurrency),
+        ));
+    }
+    Ok(())
+}
+
+fn check_len(field: &str, value: &str, max: usize) -> Result<(), Error> {
+    if value.len() > max {
+        return Err(Error::invalid(
+            "too_long",
+            format!("{field} is longer than {max} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_text(field: &str, value: &str, max: usize) -> Result<(), Error> {
+    check_len(field, value, max)?;
+    if value.trim().is_empty() {
+        return Err(Error::invalid(
+            "invalid_field",
+            format!("{field} must not be blank"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            "invalid_field",
+            format!("{field} must not contain control characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Plugin and source names: lowercase letters, digits, `-` and `_`, 1 to 64.
+pub(crate) fn check_name(field: &str, value: &str) -> Result<(), Error> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && value
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "invalid_name",
+            format!(
+                "{field} {value:?} must be 1 to 64 lowercase letters, digits, '-' or '_', starting with a letter or digit"
+            ),
+        ))
+    }
+}
+
+fn check_json_object(field: &str, value: &Value) -> Result<(), Error> {
+    if !value.is_object() {
+        return Err(Error::invalid(
+            "invalid_field",
+            format!("{field} must be a JSON object"),
+        ));
+    }
+    if value.to_string().len() > 64 * 1024 {
+        return Err(Error::invalid(
+            "too_long",
+            format!("{field} is larger than 64 KiB"),
+        ));
+    }
+    Ok(())
+}
+
+/// The entrypoint is split on whitespace and run without a shell, but it is
+/// also shown to operators and executors that may use a shell, so shell
+/// syntax and paths that leave the bundle are refused outright.
+fn check_entrypoint(e: &str) -> Result<(), Error> {
+    check_len("entrypoint", e, 1024)?;
+    let problem = if e.trim().is_empty() {
+        Some("must not be blank")
+    } else if e.trim_start().starts_with('/') {
+        Some("must be relative to the bundle root, not an absolute path")
+    } else if e
+        .split(|c: char| c == '/' || c.is_whitespace())
+        .any(|part| part == "..")
+    {
+        Some("must not contain '..'")
+    } else if e.chars().any(|c| ";&|`$(){}<>!\\\n\r".contains(c)) {
+        Some("must not contain shell syntax (; & | ` $ ( ) { } < > ! \\ or newlines)")
+    } else {
+        None
+    };
+    match problem {
+        Some(p) => Err(Error::invalid(
+            "invalid_entrypoint",
+            format!("entrypoint {e:?} {p}"),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn check_env(env: &BTreeMap<String, String>) -> Result<(), Error> {
+    if env.len() > 100 {
+        return Err(Error::invalid(
+            "invalid_env",
+            "env may hold at most 100 variables",
+        ));
+    }
+    for (k, v) in env {
+        let valid = !k.is_empty()
+            && k.len() <= 128
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !k.starts_with(|c: char| c.is_ascii_digit());
+        if !valid {
+            return Err(Error::invalid(
+                "invalid_env",
+                format!("env name {k:?} must match [A-Za-z_][A-Za-z0-9_]* (at most 128)"),
+            ));
+        }
+        if k.starts_with("AUTOMATION_") {
+            return Err(Error::invalid(
+                "invalid_env",
+                format!("env name {k:?}: the AUTOMATION_ prefix is reserved for the host"),
+            ));
+        }
+        check_len(&format!("env.{k}"), v, 32 * 1024)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entrypoints() {
+        for ok in ["./run.sh", "python3 main.py --flag", "bin/tool x=y"] {
+            check_entrypoint(ok).unwrap();
+        }
+        for bad in [
+            "",
+            "/bin/sh",
+            "../x",
+            "a/../../b",
+            "run.sh; rm -rf /",
+            "echo $HOME",
+            "a | b",
+            "x\ny",
+        ] {
+            assert!(check_entrypoint(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn names_and_env() {
+        check_name("f", "local-sandbox").unwrap();
+        for bad in ["", "Upper", "-lead", "has space", &"x".repeat(65)] {
+            assert!(check_name("f", bad).is_err(), "{bad:?}");
+        }
+        let mut env = BTreeMap::new();
+        env.insert("GOOD_1".to_owned(), "v".to_owned());
+        check_env(&env).unwrap();
+        for bad in ["1X", "A-B", "A B", "", "AUTOMATION_RUN_ID"] {
+            let mut env = BTreeMap::new();
+            env.insert(bad.to_owned(), "v".to_owned());
+            assert!(check_env(&env).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn patch_distinguishes_absent_from_null() {
+        let p: AutomationPatch = serde_json::from_str(r#"{"bundle": null}"#).unwrap();
+        assert_eq!(p.bundle, Some(None));
+        assert!(p.preset.is_none());
+        assert!(serde_json::from_str::<AutomationPatch>(r#"{"nope": 1}"#).is_err());
+    }
+}

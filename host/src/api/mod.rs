@@ -1,0 +1,214 @@
+//! The REST API: one module per resource, one error type, one auth layer.
+//!
+//! Routes are declared through `utoipa-axum`, so the OpenAPI description at
+//! `/openapi.json` is generated from the same declarations that route
+//! requests and cannot drift from them.
+
+mod automations;
+mod error;
+mod extract;
+mod health;
+mod runs;
+mod uploads;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+use tracing::Level;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use uuid::Uuid;
+
+pub use error::{Error, ErrorBody};
+pub use extract::{ApiJson, ApiPath, ApiQuery};
+
+use crate::auth;
+use crate::config::Config;
+use crate::store::Store;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database.
+    pub store: Store,
+    /// The configuration the host started with.
+    pub config: Arc<Config>,
+    /// SHA-256 of `AUTOMATION_API_KEY`, if set.
+    admin_key_hash: Option<String>,
+}
+
+impl AppState {
+    /// Builds the state from a store and the configuration.
+    pub fn new(store: Store, config: Arc<Config>) -> AppState {
+        let admin_key_hash = config.api_key.as_deref().map(|k| auth::hash_key(k.trim()));
+        AppState {
+            store,
+            config,
+            admin_key_hash,
+        }
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "automation-host",
+        description = "A WebAssembly-extensible automation host. Every `/v1` route needs \
+                       `Authorization: Bearer <api key>`; errors are `{\"code\", \"detail\"}`."
+    ),
+    modifiers(&BearerAuth),
+    components(schemas(ErrorBody))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// The whole HTTP application, with its OpenAPI description.
+pub fn router(state: AppState) -> Router {
+    let (v1, mut spec) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(automations::router())
+        .merge(runs::router())
+        .merge(uploads::router())
+        .split_for_parts();
+    let v1 = v1.route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        require_api_key,
+    ));
+    let (public, public_spec) = OpenApiRouter::new()
+        .merge(health::router())
+        .split_for_parts();
+    spec.merge(public_spec);
+    let spec = Arc::new(spec);
+
+    Router::new()
+        .merge(public)
+        .merge(v1)
+        .route(
+            "/openapi.json",
+            get(move || async move { axum::Json(spec.as_ref().clone()) }),
+        )
+        .fallback(|| async { Error::NotFound("no such route".into()) })
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+                .on_response(DefaultOnResponse::new().level(Level::DEBUG)),
+        )
+        .with_state(state)
+}
+
+/// Lets a request through only with a valid `Authorization: Bearer <key>`.
+async fn require_api_key(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, Error> {
+    let header = req.headers().get(AUTHORIZATION).ok_or_else(|| {
+        Error::Unauthorized(
+            "missing Authorization header; send `Authorization: Bearer <api key>`".into(),
+        )
+    })?;
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .ok_or_else(|| {
+            Error::Unauthorized("the Authorization header must be `Bearer <api key>`".into())
+        })?;
+    if token.is_empty() {
+        return Err(Error::Unauthorized("empty API key".into()));
+    }
+    let hash = auth::hash_key(token);
+    let is_admin = state
+        .admin_key_hash
+        .as_deref()
+        .is_some_and(|admin| auth::constant_time_eq(admin.as_bytes(), hash.as_bytes()));
+    if !is_admin && state.store.find_api_key(&hash).await?.is_none() {
+        return Err(Error::Unauthorized("invalid API key".into()));
+    }
+    Ok(next.run(req).await)
+}
+
+/// Paging parameters shared by every list endpoint.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// Page size, 1 to 100 (default 50).
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+impl PageQuery {
+    /// The validated page size and the id to continue below.
+    pub fn resolve(&self) -> Result<(u32, Option<Uuid>), Error> {
+        let limit = self.limit.unwrap_or(50);
+        if !(1..=100).contains(&limit) {
+            return Err(Error::BadRequest(
+                "invalid_query",
+                format!("limit must be 1 to 100 (got {limit})"),
+            ));
+        }
+        let cursor = match &self.cursor {
+            None => None,
+            Some(c) => Some(Uuid::parse_str(c).map_err(|_| {
+                Error::BadRequest(
+                    "invalid_query",
+                    format!("cursor {c:?} is not one this API returned"),
+                )
+            })?),
+        };
+        Ok((limit, cursor))
+    }
+}
+
+/// One page of a listing, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Page<T: ToSchema> {
+    /// The items.
+    pub items: Vec<T>,
+    /// How many items match in all.
+    pub total: i64,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+impl<T: ToSchema> Page<T> {
+    /// Builds a page from up to `limit + 1` fetched items (the extra one only
+    /// tells that there is a next page).
+    pub fn new(mut items: Vec<T>, total: i64, limit: u32, id_of: impl Fn(&T) -> Uuid) -> Page<T> {
+        let next_cursor = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items.last().map(|i| id_of(i).to_string())
+        } else {
+            None
+        };
+        Page {
+            items,
+            total,
+            next_cursor,
+        }
+    }
+}

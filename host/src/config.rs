@@ -1,0 +1,266 @@
+//! Command line and configuration: every setting is a flag and an
+//! `AUTOMATION_*` environment variable, checked at start-up into one message.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// A WebAssembly-extensible automation host: cron, signed events and manual
+/// triggers, runs carried out by sandboxed executor plugins.
+#[derive(Debug, Parser)]
+#[command(name = "automation-host", version, about, long_about = None)]
+pub struct Cli {
+    /// Settings shared by every command.
+    #[command(flatten)]
+    pub config: Config,
+    /// What to do (default: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service (the default command).
+    Serve,
+    /// Apply database migrations, then exit. `serve` also migrates on start
+    /// unless --no-migrate is given.
+    Migrate,
+    /// Manage API keys.
+    #[command(subcommand)]
+    ApiKey(ApiKeyCommand),
+}
+
+/// API key commands.
+#[derive(Debug, Subcommand)]
+pub enum ApiKeyCommand {
+    /// Create a key and print it once; only its hash is stored.
+    Create {
+        /// A name to recognise the key by.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Settings. Each is a flag and an environment variable.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Database URL: `sqlite://PATH` or `postgres://...`. Unset: the SQLite
+    /// file `automation.db` in the data directory, created on first start.
+    #[arg(long, env = "AUTOMATION_DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+
+    /// Directory for the SQLite database, the plugin compile cache and run
+    /// workspaces. Created if missing.
+    #[arg(
+        long,
+        env = "AUTOMATION_DATA_DIR",
+        default_value = "./data",
+        global = true
+    )]
+    pub data_dir: PathBuf,
+
+    /// Address to listen on (`127.0.0.1:0` picks a free port).
+    #[arg(
+        long,
+        env = "AUTOMATION_LISTEN",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
+    pub listen: String,
+
+    /// An API key accepted as admin, for simple self-hosting (at least 16
+    /// characters). Keys made with `api-key create` work alongside it.
+    #[arg(
+        long,
+        env = "AUTOMATION_API_KEY",
+        global = true,
+        hide_env_values = true
+    )]
+    pub api_key: Option<String>,
+
+    /// Largest JSON request body, in bytes.
+    #[arg(long, env = "AUTOMATION_MAX_BODY_BYTES", default_value_t = 1024 * 1024, global = true)]
+    pub max_body_bytes: usize,
+
+    /// Largest bundle upload (the gzip archive), in bytes.
+    #[arg(long, env = "AUTOMATION_MAX_UPLOAD_BYTES", default_value_t = 10 * 1024 * 1024, global = true)]
+    pub max_upload_bytes: usize,
+
+    /// Largest total size of a bundle's files once unpacked, in bytes.
+    #[arg(long, env = "AUTOMATION_MAX_UNPACKED_BYTES", default_value_t = 100 * 1024 * 1024, global = true)]
+    pub max_unpacked_bytes: u64,
+
+    /// Most entries (files, directories, links) a bundle may hold.
+    #[arg(
+        long,
+        env = "AUTOMATION_MAX_UPLOAD_ENTRIES",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub max_upload_entries: u64,
+
+    /// Database connections (Postgres pool size; SQLite reader count, at most 8).
+    #[arg(
+        long,
+        env = "AUTOMATION_DB_CONNECTIONS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub db_connections: u32,
+
+    /// Do not apply migrations at start-up (run `migrate` separately).
+    #[arg(long, env = "AUTOMATION_NO_MIGRATE", global = true)]
+    pub no_migrate: bool,
+
+    /// The executor plugin used by automations that name none.
+    #[arg(
+        long,
+        env = "AUTOMATION_DEFAULT_EXECUTOR",
+        default_value = "local-sandbox",
+        global = true
+    )]
+    pub default_executor: String,
+
+    /// Log filter, in `tracing` syntax (`info`, `debug,sqlx=warn`, ...).
+    #[arg(long, env = "AUTOMATION_LOG", default_value = "info", global = true)]
+    pub log: String,
+
+    /// Log format.
+    #[arg(long, env = "AUTOMATION_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
+    /// Seconds to let in-flight requests finish after SIGTERM or Ctrl-C.
+    #[arg(
+        long,
+        env = "AUTOMATION_SHUTDOWN_GRACE_SECONDS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub shutdown_grace_seconds: u64,
+}
+
+impl Config {
+    /// The database URL in effect: the configured one, or the SQLite file in
+    /// the data directory.
+    pub fn effective_database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => crate::store::Store::default_sqlite_url(&self.data_dir),
+        }
+    }
+
+    /// Checks every setting and reports all problems in one message.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        if let Some(url) = &self.database_url {
+            let ok = ["sqlite:", "postgres://", "postgresql://"]
+                .iter()
+                .any(|p| url.starts_with(p));
+            if !ok {
+                problems.push(format!(
+                    "AUTOMATION_DATABASE_URL must start with sqlite:// or postgres:// (got {url:?})"
+                ));
+            }
+        }
+        if self.listen.parse::<SocketAddr>().is_err() {
+            problems.push(format!(
+                "AUTOMATION_LISTEN must be an address with a port, such as 127.0.0.1:8080 (got {:?})",
+                self.listen
+            ));
+        }
+        if let Some(key) = &self.api_key {
+            if key.trim().len() < 16 {
+                problems.push(
+                    "AUTOMATION_API_KEY must be at least 16 characters (try `openssl rand -hex 24`)"
+                        .to_owned(),
+                );
+            }
+        }
+        for (name, value) in [
+            ("AUTOMATION_MAX_BODY_BYTES", self.max_body_bytes as u64),
+            ("AUTOMATION_MAX_UPLOAD_BYTES", self.max_upload_bytes as u64),
+            ("AUTOMATION_MAX_UNPACKED_BYTES", self.max_unpacked_bytes),
+            ("AUTOMATION_MAX_UPLOAD_ENTRIES", self.max_upload_entries),
+            ("AUTOMATION_DB_CONNECTIONS", u64::from(self.db_connections)),
+        ] {
+            if value == 0 {
+                problems.push(format!("{name} must be greater than 0"));
+            }
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log).is_err() {
+            problems.push(format!(
+                "AUTOMATION_LOG is not a valid filter: {:?}",
+                self.log
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "invalid configuration:\n  - {}",
+                problems.join("\n  - ")
+            ))
+        }
+    }
+
+    /// The listen address (call after `validate`).
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("automation-host").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_serve_sqlite_in_data_dir() {
+        let cli = parse(&[]);
+        assert!(cli.command.is_none());
+        cli.config.validate().unwrap();
+        assert_eq!(
+            cli.config.effective_database_url(),
+            "sqlite://./data/automation.db"
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let cli = parse(&[
+            "--database-url",
+            "mysql://x",
+            "--listen",
+            "nowhere",
+            "--api-key",
+            "short",
+            "--max-body-bytes",
+            "0",
+        ]);
+        let err = cli.config.validate().unwrap_err();
+        for needle in [
+            "AUTOMATION_DATABASE_URL",
+            "AUTOMATION_LISTEN",
+            "AUTOMATION_API_KEY",
+            "AUTOMATION_MAX_BODY_BYTES",
+        ] {
+            assert!(err.contains(needle), "{needle} missing from {err}");
+        }
+    }
+}

@@ -1,0 +1,378 @@
+//! Domain types shared by the API, the store and the run loop.
+//!
+//! These are what the REST API returns and what the store reads and writes;
+//! request bodies (with their validation) live in `api/`.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// What fires an automation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Trigger {
+    /// A cron schedule in an IANA time zone.
+    Cron {
+        /// Cron expression: 5 fields, 6 with seconds first, or a macro such as `@hourly`.
+        schedule: String,
+        /// IANA time zone the schedule is read in (default `UTC`).
+        #[serde(default = "default_timezone")]
+        timezone: String,
+        /// What to do with slots missed while no host was running (default `run_once`).
+        #[serde(default)]
+        misfire: MisfirePolicy,
+    },
+    /// An incoming signed event.
+    Event {
+        /// The event source: `github` or a custom source's name.
+        source: String,
+        /// Event keys that fire the automation, exact or glob (`pull_request.*`).
+        on: Vec<String>,
+        /// Optional filter expression evaluated against the payload.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        filter: Option<String>,
+        /// The filter plugin that evaluates `filter` (default `jmespath`).
+        #[serde(default = "default_filter_plugin")]
+        filter_plugin: String,
+    },
+    /// Only `POST /v1/automations/{id}/dispatch` fires it.
+    Manual {},
+}
+
+fn default_timezone() -> String {
+    "UTC".to_owned()
+}
+
+fn default_filter_plugin() -> String {
+    "jmespath".to_owned()
+}
+
+impl Trigger {
+    /// The trigger's type name as stored and filtered on: `cron`, `event` or `manual`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Trigger::Cron { .. } => "cron",
+            Trigger::Event { .. } => "event",
+            Trigger::Manual {} => "manual",
+        }
+    }
+
+    /// The event source for event triggers.
+    pub fn event_source(&self) -> Option<&str> {
+        match self {
+            Trigger::Event { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// What a cron automation does about slots missed while no host ran.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MisfirePolicy {
+    /// Missed slots are recorded as `missed`; none fires.
+    Skip,
+    /// The latest missed slot fires once (the reference service's behaviour).
+    #[default]
+    RunOnce,
+    /// Every missed slot fires, up to a cap.
+    RunAll,
+}
+
+/// What a run does when the automation already has `concurrency` runs going.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ConcurrencyPolicy {
+    /// The run waits (stays `pending`) until a slot frees up.
+    #[default]
+    Queue,
+    /// The run is marked `skipped`.
+    Skip,
+}
+
+impl ConcurrencyPolicy {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConcurrencyPolicy::Queue => "queue",
+            ConcurrencyPolicy::Skip => "skip",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "queue" => Some(ConcurrencyPolicy::Queue),
+            "skip" => Some(ConcurrencyPolicy::Skip),
+            _ => None,
+        }
+    }
+}
+
+/// An uploaded bundle an automation runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BundleRef {
+    /// The upload's id (from `POST /v1/uploads`).
+    pub upload_id: Uuid,
+}
+
+/// A preset plugin that renders the automation's bundle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PresetRef {
+    /// The preset plugin's name, such as `script`.
+    pub name: String,
+    /// The preset's configuration (checked against the preset's schema).
+    #[serde(default = "empty_object")]
+    #[schema(value_type = Object)]
+    pub config: Value,
+}
+
+/// The executor plugin that carries out the automation's runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorRef {
+    /// The executor plugin's name, such as `local-sandbox`.
+    pub plugin: String,
+    /// The executor's configuration.
+    #[serde(default = "empty_object")]
+    #[schema(value_type = Object)]
+    pub config: Value,
+}
+
+fn empty_object() -> Value {
+    Value::Object(Default::default())
+}
+
+/// Filter evaluation errors seen for an automation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FilterErrors {
+    /// How many evaluations failed since the automation was created.
+    pub count: i64,
+    /// The latest error message.
+    pub last_error: Option<String>,
+    /// When the latest error happened.
+    pub last_error_at: Option<DateTime<Utc>>,
+}
+
+/// An automation: a trigger, what to run and which executor runs it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Automation {
+    /// Its id.
+    pub id: Uuid,
+    /// A human-readable name.
+    pub name: String,
+    /// What fires it.
+    pub trigger: Trigger,
+    /// The uploaded bundle it runs, if any.
+    pub bundle: Option<BundleRef>,
+    /// The preset that renders its bundle, if any.
+    pub preset: Option<PresetRef>,
+    /// The command to run from the bundle root (a preset may supply it).
+    pub entrypoint: Option<String>,
+    /// Environment variables given to every run.
+    #[schema(value_type = Object)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// The executor plugin and its configuration.
+    pub executor: ExecutorRef,
+    /// The time budget of one run, in seconds.
+    pub timeout_seconds: u32,
+    /// Whether triggers fire it. Manual dispatch works either way.
+    pub enabled: bool,
+    /// The most runs of this automation that may be `running` at once.
+    pub concurrency: u32,
+    /// What a run over the concurrency limit does.
+    pub concurrency_policy: ConcurrencyPolicy,
+    /// Filter evaluation errors.
+    pub filter_errors: FilterErrors,
+    /// When a trigger last created a run.
+    pub last_triggered_at: Option<DateTime<Utc>>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it was last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Where a run is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Created, waiting for a dispatcher to claim it.
+    Pending,
+    /// Claimed and started on its executor.
+    Running,
+    /// Finished successfully.
+    Succeeded,
+    /// Finished with an error.
+    Failed,
+    /// Stopped because it ran past its timeout.
+    TimedOut,
+    /// Cancelled on request.
+    Cancelled,
+    /// Never started (for example, over the concurrency limit).
+    Skipped,
+}
+
+impl RunStatus {
+    /// Every status, in life-cycle order.
+    pub const ALL: [RunStatus; 7] = [
+        RunStatus::Pending,
+        RunStatus::Running,
+        RunStatus::Succeeded,
+        RunStatus::Failed,
+        RunStatus::TimedOut,
+        RunStatus::Cancelled,
+        RunStatus::Skipped,
+    ];
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Pending => "pending",
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::TimedOut => "timed_out",
+            RunStatus::Cancelled => "cancelled",
+            RunStatus::Skipped => "skipped",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        RunStatus::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// True once nothing can move the run any more.
+    pub fn is_final(self) -> bool {
+        !matches!(self, RunStatus::Pending | RunStatus::Running)
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who moved a run to its current status, why and when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StatusDetail {
+    /// The status it came from (none for a new run).
+    pub from: Option<RunStatus>,
+    /// Who moved it: `api`, `scheduler`, `events`, `dispatcher`, `executor`, `callback`, `rescue`.
+    pub by: String,
+    /// Why, in words.
+    pub reason: String,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// What fired a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RunTrigger {
+    /// `cron`, `event` or `manual`.
+    pub kind: String,
+    /// The trigger payload: the event payload, the cron slot, or the dispatch body.
+    #[schema(value_type = Object)]
+    pub payload: Value,
+    /// The event delivery that fired it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<Uuid>,
+    /// The event key that fired it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_key: Option<String>,
+    /// The cron slot that fired it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_for: Option<DateTime<Utc>>,
+}
+
+/// What a run's process produced.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RunOutput {
+    /// The exit code, when there was a process.
+    pub exit_code: Option<i32>,
+    /// Standard output (bounded).
+    pub stdout: String,
+    /// Standard error (bounded).
+    pub stderr: String,
+    /// True if output was cut short.
+    pub truncated: bool,
+}
+
+/// One firing of an automation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Run {
+    /// Its id.
+    pub id: Uuid,
+    /// The automation it belongs to.
+    pub automation_id: Uuid,
+    /// Where it is.
+    pub status: RunStatus,
+    /// Who moved it there, why and when.
+    pub status_detail: StatusDetail,
+    /// What fired it.
+    pub trigger: RunTrigger,
+    /// How many times an executor was asked to start it.
+    pub attempt: u32,
+    /// The executor plugin that runs it, once started.
+    pub executor: Option<String>,
+    /// The executor's handle, once started.
+    pub executor_handle: Option<String>,
+    /// What it produced.
+    pub output: Option<RunOutput>,
+    /// Why it failed, for failed, timed-out and skipped runs.
+    pub error: Option<String>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When an executor started it.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it reached a final status.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// When it times out (set when it starts).
+    pub timeout_at: Option<DateTime<Utc>>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// An uploaded bundle archive (its bytes are fetched separately).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Upload {
+    /// Its id.
+    pub id: Uuid,
+    /// An optional name given at upload.
+    pub name: Option<String>,
+    /// Size of the gzip archive in bytes.
+    pub size_bytes: i64,
+    /// SHA-256 of the gzip archive, lowercase hex.
+    pub sha256: String,
+    /// Number of entries in the archive.
+    pub entry_count: i64,
+    /// Total size of the files once unpacked, in bytes.
+    pub unpacked_bytes: i64,
+    /// When it was uploaded.
+    pub created_at: DateTime<Utc>,
+}
+
+/// An API key's public part (the key itself is shown once, at creation).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ApiKeyInfo {
+    /// Its id.
+    pub id: Uuid,
+    /// A name to recognise it by.
+    pub name: String,
+    /// The key's first characters, to tell keys apart.
+    pub prefix: String,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// The current time, truncated to the microseconds both databases keep, so
+/// what the API returns at creation equals what it reads back later.
+pub fn now() -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    Utc::now().trunc_subsecs(6)
+}

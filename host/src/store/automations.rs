@@ -1,0 +1,237 @@
+//! Automations: insert, read, list, update and soft-delete.
+
+use sqlx::FromRow;
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use super::types::{DbId, DbTime};
+use super::{Result, Store, to_u32, with_db};
+use crate::model::{
+    Automation, BundleRef, ConcurrencyPolicy, ExecutorRef, FilterErrors, PresetRef, RunStatus,
+    StatusDetail, Trigger,
+};
+
+const COLUMNS: &str = "id, name, trigger, bundle_upload_id, preset, entrypoint, env, executor, \
+    timeout_seconds, enabled, concurrency, concurrency_policy, filter_error_count, \
+    last_filter_error, last_filter_error_at, last_triggered_at, created_at, updated_at";
+
+#[derive(FromRow)]
+struct Row {
+    id: DbId,
+    name: String,
+    trigger: Json<Trigger>,
+    bundle_upload_id: Option<DbId>,
+    preset: Option<Json<PresetRef>>,
+    entrypoint: Option<String>,
+    env: Json<std::collections::BTreeMap<String, String>>,
+    executor: Json<ExecutorRef>,
+    timeout_seconds: i64,
+    enabled: bool,
+    concurrency: i64,
+    concurrency_policy: String,
+    filter_error_count: i64,
+    last_filter_error: Option<String>,
+    last_filter_error_at: Option<DbTime>,
+    last_triggered_at: Option<DbTime>,
+    created_at: DbTime,
+    updated_at: DbTime,
+}
+
+impl TryFrom<Row> for Automation {
+    type Error = super::Error;
+
+    fn try_from(r: Row) -> Result<Automation> {
+        Ok(Automation {
+            id: r.id.0,
+            name: r.name,
+            trigger: r.trigger.0,
+            bundle: r.bundle_upload_id.map(|id| BundleRef { upload_id: id.0 }),
+            preset: r.preset.map(|p| p.0),
+            entrypoint: r.entrypoint,
+            env: r.env.0,
+            executor: r.executor.0,
+            timeout_seconds: to_u32(r.timeout_seconds, "timeout_seconds")?,
+            enabled: r.enabled,
+            concurrency: to_u32(r.concurrency, "concurrency")?,
+            concurrency_policy: ConcurrencyPolicy::parse(&r.concurrency_policy).ok_or_else(
+                || super::Error::Corrupt(format!("concurrency_policy {}", r.concurrency_policy)),
+            )?,
+            filter_errors: FilterErrors {
+                count: r.filter_error_count,
+                last_error: r.last_filter_error,
+                last_error_at: r.last_filter_error_at.map(|t| t.0),
+            },
+            last_triggered_at: r.last_triggered_at.map(|t| t.0),
+            created_at: r.created_at.0,
+            updated_at: r.updated_at.0,
+        })
+    }
+}
+
+/// Which automations a listing returns.
+#[derive(Debug, Clone, Default)]
+pub struct AutomationFilter {
+    /// Only enabled (true) or disabled (false) ones.
+    pub enabled: Option<bool>,
+    /// Only this trigger type (`cron`, `event`, `manual`).
+    pub trigger_type: Option<String>,
+}
+
+/// One page of automations, newest first.
+#[derive(Debug, Clone)]
+pub struct AutomationPage {
+    /// The automations on this page.
+    pub items: Vec<Automation>,
+    /// How many automations match the filter in all.
+    pub total: i64,
+}
+
+impl Store {
+    /// Inserts a new automation.
+    pub async fn insert_automation(&self, a: &Automation) -> Result<()> {
+        let sql = "insert into automations (id, name, trigger, trigger_type, event_source, \
+            bundle_upload_id, preset, entrypoint, env, executor, timeout_seconds, enabled, \
+            concurrency, concurrency_policy, created_at, updated_at) \
+            values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)";
+        with_db!(self, write, |db| {
+            sqlx::query(sql)
+                .bind(DbId(a.id))
+                .bind(&a.name)
+                .bind(Json(&a.trigger))
+                .bind(a.trigger.kind())
+                .bind(a.trigger.event_source())
+                .bind(a.bundle.as_ref().map(|b| DbId(b.upload_id)))
+                .bind(a.preset.as_ref().map(Json))
+                .bind(&a.entrypoint)
+                .bind(Json(&a.env))
+                .bind(Json(&a.executor))
+                .bind(i64::from(a.timeout_seconds))
+                .bind(a.enabled)
+                .bind(i64::from(a.concurrency))
+                .bind(a.concurrency_policy.as_str())
+                .bind(DbTime::new(a.created_at))
+                .bind(DbTime::new(a.updated_at))
+                .execute(db)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// Reads a live (not deleted) automation.
+    pub async fn get_automation(&self, id: Uuid) -> Result<Option<Automation>> {
+        let sql = format!("select {COLUMNS} from automations where id = $1 and deleted_at is null");
+        let row: Option<Row> = with_db!(self, read, |db| {
+            sqlx::query_as(&sql)
+                .bind(DbId(id))
+                .fetch_optional(db)
+                .await?
+        });
+        row.map(Automation::try_from).transpose()
+    }
+
+    /// Lists live automations newest first: up to `limit` with ids below
+    /// `before` (the previous page's last id), plus the total count.
+    pub async fn list_automations(
+        &self,
+        filter: &AutomationFilter,
+        limit: u32,
+        before: Option<Uuid>,
+    ) -> Result<AutomationPage> {
+        let where_ = "deleted_at is null and ($1 is null or enabled = $1) \
+            and ($2 is null or trigger_type = $2)";
+        let page_sql = format!(
+            "select {COLUMNS} from automations where {where_} and ($3 is null or id < $3) \
+             order by id desc limit $4"
+        );
+        let count_sql = format!("select count(*) from automations where {where_}");
+        let (rows, total): (Vec<Row>, i64) = with_db!(self, read, |db| {
+            let rows = sqlx::query_as(&page_sql)
+                .bind(filter.enabled)
+                .bind(filter.trigger_type.as_deref())
+                .bind(before.map(DbId))
+                .bind(i64::from(limit))
+                .fetch_all(db)
+                .await?;
+            let total = sqlx::query_scalar(&count_sql)
+                .bind(filter.enabled)
+                .bind(filter.trigger_type.as_deref())
+                .fetch_one(db)
+                .await?;
+            (rows, total)
+        });
+        let items = rows
+            .into_iter()
+            .map(Automation::try_from)
+            .collect::<Result<_>>()?;
+        Ok(AutomationPage { items, total })
+    }
+
+    /// Writes every editable field of a live automation; false if it is gone.
+    pub async fn update_automation(&self, a: &Automation) -> Result<bool> {
+        let sql = "update automations set name = $2, trigger = $3, trigger_type = $4, \
+            event_source = $5, bundle_upload_id = $6, preset = $7, entrypoint = $8, env = $9, \
+            executor = $10, timeout_seconds = $11, enabled = $12, concurrency = $13, \
+            concurrency_policy = $14, updated_at = $15 \
+            where id = $1 and deleted_at is null";
+        let done = with_db!(self, write, |db| {
+            sqlx::query(sql)
+                .bind(DbId(a.id))
+                .bind(&a.name)
+                .bind(Json(&a.trigger))
+                .bind(a.trigger.kind())
+                .bind(a.trigger.event_source())
+                .bind(a.bundle.as_ref().map(|b| DbId(b.upload_id)))
+                .bind(a.preset.as_ref().map(Json))
+                .bind(&a.entrypoint)
+                .bind(Json(&a.env))
+                .bind(Json(&a.executor))
+                .bind(i64::from(a.timeout_seconds))
+                .bind(a.enabled)
+                .bind(i64::from(a.concurrency))
+                .bind(a.concurrency_policy.as_str())
+                .bind(DbTime::new(a.updated_at))
+                .execute(db)
+                .await?
+                .rows_affected()
+        });
+        Ok(done == 1)
+    }
+
+    /// Soft-deletes an automation and cancels its pending runs, in one
+    /// transaction. False if it did not exist or was already deleted.
+    pub async fn soft_delete_automation(&self, id: Uuid) -> Result<bool> {
+        let now = crate::model::now();
+        let detail = StatusDetail {
+            from: Some(RunStatus::Pending),
+            by: "api".into(),
+            reason: "automation deleted".into(),
+            at: now,
+        };
+        with_db!(self, write, |db| {
+            let mut tx = db.begin().await?;
+            let deleted = sqlx::query(
+                "update automations set deleted_at = $2, enabled = false, updated_at = $2 \
+                 where id = $1 and deleted_at is null",
+            )
+            .bind(DbId(id))
+            .bind(DbTime::new(now))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if deleted == 1 {
+                sqlx::query(
+                    "update runs set status = 'cancelled', status_detail = $2, \
+                     finished_at = $3, updated_at = $3 \
+                     where automation_id = $1 and status = 'pending'",
+                )
+                .bind(DbId(id))
+                .bind(Json(&detail))
+                .bind(DbTime::new(now))
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(deleted == 1)
+        })
+    }
+}

@@ -1,0 +1,22 @@
+#![allow(unreachable_pub, missing_docs)] // A test binary: nothing here is a public API.
+
+//! End-to-end tests: each starts the real `automation-host` binary on an
+//! ephemeral port and talks HTTP to it. Every storage behaviour runs on
+//! SQLite and on Postgres (`db_tests!` makes both variants).
+
+mod support;
+
+// Health and readiness probes, no auth.
+mod health;
+// API keys: admin key, created keys, refusals.
+mod auth;
+// Automations: create, validation, pagination, patch, soft delete.
+mod automations;
+// Runs: dispatch, listing, cancel and its races.
+mod runs;
+// Bundle uploads and archive checks.
+mod uploads;
+// The OpenAPI description matches the routes.
+mod openapi;
+// The command line: --help, config errors, restarts.
+mod cli;

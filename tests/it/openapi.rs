@@ -1,0 +1,66 @@
+use crate::support::{Backend, TestServer};
+use reqwest::Method;
+
+/// Every operation the description lists is served (not 404/405), and every
+/// route the API serves is described.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_matches_the_routes() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    let spec = s
+        .raw(Method::GET, "/openapi.json", &[], vec![])
+        .await
+        .expect(200)
+        .body;
+    assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = spec["paths"].as_object().unwrap();
+    let mut described = Vec::new();
+    for (path, item) in paths {
+        for method in ["get", "post", "patch", "delete", "put"] {
+            if item.get(method).is_some() {
+                described.push(format!("{} {path}", method.to_uppercase()));
+            }
+        }
+    }
+    described.sort();
+    let mut expected = vec![
+        "GET /health",
+        "GET /ready",
+        "POST /v1/automations",
+        "GET /v1/automations",
+        "GET /v1/automations/{id}",
+        "PATCH /v1/automations/{id}",
+        "DELETE /v1/automations/{id}",
+        "POST /v1/automations/{id}/dispatch",
+        "GET /v1/automations/{id}/runs",
+        "GET /v1/runs",
+        "GET /v1/runs/{id}",
+        "POST /v1/runs/{id}/cancel",
+        "POST /v1/uploads",
+        "GET /v1/uploads",
+        "GET /v1/uploads/{id}",
+        "DELETE /v1/uploads/{id}",
+    ];
+    expected.sort();
+    assert_eq!(described, expected);
+    for op in &described {
+        let (method, path) = op.split_once(' ').unwrap();
+        let path = path.replace("{id}", "00000000-0000-7000-8000-000000000000");
+        let r = s
+            .call(Method::from_bytes(method.as_bytes()).unwrap(), &path, None)
+            .await;
+        let unrouted = r.status == 405 || (r.status == 404 && r.body["detail"] == "no such route");
+        assert!(
+            !unrouted,
+            "{op} is described but not served: {} {}",
+            r.status, r.text
+        );
+        if path.starts_with("/v1") {
+            let op_spec = &paths[op.split_once(' ').unwrap().1][method.to_lowercase()];
+            assert!(
+                op_spec["security"].is_array(),
+                "{op} does not declare its auth"
+            );
+        }
+    }
+    assert!(spec["components"]["securitySchemes"]["api_key"].is_object());
+}

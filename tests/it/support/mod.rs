@@ -1,0 +1,469 @@
+//! Test support: start the real `automation-host` binary on an ephemeral
+//! port against a fresh database, and talk HTTP to it.
+
+#![allow(dead_code)] // Not every test binary module uses every helper.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::Value;
+
+/// The admin key every test server accepts.
+pub const KEY: &str = "test-admin-key-0123456789";
+
+/// The database a test server uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file in the server's temporary data directory.
+    Sqlite,
+    /// A fresh Postgres database, dropped afterwards.
+    Postgres,
+}
+
+/// True when Postgres tests are explicitly switched off on this machine.
+/// CI never sets it.
+pub fn skip_postgres() -> bool {
+    std::env::var("AUTOMATION_TEST_SKIP_POSTGRES").is_ok_and(|v| v == "1")
+}
+
+fn postgres_admin_url() -> String {
+    std::env::var("AUTOMATION_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// Generates `sqlite` and `postgres` test functions for each named
+/// `async fn name(backend: Backend)`.
+#[macro_export]
+macro_rules! db_tests {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::support::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if $crate::support::skip_postgres() {
+                    eprintln!("AUTOMATION_TEST_SKIP_POSTGRES=1: Postgres variant not run");
+                    return;
+                }
+                super::$name($crate::support::Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
+/// A fresh Postgres database that is dropped when this goes away.
+pub struct PgDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl PgDatabase {
+    pub async fn create() -> PgDatabase {
+        use sqlx::Connection;
+        let admin = postgres_admin_url();
+        let name = format!("ah_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
+            panic!(
+                "cannot reach Postgres at {admin}: {e}\n\
+                 Start it (pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start), \
+                 point AUTOMATION_TEST_POSTGRES_URL at one, or set AUTOMATION_TEST_SKIP_POSTGRES=1 \
+                 to skip the Postgres variants on this machine."
+            )
+        });
+        sqlx::query(&format!("create database {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let base = admin
+            .rsplit_once('/')
+            .map(|(b, _)| b.to_owned())
+            .unwrap_or(admin);
+        PgDatabase {
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside any async context we can borrow; use a thread
+        // with its own small runtime.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                use sqlx::Connection;
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&postgres_admin_url()).await {
+                    let _ = sqlx::query(&format!("drop database if exists {name} with (force)"))
+                        .execute(&mut conn)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A running `automation-host` process and the database it owns.
+pub struct TestServer {
+    child: Option<Child>,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    pub backend: Backend,
+    /// The data directory (SQLite file, caches, workspaces).
+    pub dir: tempfile::TempDir,
+    pub pg: Option<PgDatabase>,
+    /// Extra environment variables the server was started with.
+    pub env: Vec<(String, String)>,
+    http: reqwest::Client,
+    log: PathBuf,
+}
+
+/// An HTTP response, read fully.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Resp {
+    /// Asserts the status, showing the body if it differs.
+    #[track_caller]
+    pub fn expect(self, status: u16) -> Resp {
+        assert_eq!(
+            self.status, status,
+            "unexpected status; body: {}",
+            self.text
+        );
+        self
+    }
+
+    /// Asserts an error response with this status and code whose detail
+    /// mentions `needle`.
+    #[track_caller]
+    pub fn expect_error(self, status: u16, code: &str, needle: &str) -> Resp {
+        assert_eq!(
+            self.status, status,
+            "unexpected status; body: {}",
+            self.text
+        );
+        assert_eq!(
+            self.body["code"], code,
+            "unexpected code; body: {}",
+            self.text
+        );
+        let detail = self.body["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.contains(needle),
+            "detail {detail:?} should mention {needle:?}"
+        );
+        self
+    }
+
+    /// The `id` field of the body.
+    pub fn id(&self) -> String {
+        self.body["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no id in {}", self.text))
+            .to_owned()
+    }
+}
+
+impl TestServer {
+    /// Starts a server on a fresh database.
+    pub async fn start(backend: Backend) -> TestServer {
+        TestServer::start_with(backend, &[]).await
+    }
+
+    /// Starts a server on a fresh database with extra environment variables.
+    pub async fn start_with(backend: Backend, env: &[(&str, &str)]) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let pg = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(PgDatabase::create().await),
+        };
+        let mut server = TestServer {
+            child: None,
+            base: String::new(),
+            backend,
+            log: dir.path().join("server.log"),
+            dir,
+            pg,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+        };
+        server.spawn();
+        server
+    }
+
+    /// The environment the binary runs with (besides `PATH`).
+    pub fn server_env(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            (
+                "AUTOMATION_DATA_DIR".to_owned(),
+                self.dir.path().display().to_string(),
+            ),
+            ("AUTOMATION_LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
+            ("AUTOMATION_API_KEY".to_owned(), KEY.to_owned()),
+            (
+                "AUTOMATION_LOG".to_owned(),
+                "info,automation_host=debug".to_owned(),
+            ),
+        ];
+        if let Some(pg) = &self.pg {
+            env.push(("AUTOMATION_DATABASE_URL".to_owned(), pg.url.clone()));
+        }
+        env.extend(self.env.iter().cloned());
+        env
+    }
+
+    /// A `Command` for the binary with this server's environment.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_automation-host"));
+        cmd.env_clear();
+        for var in ["PATH", "HOME", "TMPDIR"] {
+            if let Ok(v) = std::env::var(var) {
+                cmd.env(var, v);
+            }
+        }
+        cmd.envs(self.server_env());
+        cmd
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut child = self
+            .command()
+            .arg("serve")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("cannot start automation-host");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("automation-host listening on ") {
+                    let _ = tx.send(url.to_owned());
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(url) => self.base = url,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "automation-host did not start; its log:\n{}",
+                    self.log_text()
+                );
+            }
+        }
+        self.child = Some(child);
+    }
+
+    /// The server's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("server not running");
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        for _ in 0..300 {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        panic!(
+            "automation-host did not stop within 15 s of SIGTERM; log:\n{}",
+            self.log_text()
+        );
+    }
+
+    /// Kills the process with SIGKILL (no chance to clean up).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the server and starts it again on the same database.
+    pub fn restart(&mut self) {
+        let status = self.stop();
+        assert!(
+            status.success(),
+            "server exited with {status} on SIGTERM; log:\n{}",
+            self.log_text()
+        );
+        self.spawn();
+    }
+
+    /// Sends a request with the admin key.
+    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Resp {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(KEY);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        read(req.send().await.expect("request failed")).await
+    }
+
+    /// Sends a request with a raw body and optional headers, no default auth.
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Resp {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .body(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        read(req.send().await.expect("request failed")).await
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        self.call(Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Resp {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> Resp {
+        self.call(Method::PATCH, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Resp {
+        self.call(Method::DELETE, path, None).await
+    }
+
+    /// Uploads a bundle archive.
+    pub async fn upload(&self, tgz: Vec<u8>) -> Resp {
+        let auth = format!("Bearer {KEY}");
+        self.raw(
+            Method::POST,
+            "/v1/uploads",
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/gzip"),
+            ],
+            tgz,
+        )
+        .await
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- automation-host log ({:?}) ---\n{}",
+                self.backend,
+                self.log_text()
+            );
+        }
+    }
+}
+
+async fn read(resp: reqwest::Response) -> Resp {
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Resp { status, body, text }
+}
+
+/// Builds a .tar.gz from `(path, contents, mode)` files.
+pub fn tgz(files: &[(&str, &str, u32)]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    for (path, contents, mode) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(contents.len() as u64);
+        header.set_mode(*mode);
+        header.set_entry_type(tar::EntryType::Regular);
+        builder
+            .append_data(&mut header, path, contents.as_bytes())
+            .unwrap();
+    }
+    builder.into_inner().unwrap().finish().unwrap()
+}
+
+/// A .tar.gz with one entry whose raw name is `name` (which `tar` itself
+/// would refuse to write, such as `../escape`).
+pub fn tgz_raw_name(name: &str, contents: &str) -> Vec<u8> {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    let mut header = tar::Header::new_gnu();
+    header.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name.as_bytes());
+    header.set_size(contents.len() as u64);
+    header.set_mode(0o644);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_cksum();
+    builder.append(&header, contents.as_bytes()).unwrap();
+    builder.into_inner().unwrap().finish().unwrap()
+}
+
+/// A minimal valid manual automation body that runs `bundle`.
+pub fn manual_automation(name: &str, upload_id: &str) -> Value {
+    serde_json::json!({
+        "name": name,
+        "trigger": {"type": "manual"},
+        "bundle": {"upload_id": upload_id},
+        "entrypoint": "sh run.sh",
+    })
+}
+
+/// Uploads a trivial bundle and returns its id.
+pub async fn simple_upload(server: &TestServer) -> String {
+    server
+        .upload(tgz(&[("run.sh", "echo hello\n", 0o755)]))
+        .await
+        .expect(201)
+        .id()
+}
