@@ -77,13 +77,8 @@ pub fn check(bytes: &[u8], limits: Limits) -> Result<Summary, ArchiveError> {
         return Err(ArchiveError::NotGzip);
     }
     let mut archive = tar::Archive::new(GzDecoder::new(bytes));
-    let mut summary = Summary {
-        entries: 0,
-        unpacked_bytes: 0,
-    };
-    let entries = archive
-        .entries()
-        .map_err(|e| ArchiveError::Corrupt(e.to_string()))?;
+    let mut summary = Summary { entries: 0, unpacked_bytes: 0 };
+    let entries = archive.entries().map_err(|e| ArchiveError::Corrupt(e.to_string()))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| ArchiveError::Corrupt(e.to_string()))?;
         summary.entries += 1;
@@ -119,15 +114,9 @@ pub fn check(bytes: &[u8], limits: Limits) -> Result<Summary, ArchiveError> {
                 }
             }
             // Metadata entries the tar crate folds into the next entry.
-            EntryType::XGlobalHeader
-            | EntryType::XHeader
-            | EntryType::GNULongName
-            | EntryType::GNULongLink => {}
+            EntryType::XGlobalHeader | EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink => {}
             other => {
-                return Err(ArchiveError::Unsupported {
-                    path,
-                    kind: format!("{other:?}").to_lowercase(),
-                });
+                return Err(ArchiveError::Unsupported { path, kind: format!("{other:?}").to_lowercase() });
             }
         }
         // Drain the entry so a damaged stream is noticed here, not at run time.
@@ -142,10 +131,7 @@ pub fn check(bytes: &[u8], limits: Limits) -> Result<Summary, ArchiveError> {
 
 fn link_target<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<String, ArchiveError> {
     let target = entry.link_name_bytes().ok_or_else(|| {
-        ArchiveError::Corrupt(format!(
-            "link {:?} has no target",
-            String::from_utf8_lossy(&entry.path_bytes())
-        ))
+        ArchiveError::Corrupt(format!("link {:?} has no target", String::from_utf8_lossy(&entry.path_bytes())))
     })?;
     Ok(String::from_utf8_lossy(&target).into_owned())
 }
@@ -188,10 +174,7 @@ pub(crate) mod tests {
     use flate2::Compression;
     use flate2::write::GzEncoder;
 
-    const LIMITS: Limits = Limits {
-        max_unpacked_bytes: 1 << 20,
-        max_entries: 100,
-    };
+    const LIMITS: Limits = Limits { max_unpacked_bytes: 1 << 20, max_entries: 100 };
 
     /// Builds a .tar.gz from (path, kind, data-or-link-target) triples,
     /// writing raw header names so tests can make archives `tar` would refuse.
@@ -226,42 +209,18 @@ pub(crate) mod tests {
             ("bin/alias", EntryType::Symlink, b"../run"),
             ("copy", EntryType::Link, b"bin/run.sh"),
         ]);
-        assert_eq!(
-            check(&tgz, LIMITS),
-            Ok(Summary {
-                entries: 5,
-                unpacked_bytes: 8
-            })
-        );
+        assert_eq!(check(&tgz, LIMITS), Ok(Summary { entries: 5, unpacked_bytes: 8 }));
     }
 
     #[test]
     fn refuses_escapes_with_a_message_naming_the_entry() {
         let cases: Vec<(Vec<u8>, &str)> = vec![
-            (
-                build(&[("/etc/passwd", EntryType::Regular, b"x")]),
-                "absolute path",
-            ),
-            (
-                build(&[("a/../../x", EntryType::Regular, b"x")]),
-                "contains '..'",
-            ),
-            (
-                build(&[("l", EntryType::Symlink, b"../outside")]),
-                "outside the bundle",
-            ),
-            (
-                build(&[("l", EntryType::Symlink, b"/etc/passwd")]),
-                "outside the bundle",
-            ),
-            (
-                build(&[("d/l", EntryType::Symlink, b"../../x")]),
-                "outside the bundle",
-            ),
-            (
-                build(&[("h", EntryType::Link, b"../x")]),
-                "outside the bundle",
-            ),
+            (build(&[("/etc/passwd", EntryType::Regular, b"x")]), "absolute path"),
+            (build(&[("a/../../x", EntryType::Regular, b"x")]), "contains '..'"),
+            (build(&[("l", EntryType::Symlink, b"../outside")]), "outside the bundle"),
+            (build(&[("l", EntryType::Symlink, b"/etc/passwd")]), "outside the bundle"),
+            (build(&[("d/l", EntryType::Symlink, b"../../x")]), "outside the bundle"),
+            (build(&[("h", EntryType::Link, b"../x")]), "outside the bundle"),
             (build(&[("dev", EntryType::Char, b"")]), "only files"),
         ];
         for (tgz, needle) in cases {
@@ -278,18 +237,10 @@ pub(crate) mod tests {
         assert!(matches!(check(&tgz, LIMITS), Err(ArchiveError::Corrupt(_))));
         assert_eq!(check(&build(&[]), LIMITS), Err(ArchiveError::Empty));
         let big = vec![0u8; 2 << 20];
-        assert_eq!(
-            check(&build(&[("big", EntryType::Regular, &big)]), LIMITS),
-            Err(ArchiveError::TooLarge(1 << 20))
-        );
-        let many: Vec<(String, EntryType, &[u8])> = (0..101)
-            .map(|i| (format!("f{i}"), EntryType::Regular, &b""[..]))
-            .collect();
-        let many: Vec<(&str, EntryType, &[u8])> =
-            many.iter().map(|(p, k, d)| (p.as_str(), *k, *d)).collect();
-        assert_eq!(
-            check(&build(&many), LIMITS),
-            Err(ArchiveError::TooManyEntries(100))
-        );
+        assert_eq!(check(&build(&[("big", EntryType::Regular, &big)]), LIMITS), Err(ArchiveError::TooLarge(1 << 20)));
+        let many: Vec<(String, EntryType, &[u8])> =
+            (0..101).map(|i| (format!("f{i}"), EntryType::Regular, &b""[..])).collect();
+        let many: Vec<(&str, EntryType, &[u8])> = many.iter().map(|(p, k, d)| (p.as_str(), *k, *d)).collect();
+        assert_eq!(check(&build(&many), LIMITS), Err(ArchiveError::TooManyEntries(100)));
     }
 }

@@ -62,31 +62,16 @@ pub struct Config {
 
     /// Directory for the SQLite database, the plugin compile cache and run
     /// workspaces. Created if missing.
-    #[arg(
-        long,
-        env = "AUTOMATION_DATA_DIR",
-        default_value = "./data",
-        global = true
-    )]
+    #[arg(long, env = "AUTOMATION_DATA_DIR", default_value = "./data", global = true)]
     pub data_dir: PathBuf,
 
     /// Address to listen on (`127.0.0.1:0` picks a free port).
-    #[arg(
-        long,
-        env = "AUTOMATION_LISTEN",
-        default_value = "127.0.0.1:8080",
-        global = true
-    )]
+    #[arg(long, env = "AUTOMATION_LISTEN", default_value = "127.0.0.1:8080", global = true)]
     pub listen: String,
 
     /// An API key accepted as admin, for simple self-hosting (at least 16
     /// characters). Keys made with `api-key create` work alongside it.
-    #[arg(
-        long,
-        env = "AUTOMATION_API_KEY",
-        global = true,
-        hide_env_values = true
-    )]
+    #[arg(long, env = "AUTOMATION_API_KEY", global = true, hide_env_values = true)]
     pub api_key: Option<String>,
 
     /// Largest JSON request body, in bytes.
@@ -102,21 +87,36 @@ pub struct Config {
     pub max_unpacked_bytes: u64,
 
     /// Most entries (files, directories, links) a bundle may hold.
-    #[arg(
-        long,
-        env = "AUTOMATION_MAX_UPLOAD_ENTRIES",
-        default_value_t = 10_000,
-        global = true
-    )]
+    #[arg(long, env = "AUTOMATION_MAX_UPLOAD_ENTRIES", default_value_t = 10_000, global = true)]
     pub max_upload_entries: u64,
 
+    /// Largest plugin component accepted by `PUT /v1/plugins/{name}`, in bytes.
+    #[arg(long, env = "AUTOMATION_MAX_PLUGIN_BYTES", default_value_t = 32 * 1024 * 1024, global = true)]
+    pub max_plugin_bytes: usize,
+
+    /// Directory of operator plugins (`NAME.wasm` + `NAME.toml` manifest).
+    /// Default: `plugins` in the data directory.
+    #[arg(long, env = "AUTOMATION_PLUGINS_DIR", global = true)]
+    pub plugins_dir: Option<PathBuf>,
+
+    /// Directory of precompiled plugins (safe to share between hosts of the
+    /// same version). Default: `plugin-cache` in the data directory.
+    #[arg(long, env = "AUTOMATION_PLUGIN_CACHE_DIR", global = true)]
+    pub plugin_cache_dir: Option<PathBuf>,
+
+    /// Capabilities granted to plugins, deny by default:
+    /// `name=cap,cap;name2=http:host1|host2`. Capabilities: `kv`, `sandbox`,
+    /// `http:HOSTS`. Entries replace the bundled defaults (`local-sandbox=sandbox;
+    /// agent-server=http:127.0.0.1|localhost`).
+    #[arg(long, env = "AUTOMATION_PLUGIN_GRANTS", default_value = "", global = true)]
+    pub plugin_grants: String,
+
+    /// Bytes of stdout and of stderr kept per run.
+    #[arg(long, env = "AUTOMATION_RUN_OUTPUT_BYTES", default_value_t = 256 * 1024, global = true)]
+    pub run_output_bytes: usize,
+
     /// Database connections (Postgres pool size; SQLite reader count, at most 8).
-    #[arg(
-        long,
-        env = "AUTOMATION_DB_CONNECTIONS",
-        default_value_t = 10,
-        global = true
-    )]
+    #[arg(long, env = "AUTOMATION_DB_CONNECTIONS", default_value_t = 10, global = true)]
     pub db_connections: u32,
 
     /// Do not apply migrations at start-up (run `migrate` separately).
@@ -124,12 +124,7 @@ pub struct Config {
     pub no_migrate: bool,
 
     /// The executor plugin used by automations that name none.
-    #[arg(
-        long,
-        env = "AUTOMATION_DEFAULT_EXECUTOR",
-        default_value = "local-sandbox",
-        global = true
-    )]
+    #[arg(long, env = "AUTOMATION_DEFAULT_EXECUTOR", default_value = "local-sandbox", global = true)]
     pub default_executor: String,
 
     /// Log filter, in `tracing` syntax (`info`, `debug,sqlx=warn`, ...).
@@ -141,12 +136,7 @@ pub struct Config {
     pub log_format: LogFormat,
 
     /// Seconds to let in-flight requests finish after SIGTERM or Ctrl-C.
-    #[arg(
-        long,
-        env = "AUTOMATION_SHUTDOWN_GRACE_SECONDS",
-        default_value_t = 10,
-        global = true
-    )]
+    #[arg(long, env = "AUTOMATION_SHUTDOWN_GRACE_SECONDS", default_value_t = 10, global = true)]
     pub shutdown_grace_seconds: u64,
 }
 
@@ -164,13 +154,10 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         let mut problems = Vec::new();
         if let Some(url) = &self.database_url {
-            let ok = ["sqlite:", "postgres://", "postgresql://"]
-                .iter()
-                .any(|p| url.starts_with(p));
+            let ok = ["sqlite:", "postgres://", "postgresql://"].iter().any(|p| url.starts_with(p));
             if !ok {
-                problems.push(format!(
-                    "AUTOMATION_DATABASE_URL must start with sqlite:// or postgres:// (got {url:?})"
-                ));
+                problems
+                    .push(format!("AUTOMATION_DATABASE_URL must start with sqlite:// or postgres:// (got {url:?})"));
             }
         }
         if self.listen.parse::<SocketAddr>().is_err() {
@@ -181,10 +168,8 @@ impl Config {
         }
         if let Some(key) = &self.api_key {
             if key.trim().len() < 16 {
-                problems.push(
-                    "AUTOMATION_API_KEY must be at least 16 characters (try `openssl rand -hex 24`)"
-                        .to_owned(),
-                );
+                problems
+                    .push("AUTOMATION_API_KEY must be at least 16 characters (try `openssl rand -hex 24`)".to_owned());
             }
         }
         for (name, value) in [
@@ -193,32 +178,40 @@ impl Config {
             ("AUTOMATION_MAX_UNPACKED_BYTES", self.max_unpacked_bytes),
             ("AUTOMATION_MAX_UPLOAD_ENTRIES", self.max_upload_entries),
             ("AUTOMATION_DB_CONNECTIONS", u64::from(self.db_connections)),
+            ("AUTOMATION_MAX_PLUGIN_BYTES", self.max_plugin_bytes as u64),
+            ("AUTOMATION_RUN_OUTPUT_BYTES", self.run_output_bytes as u64),
         ] {
             if value == 0 {
                 problems.push(format!("{name} must be greater than 0"));
             }
         }
+        if let Err(e) = crate::plugins::manifest::Grants::parse(&self.plugin_grants) {
+            problems.push(format!("AUTOMATION_PLUGIN_GRANTS: {e}"));
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log).is_err() {
-            problems.push(format!(
-                "AUTOMATION_LOG is not a valid filter: {:?}",
-                self.log
-            ));
+            problems.push(format!("AUTOMATION_LOG is not a valid filter: {:?}", self.log));
         }
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(format!(
-                "invalid configuration:\n  - {}",
-                problems.join("\n  - ")
-            ))
+            Err(format!("invalid configuration:\n  - {}", problems.join("\n  - ")))
         }
+    }
+
+    /// The plugins directory in effect.
+    pub fn effective_plugins_dir(&self) -> PathBuf {
+        self.plugins_dir.clone().unwrap_or_else(|| self.data_dir.join("plugins"))
+    }
+
+    /// The operator's grants over the bundled defaults (call after `validate`).
+    pub fn grants(&self) -> crate::plugins::manifest::Grants {
+        let overrides = crate::plugins::manifest::Grants::parse(&self.plugin_grants).unwrap_or_default();
+        crate::plugins::manifest::Grants::bundled_defaults().with_overrides(overrides)
     }
 
     /// The listen address (call after `validate`).
     pub fn listen_addr(&self) -> SocketAddr {
-        self.listen
-            .parse()
-            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080)))
+        self.listen.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080)))
     }
 }
 
@@ -235,10 +228,7 @@ mod tests {
         let cli = parse(&[]);
         assert!(cli.command.is_none());
         cli.config.validate().unwrap();
-        assert_eq!(
-            cli.config.effective_database_url(),
-            "sqlite://./data/automation.db"
-        );
+        assert_eq!(cli.config.effective_database_url(), "sqlite://./data/automation.db");
     }
 
     #[test]
@@ -254,12 +244,9 @@ mod tests {
             "0",
         ]);
         let err = cli.config.validate().unwrap_err();
-        for needle in [
-            "AUTOMATION_DATABASE_URL",
-            "AUTOMATION_LISTEN",
-            "AUTOMATION_API_KEY",
-            "AUTOMATION_MAX_BODY_BYTES",
-        ] {
+        for needle in
+            ["AUTOMATION_DATABASE_URL", "AUTOMATION_LISTEN", "AUTOMATION_API_KEY", "AUTOMATION_MAX_BODY_BYTES"]
+        {
             assert!(err.contains(needle), "{needle} missing from {err}");
         }
     }

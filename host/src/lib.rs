@@ -20,6 +20,7 @@ pub mod archive;
 pub mod auth;
 pub mod config;
 pub mod model;
+pub mod plugins;
 pub mod scheduler;
 pub mod store;
 
@@ -37,24 +38,47 @@ use crate::store::Store;
 /// file if needed) and applies migrations unless told not to.
 pub async fn open_store(config: &Config, migrate: bool) -> anyhow::Result<Store> {
     if config.database_url.is_none() {
-        std::fs::create_dir_all(&config.data_dir).with_context(|| {
-            format!(
-                "cannot create the data directory {}",
-                config.data_dir.display()
-            )
-        })?;
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
     }
     let url = config.effective_database_url();
     let store = Store::connect(&url, config.db_connections)
         .await
         .with_context(|| format!("cannot open the database {}", redact(&url)))?;
     if migrate {
-        store
-            .migrate()
-            .await
-            .context("cannot apply database migrations")?;
+        store.migrate().await.context("cannot apply database migrations")?;
     }
     Ok(store)
+}
+
+/// Builds the plugin runtime and loads every plugin: bundled, from the
+/// plugins directory, and uploaded (from the database).
+pub async fn start_plugins(config: &Config, store: Option<&Store>) -> anyhow::Result<Arc<plugins::Registry>> {
+    let started = std::time::Instant::now();
+    let services = Arc::new(plugins::host::Services {
+        store: store.cloned(),
+        sandbox: Arc::new(plugins::sandbox::Sandbox::new(
+            config.data_dir.join("workspaces"),
+            config.run_output_bytes,
+            archive::Limits { max_unpacked_bytes: config.max_unpacked_bytes, max_entries: config.max_upload_entries },
+            tokio::runtime::Handle::current(),
+        )),
+        runtime: tokio::runtime::Handle::current(),
+    });
+    let cache_dir = config.plugin_cache_dir.clone().unwrap_or_else(|| config.data_dir.join("plugin-cache"));
+    let runtime = Arc::new(plugins::Runtime::new(cache_dir, services, config.grants(), false)?);
+    let registry = Arc::new(plugins::Registry::new(runtime));
+    registry.load_all(Some(&config.effective_plugins_dir()), store).await?;
+    let loaded = registry.list();
+    let cached = loaded.iter().filter(|p| p.load.1 == plugins::engine::CacheOutcome::Hit).count();
+    tracing::info!(
+        plugins = loaded.len(),
+        from_cache = cached,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "plugins loaded: {}",
+        loaded.iter().map(|p| format!("{} ({})", p.name(), p.kind().as_str())).collect::<Vec<_>>().join(", ")
+    );
+    Ok(registry)
 }
 
 /// Hides the password in a database URL for logs.
@@ -63,12 +87,7 @@ pub fn redact(url: &str) -> String {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let creds = &url[scheme_end + 3..at];
             match creds.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme_end + 3],
-                    &creds[..colon],
-                    &url[at..]
-                ),
+                Some(colon) => format!("{}{}:***{}", &url[..scheme_end + 3], &creds[..colon], &url[at..]),
                 None => url.to_owned(),
             }
         }
@@ -81,10 +100,13 @@ pub fn redact(url: &str) -> String {
 pub async fn serve(
     config: Arc<Config>,
     store: Store,
+    plugins: Arc<plugins::Registry>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let state = api::AppState::new(store.clone(), config.clone());
+    let state = api::AppState::new(store.clone(), config.clone(), plugins.clone());
+    let background = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(follow_uploaded_plugins(store.clone(), plugins.clone(), background.clone()));
     let app = api::router(state);
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
@@ -96,10 +118,7 @@ pub async fn serve(
     let drained = async {
         if stopping_rx.await.is_ok() {
             tokio::time::sleep(grace).await;
-            tracing::warn!(
-                grace_seconds = grace.as_secs(),
-                "in-flight requests did not finish in time; closing"
-            );
+            tracing::warn!(grace_seconds = grace.as_secs(), "in-flight requests did not finish in time; closing");
         } else {
             std::future::pending::<()>().await;
         }
@@ -108,9 +127,34 @@ pub async fn serve(
         res = server => res.context("the HTTP server failed")?,
         () = drained => {}
     }
+    background.cancel();
+    plugins.runtime().sandbox().kill_all();
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reloads uploaded plugins when another replica changed them (the
+/// database is the source of truth for uploads).
+async fn follow_uploaded_plugins(
+    store: Store,
+    plugins: Arc<plugins::Registry>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut seen = store.plugins_version().await.ok();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        let Ok(now) = store.plugins_version().await else { continue };
+        if seen.as_ref() != Some(&now) {
+            if let Err(e) = plugins.reload_uploaded(&store).await {
+                tracing::warn!(error = %e, "cannot reload uploaded plugins");
+            }
+            seen = Some(now);
+        }
+    }
 }
 
 /// Resolves when the process gets SIGINT (Ctrl-C) or SIGTERM.
@@ -139,14 +183,8 @@ pub async fn shutdown_signal() {
 mod tests {
     #[test]
     fn redact_hides_passwords_only() {
-        assert_eq!(
-            super::redact("postgres://u:secret@h/db"),
-            "postgres://u:***@h/db"
-        );
+        assert_eq!(super::redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
         assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(
-            super::redact("sqlite://./data/a.db"),
-            "sqlite://./data/a.db"
-        );
+        assert_eq!(super::redact("sqlite://./data/a.db"), "sqlite://./data/a.db");
     }
 }

@@ -37,9 +37,7 @@ fn main() -> ExitCode {
 
 fn init_tracing(config: &Config) {
     let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -52,19 +50,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve => serve(config).await,
         Command::Migrate => {
             open_store(&config, true).await?;
-            println!(
-                "migrations applied to {}",
-                automation_host::redact(&config.effective_database_url())
-            );
+            println!("migrations applied to {}", automation_host::redact(&config.effective_database_url()));
             Ok(())
         }
         Command::ApiKey(ApiKeyCommand::Create { name }) => {
             let store = open_store(&config, !config.no_migrate).await?;
             let key = create_key(&store, &name).await?;
             println!("{key}");
-            eprintln!(
-                "API key {name:?} created. It is shown only this once; only its hash is stored."
-            );
+            eprintln!("API key {name:?} created. It is shown only this once; only its hash is stored.");
             Ok(())
         }
     }
@@ -72,10 +65,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn create_key(store: &automation_host::store::Store, name: &str) -> anyhow::Result<String> {
     let name = name.trim();
-    anyhow::ensure!(
-        !name.is_empty() && name.len() <= 200,
-        "--name must be 1 to 200 characters"
-    );
+    anyhow::ensure!(!name.is_empty() && name.len() <= 200, "--name must be 1 to 200 characters");
     let key = auth::generate_key();
     let info = ApiKeyInfo {
         id: uuid::Uuid::now_v7(),
@@ -98,12 +88,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if config.api_key.is_none() && store.count_api_keys().await? == 0 {
         // A first start with no way in would be a dead end: make one key.
         let key = create_key(&store, "initial-admin").await?;
-        println!(
-            "No API key was configured, so one was created (shown only now; only its hash is stored):"
-        );
+        println!("No API key was configured, so one was created (shown only now; only its hash is stored):");
         println!("  {key}");
         println!("Use it as `Authorization: Bearer {key}`, or set AUTOMATION_API_KEY.");
     }
+    let plugins = automation_host::start_plugins(&config, Some(&store)).await?;
     let addr = config.listen_addr();
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -112,5 +101,5 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(%local, "listening");
     // One machine-readable line on stdout; the tests read the port from it.
     println!("automation-host listening on http://{local}");
-    automation_host::serve(config, store, listener, automation_host::shutdown_signal()).await
+    automation_host::serve(config, store, plugins, listener, automation_host::shutdown_signal()).await
 }

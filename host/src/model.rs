@@ -291,7 +291,7 @@ pub struct RunTrigger {
 }
 
 /// What a run's process produced.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RunOutput {
     /// The exit code, when there was a process.
     pub exit_code: Option<i32>,
@@ -375,4 +375,18 @@ pub struct ApiKeyInfo {
 pub fn now() -> DateTime<Utc> {
     use chrono::SubsecRound;
     Utc::now().trunc_subsecs(6)
+}
+
+/// Checks a plugin or source name: 1 to 64 lowercase letters, digits, `-`
+/// and `_`, starting with a letter or digit.
+pub fn check_name(value: &str) -> Result<(), String> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && value.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{value:?} must be 1 to 64 lowercase letters, digits, '-' or '_', starting with a letter or digit"))
+    }
 }

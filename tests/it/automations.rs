@@ -45,50 +45,22 @@ async fn create_read_list_every_trigger_type(backend: Backend) {
         .await
         .expect(201);
     assert_eq!(event.body["trigger"]["filter_plugin"], "jmespath");
-    assert_eq!(
-        event.body["executor"]["plugin"], "local-sandbox",
-        "default executor"
-    );
+    assert_eq!(event.body["executor"]["plugin"], "local-sandbox", "default executor");
     assert_eq!(event.body["timeout_seconds"], 600, "default timeout");
-    let manual = s
-        .post("/v1/automations", manual_automation("by hand", &upload))
-        .await
-        .expect(201);
+    let manual = s.post("/v1/automations", manual_automation("by hand", &upload)).await.expect(201);
 
-    let got = s
-        .get(&format!("/v1/automations/{}", event.id()))
-        .await
-        .expect(200);
-    assert_eq!(
-        got.body, event.body,
-        "read back equals what create returned"
-    );
+    let got = s.get(&format!("/v1/automations/{}", event.id())).await.expect(200);
+    assert_eq!(got.body, event.body, "read back equals what create returned");
 
     let list = s.get("/v1/automations").await.expect(200);
     assert_eq!(list.body["total"], 3);
-    let names: Vec<_> = list.body["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["name"].as_str().unwrap())
-        .collect();
+    let names: Vec<_> = list.body["items"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["by hand", "on pr", "nightly"], "newest first");
     let only_cron = s.get("/v1/automations?trigger=cron").await.expect(200);
     assert_eq!(only_cron.body["total"], 1);
     assert_eq!(only_cron.body["items"][0]["id"], cron.body["id"]);
-    s.patch(
-        &format!("/v1/automations/{}", manual.id()),
-        json!({"enabled": false}),
-    )
-    .await
-    .expect(200);
-    assert_eq!(
-        s.get("/v1/automations?enabled=false")
-            .await
-            .expect(200)
-            .body["total"],
-        1
-    );
+    s.patch(&format!("/v1/automations/{}", manual.id()), json!({"enabled": false})).await.expect(200);
+    assert_eq!(s.get("/v1/automations?enabled=false").await.expect(200).body["total"], 1);
 }
 
 async fn bad_input_gets_a_clear_4xx_and_writes_nothing(backend: Backend) {
@@ -96,130 +68,73 @@ async fn bad_input_gets_a_clear_4xx_and_writes_nothing(backend: Backend) {
     let upload = simple_upload(&s).await;
     let valid = manual_automation("ok", &upload);
     let auth = format!("Bearer {KEY}");
-    let headers = [
-        ("authorization", auth.as_str()),
-        ("content-type", "application/json"),
-    ];
+    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
 
-    let r = s
-        .raw(
-            Method::POST,
-            "/v1/automations",
-            &headers,
-            b"{\"name\": \"x\",".to_vec(),
-        )
-        .await;
+    let r = s.raw(Method::POST, "/v1/automations", &headers, b"{\"name\": \"x\",".to_vec()).await;
     r.expect_error(400, "malformed_json", "malformed JSON");
     // curl -d sends form-urlencoded; the body is still read as JSON.
-    let r = s
-        .raw(
-            Method::POST,
-            "/v1/automations",
-            &[("authorization", &auth)],
-            b"name=x".to_vec(),
-        )
-        .await;
+    let r = s.raw(Method::POST, "/v1/automations", &[("authorization", &auth)], b"name=x".to_vec()).await;
     r.expect_error(400, "malformed_json", "malformed JSON");
 
     let mut unknown = valid.clone();
     unknown["colour"] = json!("blue");
-    s.post("/v1/automations", unknown)
-        .await
-        .expect_error(422, "invalid_body", "colour");
+    s.post("/v1/automations", unknown).await.expect_error(422, "invalid_body", "colour");
     let mut unknown_nested = valid.clone();
     unknown_nested["trigger"] = json!({"type": "manual", "extra": 1});
-    s.post("/v1/automations", unknown_nested)
-        .await
-        .expect_error(422, "invalid_body", "extra");
+    s.post("/v1/automations", unknown_nested).await.expect_error(422, "invalid_body", "extra");
 
     let cron = |schedule: &str, tz: &str| {
         let mut a = valid.clone();
         a["trigger"] = json!({"type": "cron", "schedule": schedule, "timezone": tz});
         a
     };
-    s.post("/v1/automations", cron("61 * * * *", "UTC"))
-        .await
-        .expect_error(422, "invalid_cron", "61 * * * *");
-    s.post("/v1/automations", cron("* * * *", "UTC"))
-        .await
-        .expect_error(422, "invalid_cron", "got 4");
-    s.post("/v1/automations", cron("0 0 31 2 *", "UTC"))
-        .await
-        .expect_error(422, "invalid_cron", "never fires");
-    s.post("/v1/automations", cron("* * * * *", "Mars/Olympus"))
-        .await
-        .expect_error(422, "invalid_timezone", "Mars/Olympus");
+    s.post("/v1/automations", cron("61 * * * *", "UTC")).await.expect_error(422, "invalid_cron", "61 * * * *");
+    s.post("/v1/automations", cron("* * * *", "UTC")).await.expect_error(422, "invalid_cron", "got 4");
+    s.post("/v1/automations", cron("0 0 31 2 *", "UTC")).await.expect_error(422, "invalid_cron", "never fires");
+    s.post("/v1/automations", cron("* * * * *", "Mars/Olympus")).await.expect_error(
+        422,
+        "invalid_timezone",
+        "Mars/Olympus",
+    );
 
     let mut missing = valid.clone();
     missing.as_object_mut().unwrap().remove("name");
-    s.post("/v1/automations", missing)
-        .await
-        .expect_error(422, "invalid_body", "name");
+    s.post("/v1/automations", missing).await.expect_error(422, "invalid_body", "name");
     let mut blank = valid.clone();
     blank["name"] = json!("   ");
-    s.post("/v1/automations", blank)
-        .await
-        .expect_error(422, "invalid_field", "name");
+    s.post("/v1/automations", blank).await.expect_error(422, "invalid_field", "name");
     let mut long = valid.clone();
     long["name"] = json!("x".repeat(201));
-    s.post("/v1/automations", long)
-        .await
-        .expect_error(422, "too_long", "name");
+    s.post("/v1/automations", long).await.expect_error(422, "too_long", "name");
     let mut shell = valid.clone();
     shell["entrypoint"] = json!("sh run.sh; curl evil");
-    s.post("/v1/automations", shell)
-        .await
-        .expect_error(422, "invalid_entrypoint", "shell syntax");
+    s.post("/v1/automations", shell).await.expect_error(422, "invalid_entrypoint", "shell syntax");
     let mut nothing = valid.clone();
     nothing.as_object_mut().unwrap().remove("bundle");
-    s.post("/v1/automations", nothing)
-        .await
-        .expect_error(422, "nothing_to_run", "bundle");
+    s.post("/v1/automations", nothing).await.expect_error(422, "nothing_to_run", "bundle");
     let mut ghost = valid.clone();
     ghost["bundle"] = json!({"upload_id": "00000000-0000-7000-8000-000000000000"});
-    s.post("/v1/automations", ghost)
-        .await
-        .expect_error(422, "unknown_upload", "does not exist");
+    s.post("/v1/automations", ghost).await.expect_error(422, "unknown_upload", "does not exist");
     let mut timeout = valid.clone();
     timeout["timeout_seconds"] = json!(0);
-    s.post("/v1/automations", timeout).await.expect_error(
-        422,
-        "invalid_timeout",
-        "timeout_seconds",
-    );
+    s.post("/v1/automations", timeout).await.expect_error(422, "invalid_timeout", "timeout_seconds");
     let mut neg = valid.clone();
     neg["concurrency"] = json!(-1);
-    s.post("/v1/automations", neg)
-        .await
-        .expect_error(422, "invalid_body", "concurrency");
+    s.post("/v1/automations", neg).await.expect_error(422, "invalid_body", "concurrency");
     let mut bad_plugin = valid.clone();
     bad_plugin["executor"] = json!({"plugin": "Not A Name"});
-    s.post("/v1/automations", bad_plugin).await.expect_error(
-        422,
-        "invalid_name",
-        "executor.plugin",
-    );
+    s.post("/v1/automations", bad_plugin).await.expect_error(422, "invalid_name", "executor.plugin");
     let mut bad_event = valid.clone();
     bad_event["trigger"] = json!({"type": "event", "source": "github", "on": []});
-    s.post("/v1/automations", bad_event)
-        .await
-        .expect_error(422, "invalid_trigger", "trigger.on");
+    s.post("/v1/automations", bad_event).await.expect_error(422, "invalid_trigger", "trigger.on");
 
     let mut big = valid.clone();
     big["env"] = json!({"BIG": "x".repeat(5000)});
-    s.post("/v1/automations", big)
-        .await
-        .expect_error(413, "payload_too_large", "too large");
+    s.post("/v1/automations", big).await.expect_error(413, "payload_too_large", "too large");
 
-    s.get("/v1/automations/not-a-uuid")
-        .await
-        .expect_error(400, "invalid_path", "");
-    s.get("/v1/automations?limit=0")
-        .await
-        .expect_error(400, "invalid_query", "limit");
-    s.get("/v1/automations?limit=abc")
-        .await
-        .expect_error(400, "invalid_query", "limit");
+    s.get("/v1/automations/not-a-uuid").await.expect_error(400, "invalid_path", "");
+    s.get("/v1/automations?limit=0").await.expect_error(400, "invalid_query", "limit");
+    s.get("/v1/automations?limit=abc").await.expect_error(400, "invalid_query", "limit");
 
     // Nothing above was stored.
     assert_eq!(s.get("/v1/automations").await.expect(200).body["total"], 0);
@@ -232,15 +147,7 @@ async fn pagination_walks_every_item_once(backend: Backend) {
     let upload = simple_upload(&s).await;
     let mut created = Vec::new();
     for i in 0..7 {
-        created.push(
-            s.post(
-                "/v1/automations",
-                manual_automation(&format!("a{i}"), &upload),
-            )
-            .await
-            .expect(201)
-            .id(),
-        );
+        created.push(s.post("/v1/automations", manual_automation(&format!("a{i}"), &upload)).await.expect(201).id());
     }
     created.reverse(); // newest first
     let mut seen = Vec::new();
@@ -254,13 +161,7 @@ async fn pagination_walks_every_item_once(backend: Backend) {
         let page = s.get(&path).await.expect(200);
         pages += 1;
         assert_eq!(page.body["total"], 7);
-        seen.extend(
-            page.body["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|a| a["id"].as_str().unwrap().to_owned()),
-        );
+        seen.extend(page.body["items"].as_array().unwrap().iter().map(|a| a["id"].as_str().unwrap().to_owned()));
         match page.body["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_owned()),
             None => break,
@@ -268,80 +169,53 @@ async fn pagination_walks_every_item_once(backend: Backend) {
     }
     assert_eq!(pages, 3);
     assert_eq!(seen, created);
-    s.get("/v1/automations?cursor=garbage")
-        .await
-        .expect_error(400, "invalid_query", "cursor");
-    s.get("/v1/automations?limit=101")
-        .await
-        .expect_error(400, "invalid_query", "limit");
+    s.get("/v1/automations?cursor=garbage").await.expect_error(400, "invalid_query", "cursor");
+    s.get("/v1/automations?limit=101").await.expect_error(400, "invalid_query", "limit");
 }
 
 async fn patch_changes_only_what_it_names(backend: Backend) {
     let s = TestServer::start(backend).await;
     let upload = simple_upload(&s).await;
-    let a = s
-        .post("/v1/automations", manual_automation("before", &upload))
-        .await
-        .expect(201);
+    let a = s.post("/v1/automations", manual_automation("before", &upload)).await.expect(201);
     let path = format!("/v1/automations/{}", a.id());
     let p = s
-        .patch(&path, json!({"name": "after", "enabled": false, "executor": {"plugin": "agent-server", "config": {"url": "http://x"}}}))
+        .patch(&path, json!({"name": "after", "enabled": false, "executor": {"plugin": "local-sandbox", "config": {"keep_workspace": true}}}))
         .await
         .expect(200);
     assert_eq!(p.body["name"], "after");
     assert_eq!(p.body["enabled"], false);
-    assert_eq!(p.body["executor"]["plugin"], "agent-server");
+    assert_eq!(p.body["executor"]["config"]["keep_workspace"], true);
     assert_eq!(p.body["entrypoint"], a.body["entrypoint"]);
     assert_ne!(p.body["updated_at"], a.body["updated_at"]);
     // An invalid patch is refused whole.
-    s.patch(
-        &path,
-        json!({"name": "again", "trigger": {"type": "cron", "schedule": "61 * * * *"}}),
-    )
-    .await
-    .expect_error(422, "invalid_cron", "61");
+    s.patch(&path, json!({"name": "again", "trigger": {"type": "cron", "schedule": "61 * * * *"}})).await.expect_error(
+        422,
+        "invalid_cron",
+        "61",
+    );
     let got = s.get(&path).await.expect(200);
     assert_eq!(got.body, p.body);
     // Removing the entrypoint of a bundle-only automation is refused.
-    s.patch(&path, json!({"entrypoint": null}))
-        .await
-        .expect_error(422, "missing_entrypoint", "entrypoint");
-    s.patch(&path, json!({"colour": 1}))
-        .await
-        .expect_error(422, "invalid_body", "colour");
-    s.patch(
-        "/v1/automations/00000000-0000-7000-8000-000000000000",
-        json!({"name": "x"}),
-    )
-    .await
-    .expect_error(404, "not_found", "automation");
+    s.patch(&path, json!({"entrypoint": null})).await.expect_error(422, "missing_entrypoint", "entrypoint");
+    s.patch(&path, json!({"colour": 1})).await.expect_error(422, "invalid_body", "colour");
+    s.patch("/v1/automations/00000000-0000-7000-8000-000000000000", json!({"name": "x"})).await.expect_error(
+        404,
+        "not_found",
+        "automation",
+    );
 }
 
 async fn soft_delete_hides_and_cancels_pending_runs(backend: Backend) {
     let s = TestServer::start(backend).await;
     let upload = simple_upload(&s).await;
-    let a = s
-        .post("/v1/automations", manual_automation("doomed", &upload))
-        .await
-        .expect(201);
+    let a = s.post("/v1/automations", manual_automation("doomed", &upload)).await.expect(201);
     let path = format!("/v1/automations/{}", a.id());
-    let run = s
-        .post(&format!("{path}/dispatch"), json!({}))
-        .await
-        .expect(201);
+    let run = s.post(&format!("{path}/dispatch"), json!({})).await.expect(201);
     s.delete(&path).await.expect(204);
-    s.get(&path)
-        .await
-        .expect_error(404, "not_found", "automation");
-    s.delete(&path)
-        .await
-        .expect_error(404, "not_found", "automation");
-    s.post(&format!("{path}/dispatch"), json!({}))
-        .await
-        .expect_error(404, "not_found", "automation");
-    s.patch(&path, json!({"enabled": true}))
-        .await
-        .expect_error(404, "not_found", "automation");
+    s.get(&path).await.expect_error(404, "not_found", "automation");
+    s.delete(&path).await.expect_error(404, "not_found", "automation");
+    s.post(&format!("{path}/dispatch"), json!({})).await.expect_error(404, "not_found", "automation");
+    s.patch(&path, json!({"enabled": true})).await.expect_error(404, "not_found", "automation");
     assert_eq!(s.get("/v1/automations").await.expect(200).body["total"], 0);
     // The run is still readable, and will never start.
     let r = s.get(&format!("/v1/runs/{}", run.id())).await.expect(200);

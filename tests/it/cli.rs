@@ -9,12 +9,7 @@ fn bin() -> Command {
 
 #[test]
 fn help_is_there_for_every_command() {
-    for args in [
-        &["--help"][..],
-        &["serve", "--help"],
-        &["migrate", "--help"],
-        &["api-key", "create", "--help"],
-    ] {
+    for args in [&["--help"][..], &["serve", "--help"], &["migrate", "--help"], &["api-key", "create", "--help"]] {
         let out = bin().args(args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
         let text = String::from_utf8_lossy(&out.stdout);
@@ -22,12 +17,7 @@ fn help_is_there_for_every_command() {
     }
     let out = bin().arg("--help").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    for needle in [
-        "AUTOMATION_DATABASE_URL",
-        "AUTOMATION_LISTEN",
-        "AUTOMATION_API_KEY",
-        "AUTOMATION_DATA_DIR",
-    ] {
+    for needle in ["AUTOMATION_DATABASE_URL", "AUTOMATION_LISTEN", "AUTOMATION_API_KEY", "AUTOMATION_DATA_DIR"] {
         assert!(text.contains(needle), "--help does not mention {needle}");
     }
 }
@@ -43,11 +33,7 @@ fn bad_config_is_reported_in_one_message() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    for needle in [
-        "AUTOMATION_DATABASE_URL",
-        "AUTOMATION_LISTEN",
-        "AUTOMATION_API_KEY",
-    ] {
+    for needle in ["AUTOMATION_DATABASE_URL", "AUTOMATION_LISTEN", "AUTOMATION_API_KEY"] {
         assert!(err.contains(needle), "{needle} not in {err}");
     }
 }
@@ -57,51 +43,21 @@ db_tests!(a_restart_keeps_everything);
 async fn a_restart_keeps_everything(backend: Backend) {
     let mut s = TestServer::start(backend).await;
     let upload = simple_upload(&s).await;
-    let a = s
-        .post("/v1/automations", manual_automation("survivor", &upload))
-        .await
-        .expect(201);
-    let run = s
-        .post(
-            &format!("/v1/automations/{}/dispatch", a.id()),
-            json!({"payload": {"n": 1}}),
-        )
-        .await
-        .expect(201);
+    let a = s.post("/v1/automations", manual_automation("survivor", &upload)).await.expect(201);
+    let run = s.post(&format!("/v1/automations/{}/dispatch", a.id()), json!({"payload": {"n": 1}})).await.expect(201);
     let before = (
-        s.get(&format!("/v1/automations/{}", a.id()))
-            .await
-            .expect(200)
-            .body,
-        s.get(&format!("/v1/runs/{}", run.id()))
-            .await
-            .expect(200)
-            .body,
-        s.get(&format!("/v1/uploads/{upload}"))
-            .await
-            .expect(200)
-            .body,
+        s.get(&format!("/v1/automations/{}", a.id())).await.expect(200).body,
+        s.get(&format!("/v1/runs/{}", run.id())).await.expect(200).body,
+        s.get(&format!("/v1/uploads/{upload}")).await.expect(200).body,
     );
     s.restart();
     let after = (
-        s.get(&format!("/v1/automations/{}", a.id()))
-            .await
-            .expect(200)
-            .body,
-        s.get(&format!("/v1/runs/{}", run.id()))
-            .await
-            .expect(200)
-            .body,
-        s.get(&format!("/v1/uploads/{upload}"))
-            .await
-            .expect(200)
-            .body,
+        s.get(&format!("/v1/automations/{}", a.id())).await.expect(200).body,
+        s.get(&format!("/v1/runs/{}", run.id())).await.expect(200).body,
+        s.get(&format!("/v1/uploads/{upload}")).await.expect(200).body,
     );
     assert_eq!(before, after);
-    assert!(
-        s.log_text().contains("shutting down"),
-        "SIGTERM was not handled gracefully"
-    );
+    assert!(s.log_text().contains("shutting down"), "SIGTERM was not handled gracefully");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,16 +86,8 @@ async fn first_start_without_a_key_prints_one() {
         }
     }
     let (key, base) = (key.expect("no key printed"), base.expect("never listened"));
-    assert!(
-        dir.path().join("automation.db").exists(),
-        "SQLite file created in the data dir"
-    );
-    let resp = reqwest::Client::new()
-        .get(format!("{base}/v1/automations"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    assert!(dir.path().join("automation.db").exists(), "SQLite file created in the data dir");
+    let resp = reqwest::Client::new().get(format!("{base}/v1/automations")).bearer_auth(&key).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let _ = child.kill();
     let _ = child.wait();

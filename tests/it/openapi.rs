@@ -6,11 +6,7 @@ use reqwest::Method;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_matches_the_routes() {
     let s = TestServer::start(Backend::Sqlite).await;
-    let spec = s
-        .raw(Method::GET, "/openapi.json", &[], vec![])
-        .await
-        .expect(200)
-        .body;
+    let spec = s.raw(Method::GET, "/openapi.json", &[], vec![]).await.expect(200).body;
     assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
     let paths = spec["paths"].as_object().unwrap();
     let mut described = Vec::new();
@@ -39,27 +35,23 @@ async fn openapi_matches_the_routes() {
         "GET /v1/uploads",
         "GET /v1/uploads/{id}",
         "DELETE /v1/uploads/{id}",
+        "GET /v1/plugins",
+        "GET /v1/plugins/{name}",
+        "PUT /v1/plugins/{name}",
+        "DELETE /v1/plugins/{name}",
+        "POST /v1/filters/evaluate",
     ];
     expected.sort();
     assert_eq!(described, expected);
     for op in &described {
         let (method, path) = op.split_once(' ').unwrap();
-        let path = path.replace("{id}", "00000000-0000-7000-8000-000000000000");
-        let r = s
-            .call(Method::from_bytes(method.as_bytes()).unwrap(), &path, None)
-            .await;
+        let path = path.replace("{id}", "00000000-0000-7000-8000-000000000000").replace("{name}", "no-such-plugin");
+        let r = s.call(Method::from_bytes(method.as_bytes()).unwrap(), &path, None).await;
         let unrouted = r.status == 405 || (r.status == 404 && r.body["detail"] == "no such route");
-        assert!(
-            !unrouted,
-            "{op} is described but not served: {} {}",
-            r.status, r.text
-        );
+        assert!(!unrouted, "{op} is described but not served: {} {}", r.status, r.text);
         if path.starts_with("/v1") {
             let op_spec = &paths[op.split_once(' ').unwrap().1][method.to_lowercase()];
-            assert!(
-                op_spec["security"].is_array(),
-                "{op} does not declare its auth"
-            );
+            assert!(op_spec["security"].is_array(), "{op} does not declare its auth");
         }
     }
     assert!(spec["components"]["securitySchemes"]["api_key"].is_object());

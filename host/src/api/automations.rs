@@ -1,6 +1,7 @@
 //! `/v1/automations`: create, list, read, change, delete and dispatch.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -16,9 +17,11 @@ use uuid::Uuid;
 use super::extract::parse_json;
 use super::{ApiJson, ApiPath, ApiQuery, AppState, Error, ErrorBody, Page, PageQuery};
 use crate::model::{
-    Automation, BundleRef, ConcurrencyPolicy, ExecutorRef, PresetRef, Run, RunStatus, RunTrigger,
-    StatusDetail, Trigger,
+    Automation, BundleRef, ConcurrencyPolicy, ExecutorRef, PresetRef, Run, RunStatus, RunTrigger, StatusDetail, Trigger,
 };
+use crate::plugins::manifest::Kind;
+use crate::plugins::registry::LookupError;
+use crate::plugins::{CallError, Plugin};
 use crate::scheduler::cron::{CronError, Schedule};
 use crate::store::AutomationFilter;
 
@@ -32,11 +35,7 @@ const DEFAULT_CONCURRENCY: u32 = 1;
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(automations_create, automations_list))
-        .routes(routes!(
-            automations_get,
-            automations_update,
-            automations_delete
-        ))
+        .routes(routes!(automations_get, automations_update, automations_delete))
         .routes(routes!(automations_dispatch))
 }
 
@@ -119,9 +118,7 @@ pub(crate) struct AutomationPatch {
 }
 
 /// Distinguishes an absent field (outer `None`) from `null` (`Some(None)`).
-fn double_option<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
-    d: D,
-) -> Result<Option<Option<T>>, D::Error> {
+fn double_option<'de, T: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
 }
 
@@ -207,11 +204,7 @@ async fn automations_list(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Page<Automation>>, Error> {
-    let (limit, before) = PageQuery {
-        limit: q.limit,
-        cursor: q.cursor,
-    }
-    .resolve()?;
+    let (limit, before) = PageQuery { limit: q.limit, cursor: q.cursor }.resolve()?;
     if let Some(t) = &q.trigger {
         if !["cron", "event", "manual"].contains(&t.as_str()) {
             return Err(Error::BadRequest(
@@ -220,14 +213,8 @@ async fn automations_list(
             ));
         }
     }
-    let filter = AutomationFilter {
-        enabled: q.enabled,
-        trigger_type: q.trigger,
-    };
-    let page = state
-        .store
-        .list_automations(&filter, limit + 1, before)
-        .await?;
+    let filter = AutomationFilter { enabled: q.enabled, trigger_type: q.trigger };
+    let page = state.store.list_automations(&filter, limit + 1, before).await?;
     Ok(Json(Page::new(page.items, page.total, limit, |a| a.id)))
 }
 
@@ -240,10 +227,7 @@ async fn automations_list(
     security(("api_key" = [])),
     responses((status = 200, body = Automation), (status = 404, body = ErrorBody))
 )]
-async fn automations_get(
-    State(state): State<AppState>,
-    ApiPath(id): ApiPath<Uuid>,
-) -> Result<Json<Automation>, Error> {
+async fn automations_get(State(state): State<AppState>, ApiPath(id): ApiPath<Uuid>) -> Result<Json<Automation>, Error> {
     Ok(Json(load(&state, id).await?))
 }
 
@@ -328,10 +312,7 @@ async fn automations_update(
     security(("api_key" = [])),
     responses((status = 204, description = "deleted"), (status = 404, body = ErrorBody))
 )]
-async fn automations_delete(
-    State(state): State<AppState>,
-    ApiPath(id): ApiPath<Uuid>,
-) -> Result<StatusCode, Error> {
+async fn automations_delete(State(state): State<AppState>, ApiPath(id): ApiPath<Uuid>) -> Result<StatusCode, Error> {
     if state.store.soft_delete_automation(id).await? {
         tracing::info!(automation.id = %id, "automation deleted");
         Ok(StatusCode::NO_CONTENT)
@@ -356,23 +337,15 @@ async fn automations_dispatch(
     ApiPath(id): ApiPath<Uuid>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Run>), Error> {
-    let body: DispatchBody = if body.iter().all(u8::is_ascii_whitespace) {
-        DispatchBody::default()
-    } else {
-        parse_json(&body)?
-    };
+    let body: DispatchBody =
+        if body.iter().all(u8::is_ascii_whitespace) { DispatchBody::default() } else { parse_json(&body)? };
     let automation = load(&state, id).await?;
     let now = crate::model::now();
     let run = Run {
         id: Uuid::now_v7(),
         automation_id: automation.id,
         status: RunStatus::Pending,
-        status_detail: StatusDetail {
-            from: None,
-            by: "api".into(),
-            reason: "dispatched manually".into(),
-            at: now,
-        },
+        status_detail: StatusDetail { from: None, by: "api".into(), reason: "dispatched manually".into(), at: now },
         trigger: RunTrigger {
             kind: "manual".into(),
             payload: body.payload,
@@ -397,11 +370,7 @@ async fn automations_dispatch(
 }
 
 async fn load(state: &AppState, id: Uuid) -> Result<Automation, Error> {
-    state
-        .store
-        .get_automation(id)
-        .await?
-        .ok_or_else(|| Error::not_found("automation", id))
+    state.store.get_automation(id).await?.ok_or_else(|| Error::not_found("automation", id))
 }
 
 /// Checks an automation before it is stored; the first problem is a 422 that
@@ -409,30 +378,18 @@ async fn load(state: &AppState, id: Uuid) -> Result<Automation, Error> {
 async fn validate(state: &AppState, a: &Automation) -> Result<(), Error> {
     check_text("name", &a.name, 200)?;
     match &a.trigger {
-        Trigger::Cron {
-            schedule, timezone, ..
-        } => {
+        Trigger::Cron { schedule, timezone, .. } => {
             check_len("trigger.schedule", schedule, 256)?;
             check_len("trigger.timezone", timezone, 64)?;
             Schedule::parse(schedule, timezone).map_err(|e| match e {
-                CronError::TimeZone(_) => {
-                    Error::invalid("invalid_timezone", format!("trigger.timezone: {e}"))
-                }
+                CronError::TimeZone(_) => Error::invalid("invalid_timezone", format!("trigger.timezone: {e}")),
                 _ => Error::invalid("invalid_cron", format!("trigger.schedule: {e}")),
             })?;
         }
-        Trigger::Event {
-            source,
-            on,
-            filter,
-            filter_plugin,
-        } => {
+        Trigger::Event { source, on, filter, filter_plugin } => {
             check_name("trigger.source", source)?;
             if on.is_empty() || on.len() > 50 {
-                return Err(Error::invalid(
-                    "invalid_trigger",
-                    "trigger.on must list 1 to 50 event keys or patterns",
-                ));
+                return Err(Error::invalid("invalid_trigger", "trigger.on must list 1 to 50 event keys or patterns"));
             }
             for pattern in on {
                 check_len("trigger.on", pattern, 200)?;
@@ -443,18 +400,21 @@ async fn validate(state: &AppState, a: &Automation) -> Result<(), Error> {
                     ));
                 }
             }
-            if let Some(f) = filter {
-                check_len("trigger.filter", f, 8192)?;
-            }
             check_name("trigger.filter_plugin", filter_plugin)?;
+            match filter.as_deref().map(str::trim) {
+                Some(f) if !f.is_empty() => {
+                    check_len("trigger.filter", f, 8192)?;
+                    validate_filter(state, filter_plugin, f).await?;
+                }
+                _ => {
+                    check_plugin(state, "trigger.filter_plugin", filter_plugin, Kind::Filter)?;
+                }
+            }
         }
         Trigger::Manual {} => {}
     }
     if a.bundle.is_none() && a.preset.is_none() {
-        return Err(Error::invalid(
-            "nothing_to_run",
-            "give a bundle (an upload), a preset, or both",
-        ));
+        return Err(Error::invalid("nothing_to_run", "give a bundle (an upload), a preset, or both"));
     }
     if let Some(b) = &a.bundle {
         if state.store.get_upload(b.upload_id).await?.is_none() {
@@ -476,17 +436,22 @@ async fn validate(state: &AppState, a: &Automation) -> Result<(), Error> {
     if let Some(p) = &a.preset {
         check_name("preset.name", &p.name)?;
         check_json_object("preset.config", &p.config)?;
+        let bundle = render_preset(state, p).await?;
+        if bundle.entrypoint.trim().is_empty() && a.entrypoint.is_none() {
+            return Err(Error::invalid(
+                "missing_entrypoint",
+                format!("preset {} gives no entrypoint; set one", p.name),
+            ));
+        }
     }
     check_name("executor.plugin", &a.executor.plugin)?;
     check_json_object("executor.config", &a.executor.config)?;
+    check_plugin(state, "executor.plugin", &a.executor.plugin, Kind::Executor)?;
     check_env(&a.env)?;
     if !(1..=MAX_TIMEOUT_SECONDS).contains(&a.timeout_seconds) {
         return Err(Error::invalid(
             "invalid_timeout",
-            format!(
-                "timeout_seconds must be 1 to {MAX_TIMEOUT_SECONDS} (got {})",
-                a.timeout_seconds
-            ),
+            format!("timeout_seconds must be 1 to {MAX_TIMEOUT_SECONDS} (got {})", a.timeout_seconds),
         ));
     }
     if !(1..=1000).contains(&a.concurrency) {
@@ -500,10 +465,7 @@ async fn validate(state: &AppState, a: &Automation) -> Result<(), Error> {
 
 fn check_len(field: &str, value: &str, max: usize) -> Result<(), Error> {
     if value.len() > max {
-        return Err(Error::invalid(
-            "too_long",
-            format!("{field} is longer than {max} bytes"),
-        ));
+        return Err(Error::invalid("too_long", format!("{field} is longer than {max} bytes")));
     }
     Ok(())
 }
@@ -511,55 +473,60 @@ fn check_len(field: &str, value: &str, max: usize) -> Result<(), Error> {
 fn check_text(field: &str, value: &str, max: usize) -> Result<(), Error> {
     check_len(field, value, max)?;
     if value.trim().is_empty() {
-        return Err(Error::invalid(
-            "invalid_field",
-            format!("{field} must not be blank"),
-        ));
+        return Err(Error::invalid("invalid_field", format!("{field} must not be blank")));
     }
     if value.chars().any(char::is_control) {
-        return Err(Error::invalid(
-            "invalid_field",
-            format!("{field} must not contain control characters"),
-        ));
+        return Err(Error::invalid("invalid_field", format!("{field} must not contain control characters")));
     }
     Ok(())
 }
 
 /// Plugin and source names: lowercase letters, digits, `-` and `_`, 1 to 64.
 pub(crate) fn check_name(field: &str, value: &str) -> Result<(), Error> {
-    let ok = !value.is_empty()
-        && value.len() <= 64
-        && value
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
-        && value
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric());
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            "invalid_name",
-            format!(
-                "{field} {value:?} must be 1 to 64 lowercase letters, digits, '-' or '_', starting with a letter or digit"
-            ),
-        ))
-    }
+    crate::model::check_name(value).map_err(|e| Error::invalid("invalid_name", format!("{field} {e}")))
+}
+
+/// Checks that `name` is a loaded plugin of `kind`.
+fn check_plugin(state: &AppState, field: &str, name: &str, kind: Kind) -> Result<Arc<Plugin>, Error> {
+    state.plugins.require(name, kind).map_err(|e| match e {
+        LookupError::Unknown { .. } => Error::invalid("unknown_plugin", format!("{field}: {e}")),
+        LookupError::WrongKind { .. } => Error::invalid("wrong_plugin_kind", format!("{field}: {e}")),
+    })
+}
+
+/// Asks the filter plugin whether an expression is valid; a syntax error is a
+/// 422 quoting the plugin's message.
+pub(crate) async fn validate_filter(state: &AppState, plugin_name: &str, filter: &str) -> Result<(), Error> {
+    let plugin = check_plugin(state, "trigger.filter_plugin", plugin_name, Kind::Filter)?;
+    let expr = filter.to_owned();
+    let (result, _) = state.plugins.blocking(move |rt| rt.filter_validate(&plugin, &expr)).await;
+    result.map_err(|e| match e {
+        CallError::Guest { error, .. } => {
+            Error::invalid("invalid_filter", format!("trigger.filter: {}", error.message))
+        }
+        other => Error::invalid("filter_plugin_failed", format!("trigger.filter could not be checked: {other}")),
+    })
+}
+
+/// Renders a preset once to check its configuration; returns the bundle.
+async fn render_preset(state: &AppState, preset: &PresetRef) -> Result<crate::plugins::Bundle, Error> {
+    let plugin = check_plugin(state, "preset.name", &preset.name, Kind::Preset)?;
+    let config = preset.config.to_string();
+    let (result, _) = state.plugins.blocking(move |rt| rt.preset_render(&plugin, &config)).await;
+    result.map_err(|e| match e {
+        CallError::Guest { error, .. } => {
+            Error::invalid("invalid_preset_config", format!("preset.config: {}", error.message))
+        }
+        other => Error::invalid("preset_failed", format!("preset {} failed: {other}", preset.name)),
+    })
 }
 
 fn check_json_object(field: &str, value: &Value) -> Result<(), Error> {
     if !value.is_object() {
-        return Err(Error::invalid(
-            "invalid_field",
-            format!("{field} must be a JSON object"),
-        ));
+        return Err(Error::invalid("invalid_field", format!("{field} must be a JSON object")));
     }
     if value.to_string().len() > 64 * 1024 {
-        return Err(Error::invalid(
-            "too_long",
-            format!("{field} is larger than 64 KiB"),
-        ));
+        return Err(Error::invalid("too_long", format!("{field} is larger than 64 KiB")));
     }
     Ok(())
 }
@@ -573,10 +540,7 @@ fn check_entrypoint(e: &str) -> Result<(), Error> {
         Some("must not be blank")
     } else if e.trim_start().starts_with('/') {
         Some("must be relative to the bundle root, not an absolute path")
-    } else if e
-        .split(|c: char| c == '/' || c.is_whitespace())
-        .any(|part| part == "..")
-    {
+    } else if e.split(|c: char| c == '/' || c.is_whitespace()).any(|part| part == "..") {
         Some("must not contain '..'")
     } else if e.chars().any(|c| ";&|`$(){}<>!\\\n\r".contains(c)) {
         Some("must not contain shell syntax (; & | ` $ ( ) { } < > ! \\ or newlines)")
@@ -584,20 +548,14 @@ fn check_entrypoint(e: &str) -> Result<(), Error> {
         None
     };
     match problem {
-        Some(p) => Err(Error::invalid(
-            "invalid_entrypoint",
-            format!("entrypoint {e:?} {p}"),
-        )),
+        Some(p) => Err(Error::invalid("invalid_entrypoint", format!("entrypoint {e:?} {p}"))),
         None => Ok(()),
     }
 }
 
 fn check_env(env: &BTreeMap<String, String>) -> Result<(), Error> {
     if env.len() > 100 {
-        return Err(Error::invalid(
-            "invalid_env",
-            "env may hold at most 100 variables",
-        ));
+        return Err(Error::invalid("invalid_env", "env may hold at most 100 variables"));
     }
     for (k, v) in env {
         let valid = !k.is_empty()
@@ -630,16 +588,7 @@ mod tests {
         for ok in ["./run.sh", "python3 main.py --flag", "bin/tool x=y"] {
             check_entrypoint(ok).unwrap();
         }
-        for bad in [
-            "",
-            "/bin/sh",
-            "../x",
-            "a/../../b",
-            "run.sh; rm -rf /",
-            "echo $HOME",
-            "a | b",
-            "x\ny",
-        ] {
+        for bad in ["", "/bin/sh", "../x", "a/../../b", "run.sh; rm -rf /", "echo $HOME", "a | b", "x\ny"] {
             assert!(check_entrypoint(bad).is_err(), "{bad:?} should be refused");
         }
     }

@@ -91,19 +91,11 @@ impl IntoResponse for Error {
         } else {
             self.to_string()
         };
-        let mut response = (
-            status,
-            Json(ErrorBody {
-                code: code.to_owned(),
-                detail,
-            }),
-        )
-            .into_response();
+        let mut response = (status, Json(ErrorBody { code: code.to_owned(), detail })).into_response();
         if status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(
-                axum::http::header::WWW_AUTHENTICATE,
-                axum::http::HeaderValue::from_static("Bearer"),
-            );
+            response
+                .headers_mut()
+                .insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
         }
         response
     }
@@ -116,36 +108,11 @@ mod tests {
     #[test]
     fn statuses_and_hidden_internals() {
         let cases = [
-            (
-                Error::BadRequest("malformed_json", "x".into()),
-                400,
-                "malformed_json",
-                "x",
-            ),
-            (
-                Error::Unauthorized("no key".into()),
-                401,
-                "unauthorized",
-                "no key",
-            ),
-            (
-                Error::not_found("run", 7),
-                404,
-                "not_found",
-                "run 7 not found",
-            ),
-            (
-                Error::Conflict("run_final", "done".into()),
-                409,
-                "run_final",
-                "done",
-            ),
-            (
-                Error::invalid("invalid_cron", "bad"),
-                422,
-                "invalid_cron",
-                "bad",
-            ),
+            (Error::BadRequest("malformed_json", "x".into()), 400, "malformed_json", "x"),
+            (Error::Unauthorized("no key".into()), 401, "unauthorized", "no key"),
+            (Error::not_found("run", 7), 404, "not_found", "run 7 not found"),
+            (Error::Conflict("run_final", "done".into()), 409, "run_final", "done"),
+            (Error::invalid("invalid_cron", "bad"), 422, "invalid_cron", "bad"),
             (
                 Error::Internal(anyhow::anyhow!("secret path /etc")),
                 500,

@@ -33,20 +33,11 @@ pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> 
             let path = e.path().to_string();
             let inner = e.into_inner();
             if inner.is_syntax() || inner.is_eof() {
-                Err(Error::BadRequest(
-                    "malformed_json",
-                    format!("malformed JSON: {inner}"),
-                ))
+                Err(Error::BadRequest("malformed_json", format!("malformed JSON: {inner}")))
             } else if path == "." {
-                Err(Error::invalid(
-                    "invalid_body",
-                    format!("invalid request body: {inner}"),
-                ))
+                Err(Error::invalid("invalid_body", format!("invalid request body: {inner}")))
             } else {
-                Err(Error::invalid(
-                    "invalid_body",
-                    format!("invalid request body at `{path}`: {inner}"),
-                ))
+                Err(Error::invalid("invalid_body", format!("invalid request body at `{path}`: {inner}")))
             }
         }
     }

@@ -17,9 +17,7 @@ pub(crate) struct Status {
 }
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(health))
-        .routes(routes!(ready))
+    OpenApiRouter::new().routes(routes!(health)).routes(routes!(ready))
 }
 
 /// The process is up.

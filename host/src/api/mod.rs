@@ -7,7 +7,9 @@
 mod automations;
 mod error;
 mod extract;
+mod filters;
 mod health;
+mod plugins;
 mod runs;
 mod uploads;
 
@@ -32,6 +34,7 @@ pub use extract::{ApiJson, ApiPath, ApiQuery};
 
 use crate::auth;
 use crate::config::Config;
+use crate::plugins::Registry;
 use crate::store::Store;
 
 /// What every handler can reach.
@@ -41,19 +44,17 @@ pub struct AppState {
     pub store: Store,
     /// The configuration the host started with.
     pub config: Arc<Config>,
+    /// The loaded plugins.
+    pub plugins: Arc<Registry>,
     /// SHA-256 of `AUTOMATION_API_KEY`, if set.
     admin_key_hash: Option<String>,
 }
 
 impl AppState {
     /// Builds the state from a store and the configuration.
-    pub fn new(store: Store, config: Arc<Config>) -> AppState {
+    pub fn new(store: Store, config: Arc<Config>, plugins: Arc<Registry>) -> AppState {
         let admin_key_hash = config.api_key.as_deref().map(|k| auth::hash_key(k.trim()));
-        AppState {
-            store,
-            config,
-            admin_key_hash,
-        }
+        AppState { store, config, plugins, admin_key_hash }
     }
 }
 
@@ -74,10 +75,7 @@ struct BearerAuth;
 impl Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "api_key",
-            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
-        );
+        components.add_security_scheme("api_key", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
     }
 }
 
@@ -87,24 +85,18 @@ pub fn router(state: AppState) -> Router {
         .merge(automations::router())
         .merge(runs::router())
         .merge(uploads::router())
+        .merge(plugins::router())
+        .merge(filters::router())
         .split_for_parts();
-    let v1 = v1.route_layer(middleware::from_fn_with_state(
-        state.clone(),
-        require_api_key,
-    ));
-    let (public, public_spec) = OpenApiRouter::new()
-        .merge(health::router())
-        .split_for_parts();
+    let v1 = v1.route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
+    let (public, public_spec) = OpenApiRouter::new().merge(health::router()).split_for_parts();
     spec.merge(public_spec);
     let spec = Arc::new(spec);
 
     Router::new()
         .merge(public)
         .merge(v1)
-        .route(
-            "/openapi.json",
-            get(move || async move { axum::Json(spec.as_ref().clone()) }),
-        )
+        .route("/openapi.json", get(move || async move { axum::Json(spec.as_ref().clone()) }))
         .fallback(|| async { Error::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(
@@ -116,35 +108,22 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Lets a request through only with a valid `Authorization: Bearer <key>`.
-async fn require_api_key(
-    State(state): State<AppState>,
-    req: Request,
-    next: Next,
-) -> Result<Response, Error> {
+async fn require_api_key(State(state): State<AppState>, req: Request, next: Next) -> Result<Response, Error> {
     let header = req.headers().get(AUTHORIZATION).ok_or_else(|| {
-        Error::Unauthorized(
-            "missing Authorization header; send `Authorization: Bearer <api key>`".into(),
-        )
+        Error::Unauthorized("missing Authorization header; send `Authorization: Bearer <api key>`".into())
     })?;
     let token = header
         .to_str()
         .ok()
-        .and_then(|h| {
-            h.strip_prefix("Bearer ")
-                .or_else(|| h.strip_prefix("bearer "))
-        })
+        .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
         .map(str::trim)
-        .ok_or_else(|| {
-            Error::Unauthorized("the Authorization header must be `Bearer <api key>`".into())
-        })?;
+        .ok_or_else(|| Error::Unauthorized("the Authorization header must be `Bearer <api key>`".into()))?;
     if token.is_empty() {
         return Err(Error::Unauthorized("empty API key".into()));
     }
     let hash = auth::hash_key(token);
-    let is_admin = state
-        .admin_key_hash
-        .as_deref()
-        .is_some_and(|admin| auth::constant_time_eq(admin.as_bytes(), hash.as_bytes()));
+    let is_admin =
+        state.admin_key_hash.as_deref().is_some_and(|admin| auth::constant_time_eq(admin.as_bytes(), hash.as_bytes()));
     if !is_admin && state.store.find_api_key(&hash).await?.is_none() {
         return Err(Error::Unauthorized("invalid API key".into()));
     }
@@ -166,18 +145,12 @@ impl PageQuery {
     pub fn resolve(&self) -> Result<(u32, Option<Uuid>), Error> {
         let limit = self.limit.unwrap_or(50);
         if !(1..=100).contains(&limit) {
-            return Err(Error::BadRequest(
-                "invalid_query",
-                format!("limit must be 1 to 100 (got {limit})"),
-            ));
+            return Err(Error::BadRequest("invalid_query", format!("limit must be 1 to 100 (got {limit})")));
         }
         let cursor = match &self.cursor {
             None => None,
             Some(c) => Some(Uuid::parse_str(c).map_err(|_| {
-                Error::BadRequest(
-                    "invalid_query",
-                    format!("cursor {c:?} is not one this API returned"),
-                )
+                Error::BadRequest("invalid_query", format!("cursor {c:?} is not one this API returned"))
             })?),
         };
         Ok((limit, cursor))
@@ -205,10 +178,6 @@ impl<T: ToSchema> Page<T> {
         } else {
             None
         };
-        Page {
-            items,
-            total,
-            next_cursor,
-        }
+        Page { items, total, next_cursor }
     }
 }

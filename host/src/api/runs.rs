@@ -34,19 +34,12 @@ pub(crate) struct RunListQuery {
 
 impl RunListQuery {
     fn resolve(&self) -> Result<(u32, Option<Uuid>, Option<RunStatus>), Error> {
-        let (limit, before) = PageQuery {
-            limit: self.limit,
-            cursor: self.cursor.clone(),
-        }
-        .resolve()?;
+        let (limit, before) = PageQuery { limit: self.limit, cursor: self.cursor.clone() }.resolve()?;
         let status = match &self.status {
             None => None,
             Some(s) => Some(RunStatus::parse(s).ok_or_else(|| {
                 let all: Vec<_> = RunStatus::ALL.iter().map(|s| s.as_str()).collect();
-                Error::BadRequest(
-                    "invalid_query",
-                    format!("status must be one of {} (got {s:?})", all.join(", ")),
-                )
+                Error::BadRequest("invalid_query", format!("status must be one of {} (got {s:?})", all.join(", ")))
             })?),
         };
         Ok((limit, before, status))
@@ -67,10 +60,7 @@ async fn runs_list(
     ApiQuery(q): ApiQuery<RunListQuery>,
 ) -> Result<Json<Page<Run>>, Error> {
     let (limit, before, status) = q.resolve()?;
-    let page = state
-        .store
-        .list_runs(None, status, limit + 1, before)
-        .await?;
+    let page = state.store.list_runs(None, status, limit + 1, before).await?;
     Ok(Json(Page::new(page.items, page.total, limit, |r| r.id)))
 }
 
@@ -92,10 +82,7 @@ async fn runs_list_for_automation(
     if state.store.get_automation(id).await?.is_none() {
         return Err(Error::not_found("automation", id));
     }
-    let page = state
-        .store
-        .list_runs(Some(id), status, limit + 1, before)
-        .await?;
+    let page = state.store.list_runs(Some(id), status, limit + 1, before).await?;
     Ok(Json(Page::new(page.items, page.total, limit, |r| r.id)))
 }
 
@@ -108,16 +95,8 @@ async fn runs_list_for_automation(
     security(("api_key" = [])),
     responses((status = 200, body = Run), (status = 404, body = ErrorBody))
 )]
-async fn runs_get(
-    State(state): State<AppState>,
-    ApiPath(id): ApiPath<Uuid>,
-) -> Result<Json<Run>, Error> {
-    state
-        .store
-        .get_run(id)
-        .await?
-        .map(Json)
-        .ok_or_else(|| Error::not_found("run", id))
+async fn runs_get(State(state): State<AppState>, ApiPath(id): ApiPath<Uuid>) -> Result<Json<Run>, Error> {
+    state.store.get_run(id).await?.map(Json).ok_or_else(|| Error::not_found("run", id))
 }
 
 /// Cancels a pending or running run. A running run's executor is told to
@@ -130,31 +109,13 @@ async fn runs_get(
     security(("api_key" = [])),
     responses((status = 200, body = Run), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody))
 )]
-async fn runs_cancel(
-    State(state): State<AppState>,
-    ApiPath(id): ApiPath<Uuid>,
-) -> Result<Json<Run>, Error> {
-    let detail = StatusDetail {
-        from: None,
-        by: "api".into(),
-        reason: "cancelled on request".into(),
-        at: crate::model::now(),
-    };
+async fn runs_cancel(State(state): State<AppState>, ApiPath(id): ApiPath<Uuid>) -> Result<Json<Run>, Error> {
+    let detail =
+        StatusDetail { from: None, by: "api".into(), reason: "cancelled on request".into(), at: crate::model::now() };
     for from in [RunStatus::Pending, RunStatus::Running] {
-        let detail = StatusDetail {
-            from: Some(from),
-            ..detail.clone()
-        };
-        if let Some(run) = state
-            .store
-            .transition_run(
-                id,
-                &[from],
-                RunStatus::Cancelled,
-                &detail,
-                RunChanges::default(),
-            )
-            .await?
+        let detail = StatusDetail { from: Some(from), ..detail.clone() };
+        if let Some(run) =
+            state.store.transition_run(id, &[from], RunStatus::Cancelled, &detail, RunChanges::default()).await?
         {
             tracing::info!(run.id = %id, from = %from, "run cancelled");
             return Ok(Json(run));
@@ -164,10 +125,7 @@ async fn runs_cancel(
         None => Err(Error::not_found("run", id)),
         Some(run) if run.status.is_final() => Err(Error::Conflict(
             "run_final",
-            format!(
-                "run {id} is already {}; only pending or running runs can be cancelled",
-                run.status
-            ),
+            format!("run {id} is already {}; only pending or running runs can be cancelled", run.status),
         )),
         // It moved between our two attempts (pending -> running); one more try.
         Some(run) => state
@@ -176,19 +134,11 @@ async fn runs_cancel(
                 id,
                 &[run.status],
                 RunStatus::Cancelled,
-                &StatusDetail {
-                    from: Some(run.status),
-                    ..detail
-                },
+                &StatusDetail { from: Some(run.status), ..detail },
                 RunChanges::default(),
             )
             .await?
             .map(Json)
-            .ok_or_else(|| {
-                Error::Conflict(
-                    "run_final",
-                    format!("run {id} finished while being cancelled"),
-                )
-            }),
+            .ok_or_else(|| Error::Conflict("run_final", format!("run {id} finished while being cancelled"))),
     }
 }

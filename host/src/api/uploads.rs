@@ -17,9 +17,7 @@ use crate::model::Upload;
 use crate::store::DeleteUpload;
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(uploads_create, uploads_list))
-        .routes(routes!(uploads_get, uploads_delete))
+    OpenApiRouter::new().routes(routes!(uploads_create, uploads_list)).routes(routes!(uploads_get, uploads_delete))
 }
 
 /// Upload options.
@@ -61,9 +59,7 @@ async fn uploads_create(
     }
     let limit = state.config.max_upload_bytes;
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        Error::PayloadTooLarge(format!(
-            "the upload is larger than {limit} bytes (AUTOMATION_MAX_UPLOAD_BYTES)"
-        ))
+        Error::PayloadTooLarge(format!("the upload is larger than {limit} bytes (AUTOMATION_MAX_UPLOAD_BYTES)"))
     })?;
     let limits = archive::Limits {
         max_unpacked_bytes: state.config.max_unpacked_bytes,
@@ -116,16 +112,8 @@ async fn uploads_list(
     security(("api_key" = [])),
     responses((status = 200, body = Upload), (status = 404, body = ErrorBody))
 )]
-async fn uploads_get(
-    State(state): State<AppState>,
-    ApiPath(id): ApiPath<Uuid>,
-) -> Result<Json<Upload>, Error> {
-    state
-        .store
-        .get_upload(id)
-        .await?
-        .map(Json)
-        .ok_or_else(|| Error::not_found("upload", id))
+async fn uploads_get(State(state): State<AppState>, ApiPath(id): ApiPath<Uuid>) -> Result<Json<Upload>, Error> {
+    state.store.get_upload(id).await?.map(Json).ok_or_else(|| Error::not_found("upload", id))
 }
 
 /// Deletes an upload. 409 while an enabled automation uses it.
@@ -137,10 +125,7 @@ async fn uploads_get(
     security(("api_key" = [])),
     responses((status = 204, description = "deleted"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody))
 )]
-async fn uploads_delete(
-    State(state): State<AppState>,
-    ApiPath(id): ApiPath<Uuid>,
-) -> Result<StatusCode, Error> {
+async fn uploads_delete(State(state): State<AppState>, ApiPath(id): ApiPath<Uuid>) -> Result<StatusCode, Error> {
     match state.store.delete_upload(id).await? {
         DeleteUpload::Deleted => Ok(StatusCode::NO_CONTENT),
         DeleteUpload::NotFound => Err(Error::not_found("upload", id)),

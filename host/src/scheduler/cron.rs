@@ -81,10 +81,7 @@ impl Schedule {
             .dom_and_dow(false)
             .build()
             .parse(trimmed)
-            .map_err(|e| CronError::Expression {
-                expr: expr.to_owned(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| CronError::Expression { expr: expr.to_owned(), reason: e.to_string() })?;
         let schedule = Schedule { cron, tz };
         let now = Utc::now();
         match schedule.next_after(now) {
@@ -131,11 +128,7 @@ impl Schedule {
 
     /// Scans every wall-clock match from a window before `after` and keeps
     /// the earliest instant past it. Runs only near an offset change.
-    fn next_after_near_transition(
-        &self,
-        after: DateTime<Utc>,
-        local: NaiveDateTime,
-    ) -> Option<DateTime<Utc>> {
+    fn next_after_near_transition(&self, after: DateTime<Utc>, local: NaiveDateTime) -> Option<DateTime<Utc>> {
         let mut cursor = local - TRANSITION_WINDOW;
         let mut best: Option<DateTime<Utc>> = None;
         loop {
@@ -174,11 +167,7 @@ impl Schedule {
     /// True if the zone's UTC offset differs anywhere around `t`.
     fn transition_near(&self, t: DateTime<Utc>) -> bool {
         let offset_at = |t: DateTime<Utc>| self.tz.offset_from_utc_datetime(&t.naive_utc()).fix();
-        let (a, b, c) = (
-            offset_at(t - TRANSITION_WINDOW),
-            offset_at(t),
-            offset_at(t + TRANSITION_WINDOW),
-        );
+        let (a, b, c) = (offset_at(t - TRANSITION_WINDOW), offset_at(t), offset_at(t + TRANSITION_WINDOW));
         a != b || b != c
     }
 }
@@ -198,97 +187,46 @@ mod tests {
 
     fn all(expr: &str, tz: &str, from: &str, n: usize) -> Vec<String> {
         let s = Schedule::parse(expr, tz).unwrap();
-        s.upcoming(utc(from), n)
-            .iter()
-            .map(|t| t.to_rfc3339())
-            .collect()
+        s.upcoming(utc(from), n).iter().map(|t| t.to_rfc3339()).collect()
     }
 
     #[test]
     fn reference_next_fire_cases() {
-        assert_eq!(
-            next("0 9 * * *", "UTC", "2026-03-16T08:00:00Z"),
-            "2026-03-16T09:00:00+00:00"
-        );
-        assert_eq!(
-            next("0 9 * * *", "UTC", "2026-03-16T10:00:00Z"),
-            "2026-03-17T09:00:00+00:00"
-        );
+        assert_eq!(next("0 9 * * *", "UTC", "2026-03-16T08:00:00Z"), "2026-03-16T09:00:00+00:00");
+        assert_eq!(next("0 9 * * *", "UTC", "2026-03-16T10:00:00Z"), "2026-03-17T09:00:00+00:00");
         // 2026-03-15 is a Sunday; `5` is Friday.
-        assert_eq!(
-            next("0 9 * * 5", "UTC", "2026-03-15T00:00:00Z"),
-            "2026-03-20T09:00:00+00:00"
-        );
-        assert_eq!(
-            next("* * * * *", "UTC", "2026-03-16T10:30:45Z"),
-            "2026-03-16T10:31:00+00:00"
-        );
-        assert_eq!(
-            next("0 9 * * *", "America/New_York", "2026-06-01T12:00:00Z"),
-            "2026-06-01T13:00:00+00:00"
-        );
-        assert_eq!(
-            next("0 2 * * *", "America/Los_Angeles", "2026-06-01T08:00:00Z"),
-            "2026-06-01T09:00:00+00:00"
-        );
+        assert_eq!(next("0 9 * * 5", "UTC", "2026-03-15T00:00:00Z"), "2026-03-20T09:00:00+00:00");
+        assert_eq!(next("* * * * *", "UTC", "2026-03-16T10:30:45Z"), "2026-03-16T10:31:00+00:00");
+        assert_eq!(next("0 9 * * *", "America/New_York", "2026-06-01T12:00:00Z"), "2026-06-01T13:00:00+00:00");
+        assert_eq!(next("0 2 * * *", "America/Los_Angeles", "2026-06-01T08:00:00Z"), "2026-06-01T09:00:00+00:00");
     }
 
     #[test]
     fn dialect() {
         // Six fields: seconds first.
-        assert_eq!(
-            next("*/10 * * * * *", "UTC", "2026-01-01T00:00:01Z"),
-            "2026-01-01T00:00:10+00:00"
-        );
-        assert_eq!(
-            next("@hourly", "UTC", "2026-01-01T00:00:01Z"),
-            "2026-01-01T01:00:00+00:00"
-        );
-        assert_eq!(
-            next("0 0 * JAN MON", "UTC", "2026-01-01T00:00:00Z"),
-            "2026-01-05T00:00:00+00:00"
-        );
+        assert_eq!(next("*/10 * * * * *", "UTC", "2026-01-01T00:00:01Z"), "2026-01-01T00:00:10+00:00");
+        assert_eq!(next("@hourly", "UTC", "2026-01-01T00:00:01Z"), "2026-01-01T01:00:00+00:00");
+        assert_eq!(next("0 0 * JAN MON", "UTC", "2026-01-01T00:00:00Z"), "2026-01-05T00:00:00+00:00");
         // L: last day of the month; W: nearest weekday; #: nth weekday.
-        assert_eq!(
-            next("0 0 L * *", "UTC", "2026-02-01T00:00:00Z"),
-            "2026-02-28T00:00:00+00:00"
-        );
-        assert_eq!(
-            next("0 0 15W * *", "UTC", "2026-02-01T00:00:00Z"),
-            "2026-02-16T00:00:00+00:00"
-        );
-        assert_eq!(
-            next("0 0 * * 1#2", "UTC", "2026-01-01T00:00:00Z"),
-            "2026-01-12T00:00:00+00:00"
-        );
+        assert_eq!(next("0 0 L * *", "UTC", "2026-02-01T00:00:00Z"), "2026-02-28T00:00:00+00:00");
+        assert_eq!(next("0 0 15W * *", "UTC", "2026-02-01T00:00:00Z"), "2026-02-16T00:00:00+00:00");
+        assert_eq!(next("0 0 * * 1#2", "UTC", "2026-01-01T00:00:00Z"), "2026-01-12T00:00:00+00:00");
         // 0 and 7 are both Sunday.
-        assert_eq!(
-            next("0 0 * * 7", "UTC", "2026-01-01T00:00:00Z"),
-            next("0 0 * * 0", "UTC", "2026-01-01T00:00:00Z")
-        );
+        assert_eq!(next("0 0 * * 7", "UTC", "2026-01-01T00:00:00Z"), next("0 0 * * 0", "UTC", "2026-01-01T00:00:00Z"));
         // Day-of-month OR day-of-week (Vixie): the 13th, or any Friday.
         assert_eq!(
             all("0 0 13 * 5", "UTC", "2026-02-01T00:00:00Z", 3),
-            [
-                "2026-02-06T00:00:00+00:00",
-                "2026-02-13T00:00:00+00:00",
-                "2026-02-20T00:00:00+00:00"
-            ]
+            ["2026-02-06T00:00:00+00:00", "2026-02-13T00:00:00+00:00", "2026-02-20T00:00:00+00:00"]
         );
     }
 
     #[test]
     fn refusals_name_the_problem() {
-        let err = Schedule::parse("61 * * * *", "UTC")
-            .unwrap_err()
-            .to_string();
+        let err = Schedule::parse("61 * * * *", "UTC").unwrap_err().to_string();
         assert!(err.contains("61 * * * *"), "{err}");
         let err = Schedule::parse("* * * *", "UTC").unwrap_err().to_string();
         assert!(err.contains("got 4"), "{err}");
-        assert_eq!(
-            Schedule::parse("0 0 31 2 *", "UTC").unwrap_err(),
-            CronError::NeverFires("0 0 31 2 *".into())
-        );
+        assert_eq!(Schedule::parse("0 0 31 2 *", "UTC").unwrap_err(), CronError::NeverFires("0 0 31 2 *".into()));
         assert!(Schedule::parse("0 0 29 2 *", "UTC").is_ok());
         assert_eq!(
             Schedule::parse("* * * * *", "Mars/Olympus").unwrap_err(),
@@ -311,12 +249,7 @@ mod tests {
         // Every 30 minutes across the gap: 02:00 and 02:30 shift onto 03:00
         // and 03:30, which fire once each.
         assert_eq!(
-            all(
-                "*/30 * * * *",
-                "America/New_York",
-                "2026-03-08T06:00:00Z",
-                4
-            ),
+            all("*/30 * * * *", "America/New_York", "2026-03-08T06:00:00Z", 4),
             [
                 "2026-03-08T06:30:00+00:00", // 01:30 EST
                 "2026-03-08T07:00:00+00:00", // 02:00 -> 03:00 EDT
@@ -325,10 +258,7 @@ mod tests {
             ]
         );
         // Europe: Paris, 2026-03-29, 02:00 CET -> 03:00 CEST.
-        assert_eq!(
-            next("30 2 * * *", "Europe/Paris", "2026-03-28T23:00:00Z"),
-            "2026-03-29T01:30:00+00:00"
-        );
+        assert_eq!(next("30 2 * * *", "Europe/Paris", "2026-03-28T23:00:00Z"), "2026-03-29T01:30:00+00:00");
     }
 
     #[test]
@@ -339,35 +269,19 @@ mod tests {
             ["2026-11-01T05:30:00+00:00", "2026-11-02T06:30:00+00:00"]
         );
         // From inside the repeated hour, the second 01:30 does not fire.
-        assert_eq!(
-            next("30 1 * * *", "America/New_York", "2026-11-01T06:00:00Z"),
-            "2026-11-02T06:30:00+00:00"
-        );
+        assert_eq!(next("30 1 * * *", "America/New_York", "2026-11-01T06:00:00Z"), "2026-11-02T06:30:00+00:00");
         // Sydney falls back on 2026-04-05: 03:00 AEDT -> 02:00 AEST.
-        assert_eq!(
-            next("30 2 * * *", "Australia/Sydney", "2026-04-04T12:00:00Z"),
-            "2026-04-04T15:30:00+00:00"
-        );
+        assert_eq!(next("30 2 * * *", "Australia/Sydney", "2026-04-04T12:00:00Z"), "2026-04-04T15:30:00+00:00");
         // Hourly through the repeated hour: 01:00 fires once.
         assert_eq!(
             all("0 * * * *", "America/New_York", "2026-11-01T04:30:00Z", 3),
-            [
-                "2026-11-01T05:00:00+00:00",
-                "2026-11-01T07:00:00+00:00",
-                "2026-11-01T08:00:00+00:00"
-            ]
+            ["2026-11-01T05:00:00+00:00", "2026-11-01T07:00:00+00:00", "2026-11-01T08:00:00+00:00"]
         );
     }
 
     #[test]
     fn fire_times_always_increase() {
-        for tz in [
-            "America/New_York",
-            "Europe/London",
-            "Australia/Lord_Howe",
-            "Asia/Kolkata",
-            "UTC",
-        ] {
+        for tz in ["America/New_York", "Europe/London", "Australia/Lord_Howe", "Asia/Kolkata", "UTC"] {
             for expr in ["*/7 * * * *", "0 */2 * * *", "30 2 * * *", "15 1 * * *"] {
                 let s = Schedule::parse(expr, tz).unwrap();
                 let times = s.upcoming(utc("2026-01-01T00:00:00Z"), 3000);

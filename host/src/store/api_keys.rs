@@ -16,12 +16,7 @@ struct Row {
 
 impl From<Row> for ApiKeyInfo {
     fn from(r: Row) -> ApiKeyInfo {
-        ApiKeyInfo {
-            id: r.id.0,
-            name: r.name,
-            prefix: r.prefix,
-            created_at: r.created_at.0,
-        }
+        ApiKeyInfo { id: r.id.0, name: r.name, prefix: r.prefix, created_at: r.created_at.0 }
     }
 }
 
@@ -61,9 +56,7 @@ impl Store {
     /// How many live keys exist.
     pub async fn count_api_keys(&self) -> Result<i64> {
         Ok(with_db!(self, read, |db| {
-            sqlx::query_scalar("select count(*) from api_keys where revoked_at is null")
-                .fetch_one(db)
-                .await?
+            sqlx::query_scalar("select count(*) from api_keys where revoked_at is null").fetch_one(db).await?
         }))
     }
 }

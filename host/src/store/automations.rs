@@ -7,8 +7,7 @@ use uuid::Uuid;
 use super::types::{DbId, DbTime};
 use super::{Result, Store, to_u32, with_db};
 use crate::model::{
-    Automation, BundleRef, ConcurrencyPolicy, ExecutorRef, FilterErrors, PresetRef, RunStatus,
-    StatusDetail, Trigger,
+    Automation, BundleRef, ConcurrencyPolicy, ExecutorRef, FilterErrors, PresetRef, RunStatus, StatusDetail, Trigger,
 };
 
 const COLUMNS: &str = "id, name, trigger, bundle_upload_id, preset, entrypoint, env, executor, \
@@ -53,9 +52,8 @@ impl TryFrom<Row> for Automation {
             timeout_seconds: to_u32(r.timeout_seconds, "timeout_seconds")?,
             enabled: r.enabled,
             concurrency: to_u32(r.concurrency, "concurrency")?,
-            concurrency_policy: ConcurrencyPolicy::parse(&r.concurrency_policy).ok_or_else(
-                || super::Error::Corrupt(format!("concurrency_policy {}", r.concurrency_policy)),
-            )?,
+            concurrency_policy: ConcurrencyPolicy::parse(&r.concurrency_policy)
+                .ok_or_else(|| super::Error::Corrupt(format!("concurrency_policy {}", r.concurrency_policy)))?,
             filter_errors: FilterErrors {
                 count: r.filter_error_count,
                 last_error: r.last_filter_error,
@@ -120,12 +118,8 @@ impl Store {
     /// Reads a live (not deleted) automation.
     pub async fn get_automation(&self, id: Uuid) -> Result<Option<Automation>> {
         let sql = format!("select {COLUMNS} from automations where id = $1 and deleted_at is null");
-        let row: Option<Row> = with_db!(self, read, |db| {
-            sqlx::query_as(&sql)
-                .bind(DbId(id))
-                .fetch_optional(db)
-                .await?
-        });
+        let row: Option<Row> =
+            with_db!(self, read, |db| sqlx::query_as(&sql).bind(DbId(id)).fetch_optional(db).await?);
         row.map(Automation::try_from).transpose()
     }
 
@@ -159,10 +153,7 @@ impl Store {
                 .await?;
             (rows, total)
         });
-        let items = rows
-            .into_iter()
-            .map(Automation::try_from)
-            .collect::<Result<_>>()?;
+        let items = rows.into_iter().map(Automation::try_from).collect::<Result<_>>()?;
         Ok(AutomationPage { items, total })
     }
 

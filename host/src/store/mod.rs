@@ -14,6 +14,7 @@
 
 mod api_keys;
 mod automations;
+mod plugins;
 mod runs;
 pub(crate) mod types;
 mod uploads;
@@ -24,11 +25,10 @@ use std::time::Duration;
 
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 pub use automations::{AutomationFilter, AutomationPage};
+pub use plugins::StoredPlugin;
 pub use runs::{RunChanges, RunPage};
 pub use uploads::{DeleteUpload, UploadPage};
 
@@ -121,9 +121,7 @@ impl Store {
                 .acquire_timeout(Duration::from_secs(10))
                 .connect_with(opts)
                 .await?;
-            Ok(Store {
-                inner: Inner::Postgres(pool),
-            })
+            Ok(Store { inner: Inner::Postgres(pool) })
         } else {
             let opts = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(true)
@@ -144,9 +142,7 @@ impl Store {
                 .acquire_timeout(Duration::from_secs(30))
                 .connect_with(opts.read_only(true))
                 .await?;
-            Ok(Store {
-                inner: Inner::Sqlite { write, read },
-            })
+            Ok(Store { inner: Inner::Sqlite { write, read } })
         }
     }
 
@@ -175,10 +171,7 @@ impl Store {
 
     /// True when the database answers a trivial query.
     pub async fn ping(&self) -> bool {
-        with_db!(self, read, |db| sqlx::query("select 1")
-            .execute(db)
-            .await
-            .is_ok())
+        with_db!(self, read, |db| sqlx::query("select 1").execute(db).await.is_ok())
     }
 
     /// Closes every connection (used at shutdown).
@@ -201,9 +194,5 @@ pub(crate) fn to_u32(v: i64, what: &str) -> Result<u32> {
 /// A comma-separated SQL list of status literals. Statuses are our own enum
 /// names, never user input, so inlining them is safe.
 pub(crate) fn status_list(statuses: &[crate::model::RunStatus]) -> String {
-    statuses
-        .iter()
-        .map(|s| format!("'{}'", s.as_str()))
-        .collect::<Vec<_>>()
-        .join(", ")
+    statuses.iter().map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(", ")
 }

@@ -112,10 +112,8 @@ impl Store {
     /// Reads a run.
     pub async fn get_run(&self, id: Uuid) -> Result<Option<Run>> {
         let sql = format!("select {COLUMNS} from runs where id = $1");
-        let row: Option<Row> = with_db!(self, read, |db| sqlx::query_as(&sql)
-            .bind(DbId(id))
-            .fetch_optional(db)
-            .await?);
+        let row: Option<Row> =
+            with_db!(self, read, |db| sqlx::query_as(&sql).bind(DbId(id)).fetch_optional(db).await?);
         row.map(Run::try_from).transpose()
     }
 
@@ -142,11 +140,7 @@ impl Store {
                 .bind(i64::from(limit))
                 .fetch_all(db)
                 .await?;
-            let total = sqlx::query_scalar(&count_sql)
-                .bind(automation_id.map(DbId))
-                .bind(status)
-                .fetch_one(db)
-                .await?;
+            let total = sqlx::query_scalar(&count_sql).bind(automation_id.map(DbId)).bind(status).fetch_one(db).await?;
             (rows, total)
         });
         let items = rows.into_iter().map(Run::try_from).collect::<Result<_>>()?;

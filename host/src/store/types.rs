@@ -88,9 +88,7 @@ impl<'q> Encode<'q, Sqlite> for DbTime {
 impl<'r> Decode<'r, Sqlite> for DbTime {
     fn decode(value: SqliteValueRef<'r>) -> Result<Self, BoxDynError> {
         let text = <&str as Decode<Sqlite>>::decode(value)?;
-        Ok(DbTime(
-            DateTime::parse_from_rfc3339(text)?.with_timezone(&Utc),
-        ))
+        Ok(DbTime(DateTime::parse_from_rfc3339(text)?.with_timezone(&Utc)))
     }
 }
 

@@ -79,10 +79,8 @@ impl Store {
     /// Reads a live upload's metadata.
     pub async fn get_upload(&self, id: Uuid) -> Result<Option<Upload>> {
         let sql = format!("select {COLUMNS} from uploads where id = $1 and deleted_at is null");
-        let row: Option<Row> = with_db!(self, read, |db| sqlx::query_as(&sql)
-            .bind(DbId(id))
-            .fetch_optional(db)
-            .await?);
+        let row: Option<Row> =
+            with_db!(self, read, |db| sqlx::query_as(&sql).bind(DbId(id)).fetch_optional(db).await?);
         Ok(row.map(Upload::from))
     }
 
@@ -90,11 +88,7 @@ impl Store {
     pub async fn get_upload_content(&self, id: Uuid) -> Result<Option<Vec<u8>>> {
         let sql = "select content from uploads where id = $1 and deleted_at is null";
         Ok(with_db!(self, read, |db| {
-            sqlx::query_scalar::<_, Option<Vec<u8>>>(sql)
-                .bind(DbId(id))
-                .fetch_optional(db)
-                .await?
-                .flatten()
+            sqlx::query_scalar::<_, Option<Vec<u8>>>(sql).bind(DbId(id)).fetch_optional(db).await?.flatten()
         }))
     }
 
@@ -106,17 +100,10 @@ impl Store {
         );
         let count_sql = "select count(*) from uploads where deleted_at is null";
         let (rows, total): (Vec<Row>, i64) = with_db!(self, read, |db| {
-            let rows = sqlx::query_as(&page_sql)
-                .bind(before.map(DbId))
-                .bind(i64::from(limit))
-                .fetch_all(db)
-                .await?;
+            let rows = sqlx::query_as(&page_sql).bind(before.map(DbId)).bind(i64::from(limit)).fetch_all(db).await?;
             (rows, sqlx::query_scalar(count_sql).fetch_one(db).await?)
         });
-        Ok(UploadPage {
-            items: rows.into_iter().map(Upload::from).collect(),
-            total,
-        })
+        Ok(UploadPage { items: rows.into_iter().map(Upload::from).collect(), total })
     }
 
     /// Deletes an upload unless an enabled automation uses it. The bytes are
@@ -133,9 +120,7 @@ impl Store {
             .fetch_all(&mut *tx)
             .await?;
             if !users.is_empty() {
-                return Ok(DeleteUpload::InUse(
-                    users.into_iter().map(|u| u.0).collect(),
-                ));
+                return Ok(DeleteUpload::InUse(users.into_iter().map(|u| u.0).collect()));
             }
             let n = sqlx::query(
                 "update uploads set deleted_at = $2, content = null \
@@ -147,11 +132,7 @@ impl Store {
             .await?
             .rows_affected();
             tx.commit().await?;
-            Ok(if n == 1 {
-                DeleteUpload::Deleted
-            } else {
-                DeleteUpload::NotFound
-            })
+            Ok(if n == 1 { DeleteUpload::Deleted } else { DeleteUpload::NotFound })
         })
     }
 }

@@ -57,6 +57,12 @@ macro_rules! db_tests {
     )*};
 }
 
+/// The compile cache shared by the test servers of this build.
+pub fn shared_cache_dir() -> String {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache");
+    dir.display().to_string()
+}
+
 /// A fresh Postgres database that is dropped when this goes away.
 pub struct PgDatabase {
     pub name: String,
@@ -76,18 +82,9 @@ impl PgDatabase {
                  to skip the Postgres variants on this machine."
             )
         });
-        sqlx::query(&format!("create database {name}"))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        let base = admin
-            .rsplit_once('/')
-            .map(|(b, _)| b.to_owned())
-            .unwrap_or(admin);
-        PgDatabase {
-            url: format!("{base}/{name}"),
-            name,
-        }
+        sqlx::query(&format!("create database {name}")).execute(&mut conn).await.unwrap();
+        let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(admin);
+        PgDatabase { url: format!("{base}/{name}"), name }
     }
 }
 
@@ -97,16 +94,12 @@ impl Drop for PgDatabase {
         // Drop runs outside any async context we can borrow; use a thread
         // with its own small runtime.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async {
                 use sqlx::Connection;
                 if let Ok(mut conn) = sqlx::PgConnection::connect(&postgres_admin_url()).await {
-                    let _ = sqlx::query(&format!("drop database if exists {name} with (force)"))
-                        .execute(&mut conn)
-                        .await;
+                    let _ =
+                        sqlx::query(&format!("drop database if exists {name} with (force)")).execute(&mut conn).await;
                 }
             });
         })
@@ -141,11 +134,7 @@ impl Resp {
     /// Asserts the status, showing the body if it differs.
     #[track_caller]
     pub fn expect(self, status: u16) -> Resp {
-        assert_eq!(
-            self.status, status,
-            "unexpected status; body: {}",
-            self.text
-        );
+        assert_eq!(self.status, status, "unexpected status; body: {}", self.text);
         self
     }
 
@@ -153,30 +142,16 @@ impl Resp {
     /// mentions `needle`.
     #[track_caller]
     pub fn expect_error(self, status: u16, code: &str, needle: &str) -> Resp {
-        assert_eq!(
-            self.status, status,
-            "unexpected status; body: {}",
-            self.text
-        );
-        assert_eq!(
-            self.body["code"], code,
-            "unexpected code; body: {}",
-            self.text
-        );
+        assert_eq!(self.status, status, "unexpected status; body: {}", self.text);
+        assert_eq!(self.body["code"], code, "unexpected code; body: {}", self.text);
         let detail = self.body["detail"].as_str().unwrap_or_default();
-        assert!(
-            detail.contains(needle),
-            "detail {detail:?} should mention {needle:?}"
-        );
+        assert!(detail.contains(needle), "detail {detail:?} should mention {needle:?}");
         self
     }
 
     /// The `id` field of the body.
     pub fn id(&self) -> String {
-        self.body["id"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no id in {}", self.text))
-            .to_owned()
+        self.body["id"].as_str().unwrap_or_else(|| panic!("no id in {}", self.text)).to_owned()
     }
 }
 
@@ -200,14 +175,8 @@ impl TestServer {
             log: dir.path().join("server.log"),
             dir,
             pg,
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .build()
-                .unwrap(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap(),
         };
         server.spawn();
         server
@@ -216,16 +185,13 @@ impl TestServer {
     /// The environment the binary runs with (besides `PATH`).
     pub fn server_env(&self) -> Vec<(String, String)> {
         let mut env = vec![
-            (
-                "AUTOMATION_DATA_DIR".to_owned(),
-                self.dir.path().display().to_string(),
-            ),
+            ("AUTOMATION_DATA_DIR".to_owned(), self.dir.path().display().to_string()),
             ("AUTOMATION_LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
             ("AUTOMATION_API_KEY".to_owned(), KEY.to_owned()),
-            (
-                "AUTOMATION_LOG".to_owned(),
-                "info,automation_host=debug".to_owned(),
-            ),
+            ("AUTOMATION_LOG".to_owned(), "info,automation_host=debug".to_owned()),
+            // One compile cache for every test server: the bundled plugins
+            // are compiled once per test run, not once per test.
+            ("AUTOMATION_PLUGIN_CACHE_DIR".to_owned(), shared_cache_dir()),
         ];
         if let Some(pg) = &self.pg {
             env.push(("AUTOMATION_DATABASE_URL".to_owned(), pg.url.clone()));
@@ -248,11 +214,7 @@ impl TestServer {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let mut child = self
             .command()
             .arg("serve")
@@ -273,10 +235,7 @@ impl TestServer {
             Ok(url) => self.base = url,
             Err(_) => {
                 let _ = child.kill();
-                panic!(
-                    "automation-host did not start; its log:\n{}",
-                    self.log_text()
-                );
+                panic!("automation-host did not start; its log:\n{}", self.log_text());
             }
         }
         self.child = Some(child);
@@ -295,11 +254,7 @@ impl TestServer {
     /// Sends SIGTERM and waits for a clean exit; returns the exit status.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("server not running");
-        Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status()
-            .unwrap();
+        Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
         for _ in 0..300 {
             if let Some(status) = child.try_wait().unwrap() {
                 return status;
@@ -307,10 +262,7 @@ impl TestServer {
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = child.kill();
-        panic!(
-            "automation-host did not stop within 15 s of SIGTERM; log:\n{}",
-            self.log_text()
-        );
+        panic!("automation-host did not stop within 15 s of SIGTERM; log:\n{}", self.log_text());
     }
 
     /// Kills the process with SIGKILL (no chance to clean up).
@@ -324,20 +276,13 @@ impl TestServer {
     /// Stops the server and starts it again on the same database.
     pub fn restart(&mut self) {
         let status = self.stop();
-        assert!(
-            status.success(),
-            "server exited with {status} on SIGTERM; log:\n{}",
-            self.log_text()
-        );
+        assert!(status.success(), "server exited with {status} on SIGTERM; log:\n{}", self.log_text());
         self.spawn();
     }
 
     /// Sends a request with the admin key.
     pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Resp {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(KEY);
+        let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(KEY);
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -345,17 +290,8 @@ impl TestServer {
     }
 
     /// Sends a request with a raw body and optional headers, no default auth.
-    pub async fn raw(
-        &self,
-        method: Method,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: Vec<u8>,
-    ) -> Resp {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .body(body);
+    pub async fn raw(&self, method: Method, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Resp {
+        let mut req = self.http.request(method, format!("{}{path}", self.base)).body(body);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -381,16 +317,8 @@ impl TestServer {
     /// Uploads a bundle archive.
     pub async fn upload(&self, tgz: Vec<u8>) -> Resp {
         let auth = format!("Bearer {KEY}");
-        self.raw(
-            Method::POST,
-            "/v1/uploads",
-            &[
-                ("authorization", &auth),
-                ("content-type", "application/gzip"),
-            ],
-            tgz,
-        )
-        .await
+        self.raw(Method::POST, "/v1/uploads", &[("authorization", &auth), ("content-type", "application/gzip")], tgz)
+            .await
     }
 }
 
@@ -398,11 +326,7 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         self.kill();
         if std::thread::panicking() {
-            eprintln!(
-                "--- automation-host log ({:?}) ---\n{}",
-                self.backend,
-                self.log_text()
-            );
+            eprintln!("--- automation-host log ({:?}) ---\n{}", self.backend, self.log_text());
         }
     }
 }
@@ -416,18 +340,13 @@ async fn read(resp: reqwest::Response) -> Resp {
 
 /// Builds a .tar.gz from `(path, contents, mode)` files.
 pub fn tgz(files: &[(&str, &str, u32)]) -> Vec<u8> {
-    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
-        Vec::new(),
-        flate2::Compression::fast(),
-    ));
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
     for (path, contents, mode) in files {
         let mut header = tar::Header::new_gnu();
         header.set_size(contents.len() as u64);
         header.set_mode(*mode);
         header.set_entry_type(tar::EntryType::Regular);
-        builder
-            .append_data(&mut header, path, contents.as_bytes())
-            .unwrap();
+        builder.append_data(&mut header, path, contents.as_bytes()).unwrap();
     }
     builder.into_inner().unwrap().finish().unwrap()
 }
@@ -435,10 +354,7 @@ pub fn tgz(files: &[(&str, &str, u32)]) -> Vec<u8> {
 /// A .tar.gz with one entry whose raw name is `name` (which `tar` itself
 /// would refuse to write, such as `../escape`).
 pub fn tgz_raw_name(name: &str, contents: &str) -> Vec<u8> {
-    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
-        Vec::new(),
-        flate2::Compression::fast(),
-    ));
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
     let mut header = tar::Header::new_gnu();
     header.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name.as_bytes());
     header.set_size(contents.len() as u64);
@@ -461,9 +377,5 @@ pub fn manual_automation(name: &str, upload_id: &str) -> Value {
 
 /// Uploads a trivial bundle and returns its id.
 pub async fn simple_upload(server: &TestServer) -> String {
-    server
-        .upload(tgz(&[("run.sh", "echo hello\n", 0o755)]))
-        .await
-        .expect(201)
-        .id()
+    server.upload(tgz(&[("run.sh", "echo hello\n", 0o755)])).await.expect(201).id()
 }

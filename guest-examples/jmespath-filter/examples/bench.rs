@@ -1,0 +1,79 @@
+//! Times one `matches` call: a GitHub payload against 1,000 distinct filter
+//! expressions, natively (the component adds the WebAssembly slowdown and the
+//! cost of copying the arguments in).
+//!
+//! Run with, from `guest-examples/`:
+//!
+//! ```sh
+//! cargo run --release -p jmespath-filter --example bench [payload.json]
+//! ```
+//!
+//! The default payload is `github-webhooks/issues/labeled.with-organization.payload.json`
+//! (14 KB) from the shared fixtures.
+
+use std::time::{Duration, Instant};
+
+use jmespath_filter::eval::Engine;
+
+/// Calls timed after the warm-up call.
+const ROUNDS: usize = 50;
+
+fn main() {
+    let path = std::env::args().nth(1).unwrap_or_else(|| {
+        format!(
+            "{}/../../../shared/fixtures/github-webhooks/issues/labeled.with-organization.payload.json",
+            env!("CARGO_MANIFEST_DIR")
+        )
+    });
+    let payload = std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{path}: {err}"));
+    let expressions = expressions(1000);
+
+    // Each call compiles every expression afresh, as a fresh component
+    // instance would; only the `regex()` cache survives between calls here,
+    // so a fresh engine is built per round to keep it cold.
+    let mut times: Vec<Duration> = Vec::with_capacity(ROUNDS);
+    let mut matched = 0;
+    for round in 0..=ROUNDS {
+        let engine = Engine::new();
+        let start = Instant::now();
+        let results = engine.matches(&payload, &expressions);
+        let elapsed = start.elapsed();
+        matched = results.iter().filter(|r| matches!(r, Ok(true))).count();
+        assert!(results.iter().all(Result::is_ok), "an expression failed");
+        if round > 0 {
+            times.push(elapsed);
+        }
+    }
+    times.sort();
+    println!(
+        "{} bytes of payload, {} expressions ({matched} match): min {:?}, median {:?}, max {:?} per call",
+        payload.len(),
+        expressions.len(),
+        times[0],
+        times[times.len() / 2],
+        times[times.len() - 1],
+    );
+}
+
+/// `n` distinct expressions in the shapes automations use, a tenth of them
+/// with a `regex()`.
+fn expressions(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| match i % 10 {
+            0 => format!("regex(issue.title, '^\\[{i}\\]|Spelling error')"),
+            1 => format!("repository.full_name == 'org/repo-{i}'"),
+            2 => format!(
+                "glob(repository.full_name, 'Octocoders/*') && action == 'labeled' && issue.number != `{i}`"
+            ),
+            3 => format!(
+                "icontains(issue.body, '@bot-{i}') || contains(issue.labels[].name, 'label-{i}')"
+            ),
+            4 => format!("starts_with(sender.login, 'user{i}') && !ends_with(sender.login, '[bot]')"),
+            5 => format!("lower(sender.login) == 'codertocat' && issue.state == 'open' && `{i}`"),
+            6 => format!("contains(issue.labels[].name, 'bug') && issue.comments < `{i}`"),
+            7 => format!("length(issue.labels[?name != 'wontfix-{i}']) > `0`"),
+            8 => format!("organization.login == 'Octocoders' || sender.id == `{i}`"),
+            _ => format!("glob(issue.html_url, 'https://github.com/*/issues/{i}')"),
+        })
+        .collect()
+}

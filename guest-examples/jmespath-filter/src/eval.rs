@@ -1,0 +1,447 @@
+//! Filter-expression evaluation: JMESPath plus the custom functions of the
+//! reference automation service, with Python truthiness on the final result.
+//!
+//! Nothing here touches the component bindings, so the whole module runs
+//! natively in unit tests; `lib.rs` only converts types at the boundary.
+//!
+//! The custom functions, all of which take strings only (any other type,
+//! `null` included, is an evaluation error, as in Python's `jmespath`):
+//!
+//! | function | result |
+//! | --- | --- |
+//! | `glob(s, pattern)` | Python `fnmatch.fnmatchcase` (see [`crate::fnmatch`]) |
+//! | `icontains(s, sub)` | case-insensitive substring test |
+//! | `regex(s, pattern)` | unanchored search (Python `re.search`, see [`crate::pyre`]); an invalid pattern is `false` |
+//! | `lower(s)`, `upper(s)` | the string in lower or upper case |
+//!
+//! `starts_with` and `ends_with` are JMESPath built-ins with the same
+//! meaning as the reference's functions, so they are not redefined.
+//!
+//! Where Python's JMESPath library departs from the specification in ways
+//! filters rely on (ordering strings, unquoted literals), the reference's
+//! behaviour is kept; `compat.rs` has the details.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{LazyLock, Mutex, PoisonError};
+
+use jmespath::functions::{ArgumentType, CustomFunction, Function, Signature};
+use jmespath::{Context, Expression, JmespathError, Rcvar, Runtime, Variable};
+
+use crate::compat::{self, PythonOrdering, legacy_literals};
+use crate::fnmatch::fnmatch;
+use crate::pyre::PyRegex;
+
+/// Why an expression could not be compiled or evaluated. The text is shown to
+/// the user as is, so it quotes the parser's or interpreter's message,
+/// position included.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvalError(String);
+
+impl EvalError {
+    fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for EvalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for EvalError {}
+
+impl From<JmespathError> for EvalError {
+    fn from(err: JmespathError) -> Self {
+        Self(err.to_string())
+    }
+}
+
+/// How many compiled regular expressions the `regex()` function keeps. A
+/// component instance normally serves one `matches` call, so this only bounds
+/// memory when an instance is reused for many calls with ever-new patterns.
+const REGEX_CACHE_LIMIT: usize = 256;
+
+/// The most operators, brackets and dots (outside quotes) an expression may
+/// have.
+///
+/// The parser and the interpreter recurse once per nesting level, and a
+/// WebAssembly stack overflow is a trap, which the host would report as an
+/// internal error rather than as a bad expression. With Wasmtime's default
+/// 512 KiB stack the cheapest overflow found takes about 1,500 of these
+/// characters (`[[...a]]` or `length(length(...))` 1,500 levels deep); real
+/// filters use a few dozen.
+pub const MAX_STRUCTURE: usize = 512;
+
+/// A JMESPath runtime with the built-in and the custom functions registered.
+pub struct Engine {
+    runtime: Runtime,
+}
+
+static GLOBAL: LazyLock<Engine> = LazyLock::new(Engine::new);
+
+impl Default for Engine {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Engine {
+    /// Builds a runtime with the JMESPath built-ins and the custom functions.
+    pub fn new() -> Self {
+        let mut runtime = Runtime::new();
+        runtime.register_builtin_functions();
+        register_string_fn(&mut runtime, "glob", 2, |a| {
+            Variable::Bool(fnmatch(a[0], a[1]))
+        });
+        register_string_fn(&mut runtime, "icontains", 2, |a| {
+            Variable::Bool(icontains(a[0], a[1]))
+        });
+        register_string_fn(&mut runtime, "lower", 1, |a| {
+            Variable::String(a[0].to_lowercase())
+        });
+        register_string_fn(&mut runtime, "upper", 1, |a| {
+            Variable::String(a[0].to_uppercase())
+        });
+        runtime.register_function("regex", Box::new(RegexFunction::default()));
+        for (name, function) in PythonOrdering::all() {
+            runtime.register_function(name, Box::new(function));
+        }
+        // The crate's `avg` divides by zero on an empty array and fails with
+        // an error; JMESPath (and Python's implementation) return null.
+        runtime.register_function(
+            "avg",
+            Box::new(CustomFunction::new(
+                Signature::new(
+                    vec![ArgumentType::TypedArray(Box::new(ArgumentType::Number))],
+                    None,
+                ),
+                Box::new(|args: &[Rcvar], _: &mut Context<'_>| Ok(Rcvar::new(average(&args[0])))),
+            )),
+        );
+        Self { runtime }
+    }
+
+    /// The process-wide engine (built on first use), so a component instance
+    /// registers the functions once however many calls it serves.
+    pub fn global() -> &'static Engine {
+        &GLOBAL
+    }
+
+    /// Parses an expression, adapts it to the reference's Python behaviour
+    /// (see `compat.rs`) and checks that every function it calls
+    /// exists.
+    ///
+    /// An empty (or all-whitespace) expression is refused. (In the reference
+    /// service an empty filter means "no filter"; a host that keeps that
+    /// meaning does not call the plugin for it.) So is one too deeply built
+    /// to evaluate safely (see [`MAX_STRUCTURE`]).
+    pub fn compile<'a>(&'a self, expression: &str) -> Result<Expression<'a>, EvalError> {
+        if expression.trim().is_empty() {
+            return Err(EvalError::new("the filter expression is empty"));
+        }
+        check_structure(expression)?;
+        let source = legacy_literals(expression);
+        let mut ast = jmespath::parse(&source)?;
+        let known = |name: &str| self.runtime.get_function(name).is_some();
+        compat::prepare(&source, &mut ast, &known)?;
+        Ok(Expression::new(source, ast, &self.runtime))
+    }
+
+    /// Checks an expression's syntax (and function names) without
+    /// evaluating it.
+    pub fn validate(&self, expression: &str) -> Result<(), EvalError> {
+        self.compile(expression).map(drop)
+    }
+
+    /// Evaluates a compiled expression against parsed data and returns the
+    /// plain JMESPath result.
+    pub fn evaluate(&self, expression: &Expression<'_>, data: &Rcvar) -> Result<Rcvar, EvalError> {
+        // `Expression::search` would first serialise the data into a fresh
+        // `Variable` (a deep copy of the payload per expression); the
+        // interpreter takes the shared value directly.
+        let mut ctx = Context::new(expression.as_str(), &self.runtime);
+        Ok(jmespath::interpret(data, expression.as_ast(), &mut ctx)?)
+    }
+
+    /// Compiles and evaluates one expression, returning the plain JMESPath
+    /// result (no truthiness applied).
+    pub fn search(&self, expression: &str, data: &Rcvar) -> Result<Rcvar, EvalError> {
+        let compiled = self.compile(expression)?;
+        self.evaluate(&compiled, data)
+    }
+
+    /// Evaluates each expression against a JSON payload and reduces each
+    /// result with Python truthiness.
+    ///
+    /// The payload is parsed once. If it is not valid JSON every result is
+    /// that error. Each distinct expression is compiled and evaluated once:
+    /// evaluation is pure, so a repeated expression reuses the result.
+    pub fn matches<S: AsRef<str>>(
+        &self,
+        payload: &str,
+        expressions: &[S],
+    ) -> Vec<Result<bool, EvalError>> {
+        let data = match parse_payload(payload) {
+            Ok(data) => data,
+            Err(err) => return expressions.iter().map(|_| Err(err.clone())).collect(),
+        };
+        let mut seen: HashMap<&str, Result<bool, EvalError>> = HashMap::new();
+        expressions
+            .iter()
+            .map(|expression| {
+                let expression = expression.as_ref();
+                seen.entry(expression)
+                    .or_insert_with(|| {
+                        self.search(expression, &data)
+                            .map(|result| python_truthy(&result))
+                    })
+                    .clone()
+            })
+            .collect()
+    }
+}
+
+/// Refuses an expression with more than [`MAX_STRUCTURE`] nesting
+/// characters, skipping quoted text (`'raw'`, `"identifier"`, `` `literal` ``)
+/// where they nest nothing. Counting is cheaper and simpler than measuring
+/// the depth, and every nesting level needs at least one such character.
+fn check_structure(expression: &str) -> Result<(), EvalError> {
+    let mut count = 0usize;
+    let mut quote: Option<char> = None;
+    let mut chars = expression.chars();
+    while let Some(c) = chars.next() {
+        match quote {
+            Some(_) if c == '\\' => {
+                chars.next();
+            }
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None => match c {
+                '\'' | '"' | '`' => quote = Some(c),
+                '(' | '[' | '{' | '!' | '.' | '|' | '&' => count += 1,
+                _ => {}
+            },
+        }
+    }
+    if count > MAX_STRUCTURE {
+        return Err(EvalError::new(format!(
+            "the filter expression is too complex: it has {count} operators, brackets and dots \
+             outside quotes, and the limit is {MAX_STRUCTURE}"
+        )));
+    }
+    Ok(())
+}
+
+/// Parses an event payload (JSON text) into a JMESPath value.
+pub fn parse_payload(payload: &str) -> Result<Rcvar, EvalError> {
+    Variable::from_json(payload)
+        .map(Rcvar::new)
+        .map_err(|err| EvalError::new(format!("the event payload is not valid JSON: {err}")))
+}
+
+/// Python's `bool()` of a JMESPath result, which is how the reference service
+/// decides whether a filter matched.
+///
+/// It differs from JMESPath's own truthiness (used inside expressions, by
+/// `&&`, `||`, `!` and filters) in one place: the number zero is false here
+/// and true in JMESPath. So an expression whose final value is `0` does not
+/// match, while `` !`0` `` is `false` (JMESPath's rule).
+pub fn python_truthy(value: &Variable) -> bool {
+    match value {
+        Variable::Null => false,
+        Variable::Bool(b) => *b,
+        Variable::Number(n) => n.as_f64() != Some(0.0),
+        Variable::String(s) => !s.is_empty(),
+        Variable::Array(a) => !a.is_empty(),
+        Variable::Object(o) => !o.is_empty(),
+        // Python's expression-reference object has no `__bool__`: truthy.
+        Variable::Expref(_) => true,
+    }
+}
+
+/// The mean of an array of numbers, or null when it is empty (or anything
+/// but such an array, which the signature check has already refused).
+fn average(values: &Variable) -> Variable {
+    let Some(values) = values.as_array().filter(|values| !values.is_empty()) else {
+        return Variable::Null;
+    };
+    let sum: f64 = values.iter().filter_map(|value| value.as_number()).sum();
+    serde_json::Number::from_f64(sum / values.len() as f64).map_or(Variable::Null, Variable::Number)
+}
+
+/// Case-insensitive substring test: `sub.lower() in s.lower()`.
+fn icontains(haystack: &str, needle: &str) -> bool {
+    if needle.is_empty() {
+        return true;
+    }
+    // The ASCII path avoids two allocations for the common case.
+    if haystack.is_ascii() && needle.is_ascii() {
+        let needle = needle.as_bytes();
+        return haystack
+            .as_bytes()
+            .windows(needle.len())
+            .any(|window| window.eq_ignore_ascii_case(needle));
+    }
+    haystack.to_lowercase().contains(&needle.to_lowercase())
+}
+
+/// Registers a function of `arity` string arguments; the signature check
+/// turns a non-string argument (`null` included) into an evaluation error.
+fn register_string_fn(
+    runtime: &mut Runtime,
+    name: &str,
+    arity: usize,
+    f: impl Fn(&[&str]) -> Variable + Send + Sync + 'static,
+) {
+    let signature = Signature::new(vec![ArgumentType::String; arity], None);
+    runtime.register_function(
+        name,
+        Box::new(CustomFunction::new(
+            signature,
+            Box::new(move |args: &[Rcvar], _: &mut Context<'_>| {
+                let strings: Vec<&str> = args
+                    .iter()
+                    .map(|arg| arg.as_string().map_or("", String::as_str))
+                    .collect();
+                Ok(Rcvar::new(f(&strings)))
+            }),
+        )),
+    );
+}
+
+/// `regex(s, pattern)`: Python `re.search(pattern, s) is not None`, as far
+/// as the `regex` crate can express it (see [`crate::pyre`]).
+///
+/// Compiled patterns are cached because the same few patterns recur across
+/// the expressions of one call. A pattern that does not compile is cached as
+/// `None` and makes the function return `false` rather than fail, as the
+/// reference does.
+struct RegexFunction {
+    signature: Signature,
+    cache: Mutex<HashMap<String, Option<PyRegex>>>,
+}
+
+impl Default for RegexFunction {
+    fn default() -> Self {
+        Self {
+            signature: Signature::new(vec![ArgumentType::String; 2], None),
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Function for RegexFunction {
+    fn evaluate(&self, args: &[Rcvar], ctx: &mut Context<'_>) -> jmespath::SearchResult {
+        self.signature.validate(args, ctx)?;
+        let (Some(text), Some(pattern)) = (args[0].as_string(), args[1].as_string()) else {
+            unreachable!("the signature check admits strings only");
+        };
+        // A panic while holding the lock cannot leave the map half-updated in
+        // a way that matters (entries are whole values), so poison is ignored.
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if !cache.contains_key(pattern) && cache.len() >= REGEX_CACHE_LIMIT {
+            cache.clear();
+        }
+        let regex = cache
+            .entry(pattern.clone())
+            .or_insert_with(|| PyRegex::new(pattern));
+        let found = regex.as_ref().is_some_and(|re| re.search(text));
+        Ok(Rcvar::new(Variable::Bool(found)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_truthiness() {
+        let cases = [
+            ("null", false),
+            ("false", false),
+            ("true", true),
+            ("0", false),
+            ("0.0", false),
+            ("-0.0", false),
+            ("1", true),
+            ("-1.5", true),
+            (r#""""#, false),
+            (r#"" ""#, true),
+            ("[]", false),
+            ("[0]", true),
+            ("{}", false),
+            (r#"{"a":null}"#, true),
+        ];
+        for (json, expected) in cases {
+            let value = Variable::from_json(json).unwrap();
+            assert_eq!(python_truthy(&value), expected, "{json}");
+        }
+    }
+
+    #[test]
+    fn icontains_folds_case() {
+        assert!(icontains("Hey @OpenHands-Resolver", "@openhands-resolver"));
+        assert!(icontains("abc", ""));
+        assert!(icontains("", ""));
+        assert!(!icontains("", "a"));
+        assert!(icontains("ÉCOLE", "école"));
+        assert!(!icontains("abc", "abcd"));
+    }
+
+    #[test]
+    fn unknown_function_is_a_compile_error() {
+        let engine = Engine::new();
+        let err = engine.validate("a && nope(b)").unwrap_err();
+        assert!(err.message().contains("nope"), "{err}");
+        assert!(engine.validate("sort_by(a, &lower(b))").is_ok());
+        assert!(engine.validate("sort_by(a, &bogus(b))").is_err());
+        assert!(engine.validate("{x: bogus(a)}").is_err());
+    }
+
+    #[test]
+    fn structure_limit() {
+        let engine = Engine::new();
+        let nested = |n: usize| format!("{}a{}", "!(".repeat(n), ")".repeat(n));
+        // Unoptimised native frames are many times larger than release
+        // WebAssembly ones, so the deepest accepted expression gets a roomy
+        // stack here.
+        let deepest = nested(MAX_STRUCTURE / 2);
+        let parsed = std::thread::Builder::new()
+            .stack_size(256 << 20)
+            .spawn(move || Engine::new().validate(&deepest))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(parsed, Ok(()));
+        let err = engine.validate(&nested(MAX_STRUCTURE / 2 + 1)).unwrap_err();
+        assert!(err.message().contains("too complex"), "{err}");
+        assert!(engine.validate(&"!".repeat(100_000)).is_err());
+        // Quoted text does not count, escaped quotes included.
+        let dots = ".".repeat(MAX_STRUCTURE * 2);
+        assert!(engine.validate(&format!("a == '{dots}\\'{dots}'")).is_ok());
+        assert!(
+            engine
+                .validate(&format!("\"{dots}\" == `\"{dots}\\`\"`"))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn regex_cache_stays_bounded() {
+        let engine = Engine::new();
+        let data = parse_payload(r#"{"s":"x42"}"#).unwrap();
+        for i in 0..(REGEX_CACHE_LIMIT * 2 + 3) {
+            let expr = format!("regex(s, 'x{i}')");
+            let hit = engine.search(&expr, &data).unwrap();
+            let expected = "x42".contains(&format!("x{i}"));
+            assert_eq!(hit.as_boolean(), Some(expected), "{expr}");
+        }
+    }
+}

@@ -1,0 +1,448 @@
+//! The per-call host state and the host side of every WIT import.
+//!
+//! A fresh [`HostState`] (and `Store`) serves each call: whatever a plugin
+//! did to its memory, tables or WASI resources is gone after the call, and a
+//! trap poisons only a store nobody will use again.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use uuid::Uuid;
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+use super::bindings::{clock, kv, log, sandbox, types};
+use super::manifest::{Capability, Grant};
+use super::sandbox::{CommandSpec, ProcessOutput, ProcessState, Sandbox, SandboxError};
+use crate::store::Store;
+
+/// Most log lines kept per call.
+const MAX_LOG_LINES: usize = 1000;
+/// Most log bytes kept per call.
+const MAX_LOG_BYTES: usize = 256 << 10;
+/// Outbound HTTP requests give up after this long.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Services shared by every call.
+pub struct Services {
+    /// The database, for `kv` (absent in the `plugin call` command).
+    pub store: Option<Store>,
+    /// The local sandbox.
+    pub sandbox: Arc<Sandbox>,
+    /// The async runtime host functions block on.
+    pub runtime: tokio::runtime::Handle,
+}
+
+/// One log line a plugin wrote.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LogLine {
+    /// `trace`, `debug`, `info`, `warn` or `error`.
+    pub level: &'static str,
+    /// The message.
+    pub message: String,
+}
+
+/// Caps a store's memory and records what the plugin asked for.
+pub struct Limiter {
+    /// Most bytes any one linear memory may grow to.
+    pub memory_limit: usize,
+    /// The largest memory size reached.
+    pub peak_memory: usize,
+    /// Set when a growth was refused: (asked for, limit).
+    pub refused: Option<usize>,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.memory_limit {
+            self.refused = Some(desired);
+            return Ok(false);
+        }
+        self.peak_memory = self.peak_memory.max(desired);
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+
+    fn instances(&self) -> usize {
+        64
+    }
+    fn tables(&self) -> usize {
+        64
+    }
+    fn memories(&self) -> usize {
+        8
+    }
+}
+
+/// Everything one call's `Store` holds.
+pub struct HostState {
+    plugin: Arc<str>,
+    grant: Arc<Grant>,
+    run_id: Option<Uuid>,
+    services: Arc<Services>,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    http: WasiHttpCtx,
+    hooks: AllowList,
+    /// The memory limiter (public so the call can report its figures).
+    pub limiter: Limiter,
+    /// Log lines so far.
+    pub logs: Vec<LogLine>,
+    log_bytes: usize,
+    /// Captured standard output.
+    pub stdout: CappedOutput,
+    /// Captured standard error.
+    pub stderr: CappedOutput,
+}
+
+impl HostState {
+    /// State for one call of `plugin`, optionally on behalf of a run.
+    pub fn new(
+        plugin: Arc<str>,
+        grant: Arc<Grant>,
+        run_id: Option<Uuid>,
+        services: Arc<Services>,
+        memory_limit: usize,
+        output_limit: usize,
+    ) -> HostState {
+        let stdout = CappedOutput::new(output_limit);
+        let stderr = CappedOutput::new(output_limit);
+        // No arguments, environment, preopened directories or sockets.
+        let wasi = WasiCtx::builder().stdout(stdout.clone()).stderr(stderr.clone()).build();
+        let hooks =
+            AllowList { hosts: grant.allowed_hosts.clone(), enabled: grant.capabilities.contains(&Capability::Http) };
+        HostState {
+            plugin,
+            grant,
+            run_id,
+            services,
+            wasi,
+            table: ResourceTable::new(),
+            http: WasiHttpCtx::new(),
+            hooks,
+            limiter: Limiter { memory_limit, peak_memory: 0, refused: None },
+            logs: Vec::new(),
+            log_bytes: 0,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn has(&self, cap: Capability) -> bool {
+        self.grant.capabilities.contains(&cap)
+    }
+
+    fn denied(&self, cap: Capability) -> types::Error {
+        types::Error::Denied(format!("plugin {} is not granted `{}`", self.plugin, cap.as_str()))
+    }
+
+    fn sandbox_run(&self) -> Result<Uuid, types::Error> {
+        if !self.has(Capability::Sandbox) {
+            return Err(self.denied(Capability::Sandbox));
+        }
+        self.run_id.ok_or_else(|| types::Error::Denied("the sandbox is only available while carrying out a run".into()))
+    }
+
+    fn kv_store(&self) -> Result<&Store, types::Error> {
+        if !self.has(Capability::Kv) {
+            return Err(self.denied(Capability::Kv));
+        }
+        self.services
+            .store
+            .as_ref()
+            .ok_or_else(|| types::Error::Unavailable("no key-value store in this context".into()))
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
+    }
+}
+
+impl types::Host for HostState {}
+
+impl log::Host for HostState {
+    fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
+        let level = match level {
+            log::Level::Trace => "trace",
+            log::Level::Debug => "debug",
+            log::Level::Info => "info",
+            log::Level::Warn => "warn",
+            log::Level::Error => "error",
+        };
+        match level {
+            "error" => tracing::error!(plugin = %self.plugin, run.id = ?self.run_id, "{message}"),
+            "warn" => tracing::warn!(plugin = %self.plugin, run.id = ?self.run_id, "{message}"),
+            "info" => tracing::info!(plugin = %self.plugin, run.id = ?self.run_id, "{message}"),
+            _ => tracing::debug!(plugin = %self.plugin, run.id = ?self.run_id, "{message}"),
+        }
+        if self.logs.len() < MAX_LOG_LINES && self.log_bytes + message.len() <= MAX_LOG_BYTES {
+            self.log_bytes += message.len();
+            self.logs.push(LogLine { level, message });
+        }
+        Ok(())
+    }
+}
+
+impl clock::Host for HostState {
+    fn now(&mut self) -> wasmtime::Result<types::Datetime> {
+        let now = chrono::Utc::now();
+        Ok(types::Datetime { seconds: now.timestamp(), nanoseconds: now.timestamp_subsec_nanos() })
+    }
+}
+
+impl kv::Host for HostState {
+    fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, types::Error>> {
+        let store = match self.kv_store() {
+            Ok(s) => s.clone(),
+            Err(e) => return Ok(Err(e)),
+        };
+        let plugin = self.plugin.clone();
+        Ok(self.services.runtime.block_on(store.kv_get(&plugin, &key)).map_err(kv_error))
+    }
+
+    fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), types::Error>> {
+        let store = match self.kv_store() {
+            Ok(s) => s.clone(),
+            Err(e) => return Ok(Err(e)),
+        };
+        if key.is_empty() || key.len() > 255 {
+            return Ok(Err(types::Error::InvalidInput("keys are 1 to 255 bytes".into())));
+        }
+        if value.len() > 64 << 10 {
+            return Ok(Err(types::Error::InvalidInput("values are at most 64 KiB".into())));
+        }
+        let plugin = self.plugin.clone();
+        Ok(self.services.runtime.block_on(store.kv_set(&plugin, &key, &value)).map_err(kv_error))
+    }
+
+    fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, types::Error>> {
+        let store = match self.kv_store() {
+            Ok(s) => s.clone(),
+            Err(e) => return Ok(Err(e)),
+        };
+        let plugin = self.plugin.clone();
+        Ok(self.services.runtime.block_on(store.kv_delete(&plugin, &key)).map_err(kv_error))
+    }
+
+    fn list_keys(&mut self, prefix: String) -> wasmtime::Result<Result<Vec<String>, types::Error>> {
+        let store = match self.kv_store() {
+            Ok(s) => s.clone(),
+            Err(e) => return Ok(Err(e)),
+        };
+        let plugin = self.plugin.clone();
+        Ok(self.services.runtime.block_on(store.kv_list(&plugin, &prefix, 1000)).map_err(kv_error))
+    }
+}
+
+fn kv_error(e: crate::store::Error) -> types::Error {
+    tracing::warn!(error = %e, "plugin key-value store failed");
+    types::Error::Unavailable("the key-value store is unavailable".into())
+}
+
+fn sandbox_error(e: SandboxError) -> types::Error {
+    match e {
+        SandboxError::Invalid(m) => types::Error::InvalidInput(m),
+        SandboxError::NotFound(m) => types::Error::NotFound(m),
+        SandboxError::Io(m) => types::Error::Internal(m),
+    }
+}
+
+fn process_output(o: ProcessOutput) -> sandbox::ProcessOutput {
+    sandbox::ProcessOutput {
+        state: match o.state {
+            ProcessState::Running => sandbox::ProcessState::Running,
+            ProcessState::Exited(c) => sandbox::ProcessState::Exited(c),
+            ProcessState::Signaled(s) => sandbox::ProcessState::Signaled(s),
+            ProcessState::TimedOut => sandbox::ProcessState::TimedOut,
+        },
+        stdout: o.stdout,
+        stderr: o.stderr,
+        truncated: o.truncated,
+    }
+}
+
+impl sandbox::Host for HostState {
+    fn create_workspace(&mut self) -> wasmtime::Result<Result<String, types::Error>> {
+        Ok(self.sandbox_run().and_then(|run| {
+            self.services.sandbox.create_workspace(run).map(|p| p.display().to_string()).map_err(sandbox_error)
+        }))
+    }
+
+    fn unpack(&mut self, bundle: types::Bundle) -> wasmtime::Result<Result<(), types::Error>> {
+        Ok(self.sandbox_run().and_then(|run| {
+            let files: Vec<_> = bundle.files.into_iter().map(|f| (f.path, f.mode, f.contents)).collect();
+            self.services.sandbox.unpack(run, bundle.archive.as_deref(), &files).map_err(sandbox_error)
+        }))
+    }
+
+    fn spawn(&mut self, cmd: sandbox::Command) -> wasmtime::Result<Result<String, types::Error>> {
+        Ok(self.sandbox_run().and_then(|run| {
+            let spec = CommandSpec {
+                program: cmd.program,
+                args: cmd.args,
+                env: cmd.env,
+                cwd: cmd.cwd,
+                time_limit: Duration::from_millis(cmd.time_limit_ms),
+            };
+            self.services.sandbox.spawn(run, spec).map_err(sandbox_error)
+        }))
+    }
+
+    fn status(&mut self, process: String) -> wasmtime::Result<Result<sandbox::ProcessOutput, types::Error>> {
+        Ok(self
+            .sandbox_run()
+            .and_then(|run| self.services.sandbox.status(run, &process).map(process_output).map_err(sandbox_error)))
+    }
+
+    fn wait(
+        &mut self,
+        process: String,
+        timeout_ms: u64,
+    ) -> wasmtime::Result<Result<sandbox::ProcessOutput, types::Error>> {
+        // Waits are bounded so one executor call cannot hold a thread for long.
+        let timeout = Duration::from_millis(timeout_ms.min(10_000));
+        Ok(self.sandbox_run().and_then(|run| {
+            self.services.sandbox.wait(run, &process, timeout).map(process_output).map_err(sandbox_error)
+        }))
+    }
+
+    fn kill(&mut self, process: String) -> wasmtime::Result<Result<(), types::Error>> {
+        Ok(self.sandbox_run().and_then(|run| self.services.sandbox.kill(run, &process).map_err(sandbox_error)))
+    }
+
+    fn remove_workspace(&mut self) -> wasmtime::Result<Result<(), types::Error>> {
+        Ok(self.sandbox_run().and_then(|run| self.services.sandbox.remove_workspace(run).map_err(sandbox_error)))
+    }
+}
+
+/// The `wasi:http` hooks: requests go out only to granted hosts.
+pub struct AllowList {
+    hosts: BTreeSet<String>,
+    enabled: bool,
+}
+
+type IoFuture = Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>;
+
+impl WasiHttpHooks for AllowList {
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: IoFuture,
+    ) -> Box<
+        dyn Future<Output = Result<(http::Response<wasmtime_wasi_http::WasiBody>, IoFuture), wasmtime_wasi_http::Error>>
+            + Send,
+    > {
+        let host = request.uri().host().map(str::to_ascii_lowercase);
+        let allowed = self.enabled && host.as_deref().is_some_and(|h| self.hosts.contains(h));
+        if !allowed {
+            tracing::warn!(host = ?host, "plugin HTTP request to a host it was not granted: denied");
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            let send = wasmtime_wasi_http::default_send_request(request, options);
+            let (res, io) = tokio::time::timeout(HTTP_TIMEOUT, send)
+                .await
+                .map_err(|_| wasmtime_wasi_http::Error::ConnectionReadTimeout)??;
+            Ok((res.map(BodyExt::boxed_unsync), Box::new(io) as IoFuture))
+        })
+    }
+}
+
+/// A stdout/stderr sink that keeps the first `cap` bytes and drops the rest,
+/// so a chatty plugin loses output instead of trapping.
+#[derive(Clone)]
+pub struct CappedOutput {
+    buf: Arc<Mutex<(Vec<u8>, bool)>>,
+    cap: usize,
+}
+
+impl CappedOutput {
+    /// A sink keeping up to `cap` bytes.
+    pub fn new(cap: usize) -> CappedOutput {
+        CappedOutput { buf: Arc::new(Mutex::new((Vec::new(), false))), cap }
+    }
+
+    fn push(&self, data: &[u8]) {
+        let mut g = self.buf.lock().expect("output lock");
+        let n = self.cap.saturating_sub(g.0.len()).min(data.len());
+        g.0.extend_from_slice(&data[..n]);
+        if n < data.len() {
+            g.1 = true;
+        }
+    }
+
+    /// What was written (lossy UTF-8), and whether some was dropped.
+    pub fn contents(&self) -> (String, bool) {
+        let g = self.buf.lock().expect("output lock");
+        (String::from_utf8_lossy(&g.0).into_owned(), g.1)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for CappedOutput {
+    async fn ready(&mut self) {}
+}
+
+#[wasmtime_wasi::async_trait]
+impl OutputStream for CappedOutput {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.push(&bytes);
+        Ok(())
+    }
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 << 10)
+    }
+}
+
+impl tokio::io::AsyncWrite for CappedOutput {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, b: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.push(b);
+        Poll::Ready(Ok(b.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl IsTerminal for CappedOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for CappedOutput {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}

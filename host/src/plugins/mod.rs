@@ -1,0 +1,675 @@
+//! The plugin runtime: trigger filters, presets and executors are
+//! WebAssembly components behind the WIT interfaces in `wit/`.
+//!
+//! - `engine`: the one `Engine` (pooling allocator, epoch deadlines) and the
+//!   on-disk compile cache;
+//! - `bindings`: host bindings generated from the WIT worlds;
+//! - `host`: per-call state and the host side of every import;
+//! - `manifest`: what a plugin asks for and what the operator grants;
+//! - `sandbox`: workspaces and processes for the local sandbox;
+//! - `registry`: loaded plugins by name, replaced atomically.
+//!
+//! WIT types stop here: callers use the plain Rust types in this module
+//! (`Bundle`, `RunContext`, `ExecStatus`, `GuestError`).
+
+pub mod bindings;
+pub mod bundled;
+pub mod engine;
+pub mod host;
+pub mod manifest;
+pub mod registry;
+pub mod sandbox;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+use wasmtime::component::{Component, Linker, types::ComponentItem};
+use wasmtime::{Engine, Store, Trap};
+
+use self::bindings::types;
+use self::engine::{CacheOutcome, CompileCache};
+use self::host::{HostState, LogLine, Services};
+use self::manifest::{Capability, Grant, Grants, Kind, Manifest};
+use crate::model::RunOutput;
+
+pub use registry::Registry;
+
+/// Limits for one kind of call.
+#[derive(Debug, Clone, Copy)]
+pub struct CallLimits {
+    /// Most bytes a linear memory may grow to.
+    pub memory: usize,
+    /// Wall-clock deadline, enforced by epochs.
+    pub deadline: Duration,
+    /// Bytes of stdout and of stderr kept.
+    pub output: usize,
+}
+
+impl CallLimits {
+    /// The defaults for a kind of plugin.
+    pub fn for_kind(kind: Kind) -> CallLimits {
+        match kind {
+            Kind::Filter => CallLimits { memory: 64 << 20, deadline: Duration::from_secs(1), output: 16 << 10 },
+            Kind::Preset => CallLimits { memory: 64 << 20, deadline: Duration::from_secs(5), output: 64 << 10 },
+            Kind::Executor => CallLimits { memory: 128 << 20, deadline: Duration::from_secs(30), output: 64 << 10 },
+        }
+    }
+}
+
+/// Why a plugin could not be loaded. The message says what to fix.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("plugin {name}: {reason}")]
+pub struct LoadError {
+    /// The plugin's name.
+    pub name: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// An expected failure a plugin reported (a WIT `error` value).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct GuestError {
+    /// `invalid_input`, `denied`, `unavailable`, `not_found` or `internal`.
+    pub kind: &'static str,
+    /// The plugin's message.
+    pub message: String,
+}
+
+impl GuestError {
+    /// True for failures worth retrying later.
+    pub fn is_transient(&self) -> bool {
+        self.kind == "unavailable"
+    }
+}
+
+impl From<types::Error> for GuestError {
+    fn from(e: types::Error) -> GuestError {
+        let (kind, message) = match e {
+            types::Error::InvalidInput(m) => ("invalid_input", m),
+            types::Error::Denied(m) => ("denied", m),
+            types::Error::Unavailable(m) => ("unavailable", m),
+            types::Error::NotFound(m) => ("not_found", m),
+            types::Error::Internal(m) => ("internal", m),
+        };
+        GuestError { kind, message }
+    }
+}
+
+/// Why a call failed without the plugin returning a value: it trapped, ran
+/// out of time or memory, or returned an error value.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// Ran past its deadline and was stopped.
+    #[error("plugin {plugin} ran past its {limit_ms} ms deadline and was stopped")]
+    Timeout {
+        /// The plugin.
+        plugin: String,
+        /// The deadline in milliseconds.
+        limit_ms: u128,
+    },
+    /// Tried to grow its memory past the limit, then failed.
+    #[error("plugin {plugin} exceeded its memory limit: asked for {asked} bytes, the limit is {limit}")]
+    Memory {
+        /// The plugin.
+        plugin: String,
+        /// The size it asked for.
+        asked: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Trapped (a panic, `unreachable`, a bad memory access).
+    #[error("plugin {plugin} crashed: {message}")]
+    Trap {
+        /// The plugin.
+        plugin: String,
+        /// The trap, and what the plugin wrote to stderr.
+        message: String,
+    },
+    /// Returned a WIT `error`.
+    #[error("plugin {plugin} returned an error: {error}")]
+    Guest {
+        /// The plugin.
+        plugin: String,
+        /// The error.
+        error: GuestError,
+    },
+}
+
+impl CallError {
+    /// True for failures worth retrying (the plugin said `unavailable`).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, CallError::Guest { error, .. } if error.is_transient())
+    }
+}
+
+/// What a call did besides its result.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CallReport {
+    /// Log lines.
+    pub logs: Vec<LogLine>,
+    /// Captured stdout.
+    pub stdout: String,
+    /// Captured stderr.
+    pub stderr: String,
+    /// Wall time, including instantiation.
+    pub elapsed: Duration,
+    /// Largest linear memory reached, in bytes.
+    pub peak_memory: usize,
+    /// Fuel consumed, when the engine meters fuel.
+    pub fuel: Option<u64>,
+}
+
+/// A bundle: the code a run executes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Bundle {
+    /// A gzip tar archive, unpacked first.
+    pub archive: Option<Vec<u8>>,
+    /// Files written after the archive: (path, mode, contents).
+    pub files: Vec<(String, u32, Vec<u8>)>,
+    /// The command to run.
+    pub entrypoint: String,
+    /// Environment variables.
+    pub env: Vec<(String, String)>,
+}
+
+/// What an executor is told about the run it carries out.
+#[derive(Debug, Clone)]
+pub struct RunContext {
+    /// The run.
+    pub run_id: Uuid,
+    /// The automation.
+    pub automation_id: Uuid,
+    /// The automation's name.
+    pub automation_name: String,
+    /// 1 on the first start, more on retries.
+    pub attempt: u32,
+    /// `cron`, `event` or `manual`.
+    pub trigger_kind: String,
+    /// The trigger payload as JSON text.
+    pub trigger_payload: String,
+    /// The event key, for event runs.
+    pub event_key: Option<String>,
+    /// The cron slot, for cron runs.
+    pub scheduled_for: Option<chrono::DateTime<chrono::Utc>>,
+    /// The executor configuration as JSON text.
+    pub config: String,
+    /// The time budget.
+    pub timeout: Duration,
+    /// Where the run may report completion.
+    pub callback_url: String,
+    /// The per-run token for the callback.
+    pub callback_token: String,
+}
+
+/// Where an executor says a run is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecStatus {
+    /// Still going.
+    Running,
+    /// Finished well.
+    Succeeded(RunOutput),
+    /// Finished badly, with a reason.
+    Failed(String, RunOutput),
+    /// The executor's own time limit ended it.
+    TimedOut(RunOutput),
+    /// It was cancelled.
+    Cancelled(RunOutput),
+}
+
+/// What a preset or executor says about itself.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Description {
+    /// Its name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// What it does.
+    pub description: String,
+    /// JSON Schema of its configuration.
+    #[schema(value_type = Option<Object>)]
+    pub config_schema: Option<serde_json::Value>,
+}
+
+/// Where a loaded plugin came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// Built from `guest-examples/` into the binary.
+    Bundled,
+    /// A `.wasm` + `.toml` pair in the plugins directory.
+    Directory,
+    /// Uploaded with `PUT /v1/plugins/{name}`.
+    Uploaded,
+}
+
+/// A loaded plugin, ready to call.
+pub struct Plugin {
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// What it is actually granted.
+    pub grant: Arc<Grant>,
+    /// SHA-256 of its component.
+    pub sha256: String,
+    /// Size of its component in bytes.
+    pub size: usize,
+    /// Where it came from.
+    pub source: Source,
+    /// What it says about itself (presets and executors).
+    pub description: Option<Description>,
+    /// How long loading took, and whether the compile cache served it.
+    pub load: (Duration, CacheOutcome),
+    /// Its imports, as the component declares them.
+    pub imports: Vec<String>,
+    name: Arc<str>,
+    pre: Pre,
+}
+
+enum Pre {
+    Filter(bindings::filter::FilterPluginPre<HostState>),
+    Preset(bindings::preset::PresetPluginPre<HostState>),
+    Executor(bindings::executor::ExecutorPluginPre<HostState>),
+}
+
+impl Plugin {
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The plugin's kind.
+    pub fn kind(&self) -> Kind {
+        self.manifest.kind
+    }
+}
+
+/// The engine, the linker and the services host functions use.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache: CompileCache,
+    services: Arc<Services>,
+    grants: Grants,
+    fuel: bool,
+}
+
+impl Runtime {
+    /// Builds the runtime: engine, epoch ticker, linker with every import.
+    pub fn new(
+        cache_dir: std::path::PathBuf,
+        services: Arc<Services>,
+        grants: Grants,
+        fuel: bool,
+    ) -> anyhow::Result<Runtime> {
+        let engine = engine::build(fuel, 256).map_err(|e| anyhow::anyhow!("cannot configure wasmtime: {e:#}"))?;
+        engine::spawn_ticker(&engine);
+        let linker = build_linker(&engine).map_err(|e| anyhow::anyhow!("cannot build the plugin linker: {e:#}"))?;
+        let cache = CompileCache::new(&engine, cache_dir);
+        Ok(Runtime { engine, linker, cache, services, grants, fuel })
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The operator's grants.
+    pub fn grants(&self) -> &Grants {
+        &self.grants
+    }
+
+    /// Loads, checks and prepares a component. Nothing is instantiated
+    /// except to ask presets and executors to describe themselves.
+    pub fn load(&self, manifest: Manifest, wasm: &[u8], source: Source) -> Result<Plugin, LoadError> {
+        let started = Instant::now();
+        let name = manifest.name.clone();
+        let fail = |reason: String| LoadError { name: name.clone(), reason };
+        manifest.check().map_err(fail)?;
+        let grant = self.grants.effective(&manifest);
+        let (component, outcome) = self
+            .cache
+            .load(&self.engine, wasm)
+            .map_err(|e| fail(format!("not a valid WebAssembly component: {e:#}")))?;
+        let imports = self.check_component(&component, &manifest, &grant).map_err(fail)?;
+        let instance_pre =
+            self.linker.instantiate_pre(&component).map_err(|e| fail(format!("cannot be linked: {e:#}")))?;
+        let pre = match manifest.kind {
+            Kind::Filter => bindings::filter::FilterPluginPre::new(instance_pre).map(Pre::Filter),
+            Kind::Preset => bindings::preset::PresetPluginPre::new(instance_pre).map(Pre::Preset),
+            Kind::Executor => bindings::executor::ExecutorPluginPre::new(instance_pre).map(Pre::Executor),
+        }
+        .map_err(|e| fail(format!("does not match the {} world: {e:#}", manifest.kind.world())))?;
+        let mut plugin = Plugin {
+            sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(wasm)),
+            size: wasm.len(),
+            grant: Arc::new(grant),
+            source,
+            description: None,
+            load: (Duration::ZERO, outcome),
+            imports,
+            name: Arc::from(name.as_str()),
+            pre,
+            manifest,
+        };
+        if plugin.kind() != Kind::Filter {
+            let (d, _) = self.describe(&plugin).map_err(|e| fail(format!("describe() failed: {e}")))?;
+            plugin.description = Some(d);
+        }
+        plugin.load.0 = started.elapsed();
+        Ok(plugin)
+    }
+
+    /// Refuses components that target the wrong world or a newer WIT, or
+    /// import what their kind may not have or the operator did not grant.
+    fn check_component(
+        &self,
+        component: &Component,
+        manifest: &Manifest,
+        grant: &Grant,
+    ) -> Result<Vec<String>, String> {
+        let ty = component.component_type();
+        let want = manifest.kind.export();
+        let exports: Vec<String> = ty.exports(&self.engine).map(|(n, _)| n.to_owned()).collect();
+        let Some(export) = exports.iter().find(|n| n.split('@').next() == Some(want)) else {
+            let ours: Vec<&String> = exports.iter().filter(|e| e.starts_with("automation:plugin/")).collect();
+            return Err(format!(
+                "wrong world: a {} plugin must export `{want}` (world `{}`), but this component exports {}",
+                manifest.kind.as_str(),
+                manifest.kind.world(),
+                if ours.is_empty() { format!("{exports:?}") } else { format!("{ours:?}") }
+            ));
+        };
+        if let Some((_, version)) = export.split_once('@') {
+            manifest::check_wit_version(version)?;
+        }
+        if let Some((_, ext)) = ty.exports(&self.engine).find(|(n, _)| n == export) {
+            if !matches!(ext.ty, ComponentItem::ComponentInstance(_)) {
+                return Err(format!("`{export}` is not an interface instance"));
+            }
+        }
+        let mut imports = Vec::new();
+        for (import, _) in ty.imports(&self.engine) {
+            imports.push(import.to_owned());
+            let Some(cap) = Capability::for_import(import)? else { continue };
+            if !manifest.kind.allowed_capabilities().contains(&cap) {
+                return Err(format!(
+                    "a {} plugin may not import `{import}` ({} is never granted to {} plugins)",
+                    manifest.kind.as_str(),
+                    cap.as_str(),
+                    manifest.kind.as_str()
+                ));
+            }
+            if !grant.capabilities.contains(&cap) {
+                return Err(format!(
+                    "imports `{import}`, which needs the `{cap}` capability; it is not granted \
+                     (the manifest must ask for it and AUTOMATION_PLUGIN_GRANTS must grant it, e.g. {name}={cap})",
+                    cap = cap.as_str(),
+                    name = manifest.name
+                ));
+            }
+        }
+        Ok(imports)
+    }
+
+    /// Runs one call on a fresh store. `f` instantiates and calls.
+    fn call<R>(
+        &self,
+        plugin: &Plugin,
+        run_id: Option<Uuid>,
+        limits: CallLimits,
+        f: impl FnOnce(&mut Store<HostState>, &Pre) -> wasmtime::Result<R>,
+    ) -> (Result<R, CallError>, CallReport) {
+        let started = Instant::now();
+        let state = HostState::new(
+            plugin.name.clone(),
+            plugin.grant.clone(),
+            run_id,
+            self.services.clone(),
+            limits.memory,
+            limits.output,
+        );
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        let ticks = (limits.deadline.as_millis() / engine::EPOCH_TICK.as_millis()).max(1) as u64 + 1;
+        store.set_epoch_deadline(ticks);
+        const FUEL: u64 = u64::MAX / 2;
+        if self.fuel {
+            let _ = store.set_fuel(FUEL);
+        }
+        let result = f(&mut store, &plugin.pre);
+        let fuel = if self.fuel { store.get_fuel().ok().map(|left| FUEL - left) } else { None };
+        let state = store.into_data();
+        let (stdout, _) = state.stdout.contents();
+        let (stderr, _) = state.stderr.contents();
+        let report = CallReport {
+            logs: state.logs,
+            stdout,
+            stderr: stderr.clone(),
+            elapsed: started.elapsed(),
+            peak_memory: state.limiter.peak_memory,
+            fuel,
+        };
+        let result = result.map_err(|e| {
+            let name = plugin.name().to_owned();
+            if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+                CallError::Timeout { plugin: name, limit_ms: limits.deadline.as_millis() }
+            } else if let Some(asked) = state.limiter.refused {
+                CallError::Memory { plugin: name, asked, limit: limits.memory }
+            } else {
+                let tail: String =
+                    stderr.trim().chars().rev().take(2000).collect::<Vec<_>>().into_iter().rev().collect();
+                let message = if tail.is_empty() { format!("{e:#}") } else { format!("{e:#}; stderr: {tail}") };
+                CallError::Trap { plugin: name, message }
+            }
+        });
+        (result, report)
+    }
+
+    fn guest<T>(plugin: &Plugin, r: Result<T, types::Error>) -> Result<T, CallError> {
+        r.map_err(|e| CallError::Guest { plugin: plugin.name().to_owned(), error: e.into() })
+    }
+
+    /// Asks a preset or executor to describe itself.
+    pub fn describe(&self, plugin: &Plugin) -> Result<(Description, CallReport), CallError> {
+        let (r, report) = self.call(plugin, None, CallLimits::for_kind(plugin.kind()), |store, pre| match pre {
+            Pre::Preset(p) => p.instantiate(&mut *store)?.automation_plugin_preset().call_describe(&mut *store),
+            Pre::Executor(p) => p.instantiate(&mut *store)?.automation_plugin_executor().call_describe(&mut *store),
+            Pre::Filter(_) => wasmtime::bail!("filters have no describe()"),
+        });
+        let info = r?;
+        let config_schema = info.config_schema.as_deref().and_then(|s| serde_json::from_str(s).ok());
+        Ok((
+            Description { name: info.name, version: info.version, description: info.description, config_schema },
+            report,
+        ))
+    }
+
+    /// Checks a filter expression's syntax.
+    pub fn filter_validate(&self, plugin: &Plugin, expression: &str) -> (Result<(), CallError>, CallReport) {
+        let (r, report) = self.call(plugin, None, CallLimits::for_kind(Kind::Filter), |store, pre| match pre {
+            Pre::Filter(p) => {
+                p.instantiate(&mut *store)?.automation_plugin_filter().call_validate(&mut *store, expression)
+            }
+            _ => wasmtime::bail!("{} is not a filter", plugin.name()),
+        });
+        (r.and_then(|r| Self::guest(plugin, r)), report)
+    }
+
+    /// Evaluates expressions against one event in one call. The outer error
+    /// is the call failing as a whole; inner errors are per expression.
+    pub fn filter_matches(
+        &self,
+        plugin: &Plugin,
+        event: &types::Event,
+        expressions: &[String],
+    ) -> (Result<Vec<Result<bool, GuestError>>, CallError>, CallReport) {
+        let mut limits = CallLimits::for_kind(Kind::Filter);
+        limits.deadline += Duration::from_millis(5) * expressions.len().min(2000) as u32;
+        let (r, report) = self.call(plugin, None, limits, |store, pre| match pre {
+            Pre::Filter(p) => {
+                p.instantiate(&mut *store)?.automation_plugin_filter().call_matches(&mut *store, event, expressions)
+            }
+            _ => wasmtime::bail!("{} is not a filter", plugin.name()),
+        });
+        (r.map(|v| v.into_iter().map(|x| x.map_err(GuestError::from)).collect()), report)
+    }
+
+    /// Renders a preset's bundle.
+    pub fn preset_render(&self, plugin: &Plugin, config: &str) -> (Result<Bundle, CallError>, CallReport) {
+        let (r, report) = self.call(plugin, None, CallLimits::for_kind(Kind::Preset), |store, pre| match pre {
+            Pre::Preset(p) => p.instantiate(&mut *store)?.automation_plugin_preset().call_render(&mut *store, config),
+            _ => wasmtime::bail!("{} is not a preset", plugin.name()),
+        });
+        (r.and_then(|r| Self::guest(plugin, r)).map(bundle_from_wit), report)
+    }
+
+    /// Starts a run on an executor; returns its handle.
+    pub fn executor_start(
+        &self,
+        plugin: &Plugin,
+        ctx: &RunContext,
+        bundle: &Bundle,
+    ) -> (Result<String, CallError>, CallReport) {
+        let (wctx, wbundle) = (context_to_wit(ctx), bundle_to_wit(bundle));
+        let (r, report) =
+            self.call(plugin, Some(ctx.run_id), CallLimits::for_kind(Kind::Executor), |store, pre| match pre {
+                Pre::Executor(p) => {
+                    p.instantiate(&mut *store)?.automation_plugin_executor().call_start(&mut *store, &wctx, &wbundle)
+                }
+                _ => wasmtime::bail!("{} is not an executor", plugin.name()),
+            });
+        (r.and_then(|r| Self::guest(plugin, r)), report)
+    }
+
+    /// Asks an executor where a run is.
+    pub fn executor_poll(
+        &self,
+        plugin: &Plugin,
+        ctx: &RunContext,
+        handle: &str,
+    ) -> (Result<ExecStatus, CallError>, CallReport) {
+        let wctx = context_to_wit(ctx);
+        let (r, report) =
+            self.call(plugin, Some(ctx.run_id), CallLimits::for_kind(Kind::Executor), |store, pre| match pre {
+                Pre::Executor(p) => {
+                    p.instantiate(&mut *store)?.automation_plugin_executor().call_poll(&mut *store, &wctx, handle)
+                }
+                _ => wasmtime::bail!("{} is not an executor", plugin.name()),
+            });
+        (r.and_then(|r| Self::guest(plugin, r)).map(status_from_wit), report)
+    }
+
+    /// Asks an executor to stop a run.
+    pub fn executor_cancel(
+        &self,
+        plugin: &Plugin,
+        ctx: &RunContext,
+        handle: &str,
+    ) -> (Result<(), CallError>, CallReport) {
+        let wctx = context_to_wit(ctx);
+        let (r, report) =
+            self.call(plugin, Some(ctx.run_id), CallLimits::for_kind(Kind::Executor), |store, pre| match pre {
+                Pre::Executor(p) => {
+                    p.instantiate(&mut *store)?.automation_plugin_executor().call_cancel(&mut *store, &wctx, handle)
+                }
+                _ => wasmtime::bail!("{} is not an executor", plugin.name()),
+            });
+        (r.and_then(|r| Self::guest(plugin, r)), report)
+    }
+
+    /// The local sandbox (for cleanup at shutdown).
+    pub fn sandbox(&self) -> &sandbox::Sandbox {
+        &self.services.sandbox
+    }
+}
+
+fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
+    use wasmtime::component::HasSelf;
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)?;
+    bindings::log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    bindings::clock::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    bindings::kv::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    bindings::sandbox::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    Ok(linker)
+}
+
+/// Builds a WIT event.
+pub fn event_to_wit(
+    id: Uuid,
+    source: &str,
+    key: &str,
+    payload: &str,
+    received_at: chrono::DateTime<chrono::Utc>,
+) -> types::Event {
+    types::Event {
+        id: id.to_string(),
+        source: source.to_owned(),
+        key: key.to_owned(),
+        payload: payload.to_owned(),
+        received_at: datetime_to_wit(received_at),
+    }
+}
+
+fn datetime_to_wit(t: chrono::DateTime<chrono::Utc>) -> types::Datetime {
+    types::Datetime { seconds: t.timestamp(), nanoseconds: t.timestamp_subsec_nanos() }
+}
+
+fn bundle_from_wit(b: types::Bundle) -> Bundle {
+    Bundle {
+        archive: b.archive,
+        files: b.files.into_iter().map(|f| (f.path, f.mode, f.contents)).collect(),
+        entrypoint: b.entrypoint,
+        env: b.env,
+    }
+}
+
+fn bundle_to_wit(b: &Bundle) -> types::Bundle {
+    types::Bundle {
+        archive: b.archive.clone(),
+        files: b
+            .files
+            .iter()
+            .map(|(path, mode, contents)| types::File { path: path.clone(), mode: *mode, contents: contents.clone() })
+            .collect(),
+        entrypoint: b.entrypoint.clone(),
+        env: b.env.clone(),
+    }
+}
+
+fn context_to_wit(c: &RunContext) -> types::RunContext {
+    types::RunContext {
+        run_id: c.run_id.to_string(),
+        automation_id: c.automation_id.to_string(),
+        automation_name: c.automation_name.clone(),
+        attempt: c.attempt,
+        trigger: types::TriggerInfo {
+            kind: c.trigger_kind.clone(),
+            payload: c.trigger_payload.clone(),
+            event_key: c.event_key.clone(),
+            scheduled_for: c.scheduled_for.map(datetime_to_wit),
+        },
+        config: c.config.clone(),
+        timeout_ms: c.timeout.as_millis() as u64,
+        callback_url: c.callback_url.clone(),
+        callback_token: c.callback_token.clone(),
+    }
+}
+
+fn output_from_wit(o: types::RunOutput) -> RunOutput {
+    RunOutput { exit_code: o.exit_code, stdout: o.stdout, stderr: o.stderr, truncated: o.truncated }
+}
+
+fn status_from_wit(s: types::RunStatus) -> ExecStatus {
+    match s {
+        types::RunStatus::Running => ExecStatus::Running,
+        types::RunStatus::Succeeded(o) => ExecStatus::Succeeded(output_from_wit(o)),
+        types::RunStatus::Failed((why, o)) => ExecStatus::Failed(why, output_from_wit(o)),
+        types::RunStatus::TimedOut(o) => ExecStatus::TimedOut(output_from_wit(o)),
+        types::RunStatus::Cancelled(o) => ExecStatus::Cancelled(output_from_wit(o)),
+    }
+}

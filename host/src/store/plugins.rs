@@ -1,0 +1,153 @@
+//! Uploaded plugins and the plugins' key-value state.
+
+use sqlx::FromRow;
+use sqlx::types::Json;
+
+use super::types::DbTime;
+use super::{Dialect, Result, Store, with_db};
+use crate::plugins::manifest::Manifest;
+
+/// A plugin stored through the API.
+#[derive(Debug, Clone)]
+pub struct StoredPlugin {
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// The component's bytes.
+    pub wasm: Vec<u8>,
+    /// SHA-256 of `wasm`, lowercase hex.
+    pub sha256: String,
+}
+
+#[derive(FromRow)]
+struct Row {
+    manifest: Json<Manifest>,
+    wasm: Vec<u8>,
+    sha256: String,
+}
+
+impl Store {
+    /// Inserts or replaces an uploaded plugin.
+    pub async fn upsert_plugin(&self, p: &StoredPlugin) -> Result<()> {
+        let now = DbTime::new(crate::model::now());
+        with_db!(self, write, |db| {
+            sqlx::query(
+                "insert into plugins (name, kind, manifest, wasm, sha256, created_at, updated_at) \
+                 values ($1, $2, $3, $4, $5, $6, $6) \
+                 on conflict (name) do update set kind = excluded.kind, manifest = excluded.manifest, \
+                 wasm = excluded.wasm, sha256 = excluded.sha256, updated_at = excluded.updated_at",
+            )
+            .bind(&p.manifest.name)
+            .bind(p.manifest.kind.as_str())
+            .bind(Json(&p.manifest))
+            .bind(&p.wasm)
+            .bind(&p.sha256)
+            .bind(now)
+            .execute(db)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Every uploaded plugin.
+    pub async fn list_plugins(&self) -> Result<Vec<StoredPlugin>> {
+        let rows: Vec<Row> = with_db!(self, read, |db| {
+            sqlx::query_as("select manifest, wasm, sha256 from plugins order by name").fetch_all(db).await?
+        });
+        Ok(rows.into_iter().map(|r| StoredPlugin { manifest: r.manifest.0, wasm: r.wasm, sha256: r.sha256 }).collect())
+    }
+
+    /// A fingerprint of the uploaded plugins (count and latest change), so a
+    /// replica can tell cheaply whether to reload.
+    pub async fn plugins_version(&self) -> Result<(i64, Option<String>)> {
+        let row: (i64, Option<DbTime>) = with_db!(self, read, |db| {
+            sqlx::query_as("select count(*), max(updated_at) from plugins").fetch_one(db).await?
+        });
+        Ok((row.0, row.1.map(|t| t.0.to_rfc3339())))
+    }
+
+    /// Deletes an uploaded plugin; false if there was none.
+    pub async fn delete_plugin(&self, name: &str) -> Result<bool> {
+        let n = with_db!(self, write, |db| {
+            sqlx::query("delete from plugins where name = $1").bind(name).execute(db).await?.rows_affected()
+        });
+        Ok(n == 1)
+    }
+
+    /// Live automations that name a plugin (as filter, preset or executor).
+    pub async fn automations_using_plugin(&self, name: &str) -> Result<Vec<uuid::Uuid>> {
+        // The one place JSON is queried: the operators differ by dialect.
+        let sql = match self.dialect() {
+            Dialect::Sqlite => {
+                "select id from automations where deleted_at is null and (\
+                 json_extract(executor, '$.plugin') = $1 or json_extract(preset, '$.name') = $1 \
+                 or json_extract(trigger, '$.filter_plugin') = $1) order by id"
+            }
+            Dialect::Postgres => {
+                "select id from automations where deleted_at is null and (\
+                 executor->>'plugin' = $1 or preset->>'name' = $1 or trigger->>'filter_plugin' = $1) \
+                 order by id"
+            }
+        };
+        let ids: Vec<super::types::DbId> =
+            with_db!(self, read, |db| sqlx::query_scalar(sql).bind(name).fetch_all(db).await?);
+        Ok(ids.into_iter().map(|i| i.0).collect())
+    }
+
+    /// Reads a plugin's key.
+    pub async fn kv_get(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(with_db!(self, read, |db| {
+            sqlx::query_scalar("select value from plugin_kv where plugin = $1 and key = $2")
+                .bind(plugin)
+                .bind(key)
+                .fetch_optional(db)
+                .await?
+        }))
+    }
+
+    /// Writes a plugin's key.
+    pub async fn kv_set(&self, plugin: &str, key: &str, value: &[u8]) -> Result<()> {
+        let now = DbTime::new(crate::model::now());
+        with_db!(self, write, |db| {
+            sqlx::query(
+                "insert into plugin_kv (plugin, key, value, updated_at) values ($1, $2, $3, $4) \
+                 on conflict (plugin, key) do update set value = excluded.value, updated_at = excluded.updated_at",
+            )
+            .bind(plugin)
+            .bind(key)
+            .bind(value)
+            .bind(now)
+            .execute(db)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Deletes a plugin's key; true if it existed.
+    pub async fn kv_delete(&self, plugin: &str, key: &str) -> Result<bool> {
+        let n = with_db!(self, write, |db| {
+            sqlx::query("delete from plugin_kv where plugin = $1 and key = $2")
+                .bind(plugin)
+                .bind(key)
+                .execute(db)
+                .await?
+                .rows_affected()
+        });
+        Ok(n == 1)
+    }
+
+    /// Lists a plugin's keys starting with `prefix`, in order.
+    pub async fn kv_list(&self, plugin: &str, prefix: &str, limit: u32) -> Result<Vec<String>> {
+        let sql = match self.dialect() {
+            Dialect::Sqlite => {
+                "select key from plugin_kv where plugin = $1 and substr(key, 1, length($2)) = $2 \
+                 order by key limit $3"
+            }
+            Dialect::Postgres => {
+                "select key from plugin_kv where plugin = $1 and starts_with(key, $2) order by key limit $3"
+            }
+        };
+        Ok(with_db!(self, read, |db| {
+            sqlx::query_scalar(sql).bind(plugin).bind(prefix).bind(i64::from(limit)).fetch_all(db).await?
+        }))
+    }
+}
