@@ -111,6 +111,33 @@ pub struct Config {
     #[arg(long, env = "AUTOMATION_PLUGIN_GRANTS", default_value = "", global = true)]
     pub plugin_grants: String,
 
+    /// This host's name in run leases (default: a random id per process).
+    #[arg(long, env = "AUTOMATION_HOST_ID", global = true)]
+    pub host_id: Option<String>,
+
+    /// Do not carry out runs on this host (an API-only replica; runs stay
+    /// `pending` until a host that dispatches claims them).
+    #[arg(long, env = "AUTOMATION_NO_DISPATCH", global = true)]
+    pub no_dispatch: bool,
+
+    /// Most runs this host carries out at once (others wait, `pending`).
+    #[arg(long, env = "AUTOMATION_MAX_CONCURRENT_RUNS", default_value_t = 32, global = true)]
+    pub max_concurrent_runs: usize,
+
+    /// Seconds a run's lease lasts without a heartbeat; a run whose host
+    /// stopped heartbeating this long is taken over by another host.
+    #[arg(long, env = "AUTOMATION_LEASE_SECONDS", default_value_t = 30, global = true)]
+    pub lease_seconds: u64,
+
+    /// Executor start attempts before a transient failure fails the run.
+    #[arg(long, env = "AUTOMATION_START_ATTEMPTS", default_value_t = 5, global = true)]
+    pub start_attempts: u32,
+
+    /// Base URL runs use to reach this host (completion callback). Default:
+    /// `http://` + the address it listens on.
+    #[arg(long, env = "AUTOMATION_PUBLIC_URL", global = true)]
+    pub public_url: Option<String>,
+
     /// Bytes of stdout and of stderr kept per run.
     #[arg(long, env = "AUTOMATION_RUN_OUTPUT_BYTES", default_value_t = 256 * 1024, global = true)]
     pub run_output_bytes: usize,
@@ -180,6 +207,9 @@ impl Config {
             ("AUTOMATION_DB_CONNECTIONS", u64::from(self.db_connections)),
             ("AUTOMATION_MAX_PLUGIN_BYTES", self.max_plugin_bytes as u64),
             ("AUTOMATION_RUN_OUTPUT_BYTES", self.run_output_bytes as u64),
+            ("AUTOMATION_MAX_CONCURRENT_RUNS", self.max_concurrent_runs as u64),
+            ("AUTOMATION_LEASE_SECONDS", self.lease_seconds),
+            ("AUTOMATION_START_ATTEMPTS", u64::from(self.start_attempts)),
         ] {
             if value == 0 {
                 problems.push(format!("{name} must be greater than 0"));

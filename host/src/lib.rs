@@ -19,6 +19,8 @@ pub mod api;
 pub mod archive;
 pub mod auth;
 pub mod config;
+pub mod dispatch;
+pub mod metrics;
 pub mod model;
 pub mod plugins;
 pub mod scheduler;
@@ -104,8 +106,40 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let state = api::AppState::new(store.clone(), config.clone(), plugins.clone());
     let background = tokio_util::sync::CancellationToken::new();
+    let metrics = Arc::new(metrics::Metrics::default());
+    let secret = store
+        .setting_or_create("callback_secret", || {
+            use rand::RngCore;
+            let mut bytes = [0u8; 32];
+            rand::rng().fill_bytes(&mut bytes);
+            hex::encode(bytes)
+        })
+        .await
+        .context("cannot read the host secret")?;
+    let local = listener.local_addr()?;
+    let settings = dispatch::Settings {
+        host_id: config.host_id.clone().unwrap_or_else(default_host_id),
+        max_concurrent_runs: config.max_concurrent_runs,
+        lease: Duration::from_secs(config.lease_seconds),
+        public_url: config.public_url.clone().unwrap_or_else(|| format!("http://{local}")),
+        start_attempts: config.start_attempts,
+        retry_base: Duration::from_secs(1),
+    };
+    tracing::info!(host_id = %settings.host_id, max_concurrent_runs = settings.max_concurrent_runs, "dispatcher starting");
+    let dispatcher = Arc::new(dispatch::Dispatcher::new(
+        store.clone(),
+        plugins.clone(),
+        settings,
+        metrics.clone(),
+        secret.into_bytes(),
+    ));
+    if config.no_dispatch {
+        tracing::info!("AUTOMATION_NO_DISPATCH: this host does not carry out runs");
+    } else {
+        dispatcher.spawn(background.clone());
+    }
+    let state = api::AppState::new(store.clone(), config.clone(), plugins.clone(), dispatcher, metrics);
     tokio::spawn(follow_uploaded_plugins(store.clone(), plugins.clone(), background.clone()));
     let app = api::router(state);
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
@@ -132,6 +166,16 @@ pub async fn serve(
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A host id unique to this process: the machine's name and a random suffix.
+fn default_host_id() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "host".to_owned());
+    format!("{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
 }
 
 /// Reloads uploaded plugins when another replica changed them (the

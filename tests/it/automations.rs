@@ -206,7 +206,7 @@ async fn patch_changes_only_what_it_names(backend: Backend) {
 }
 
 async fn soft_delete_hides_and_cancels_pending_runs(backend: Backend) {
-    let s = TestServer::start(backend).await;
+    let s = TestServer::start_with(backend, &[("AUTOMATION_NO_DISPATCH", "true")]).await;
     let upload = simple_upload(&s).await;
     let a = s.post("/v1/automations", manual_automation("doomed", &upload)).await.expect(201);
     let path = format!("/v1/automations/{}", a.id());

@@ -41,7 +41,7 @@ fn bad_config_is_reported_in_one_message() {
 db_tests!(a_restart_keeps_everything);
 
 async fn a_restart_keeps_everything(backend: Backend) {
-    let mut s = TestServer::start(backend).await;
+    let mut s = TestServer::start_with(backend, &[("AUTOMATION_NO_DISPATCH", "true")]).await;
     let upload = simple_upload(&s).await;
     let a = s.post("/v1/automations", manual_automation("survivor", &upload)).await.expect(201);
     let run = s.post(&format!("/v1/automations/{}/dispatch", a.id()), json!({"payload": {"n": 1}})).await.expect(201);

@@ -14,6 +14,8 @@ mod auth;
 mod automations;
 // Runs: dispatch, listing, cancel and its races.
 mod runs;
+// Runs carried out by executor plugins: output, timeouts, cancel, rescue.
+mod dispatch;
 // Bundle uploads and archive checks.
 mod uploads;
 // The OpenAPI description matches the routes.

@@ -6,7 +6,7 @@ use serde_json::json;
 db_tests!(dispatch_creates_pending_runs_with_payload, cancel_is_final_and_exactly_one_racer_wins);
 
 async fn dispatch_creates_pending_runs_with_payload(backend: Backend) {
-    let s = TestServer::start(backend).await;
+    let s = TestServer::start_with(backend, &[("AUTOMATION_NO_DISPATCH", "true")]).await;
     let upload = simple_upload(&s).await;
     let a = s.post("/v1/automations", manual_automation("m", &upload)).await.expect(201);
     let disp = format!("/v1/automations/{}/dispatch", a.id());
@@ -42,7 +42,7 @@ async fn dispatch_creates_pending_runs_with_payload(backend: Backend) {
 }
 
 async fn cancel_is_final_and_exactly_one_racer_wins(backend: Backend) {
-    let s = TestServer::start(backend).await;
+    let s = TestServer::start_with(backend, &[("AUTOMATION_NO_DISPATCH", "true")]).await;
     let upload = simple_upload(&s).await;
     let a = s.post("/v1/automations", manual_automation("m", &upload)).await.expect(201);
     let disp = format!("/v1/automations/{}/dispatch", a.id());

@@ -77,6 +77,11 @@ impl Guest for LocalSandbox {
         let snapshot = match sandbox::wait(&handle, plan::POLL_WAIT_MS) {
             Ok(s) => s,
             Err(Error::NotFound(msg)) => {
+                // Lost to a host restart: the host kills what is left of it
+                // when the workspace goes.
+                if !config.keep_workspace {
+                    let _ = sandbox::remove_workspace();
+                }
                 return Ok(RunStatus::Failed((
                     format!("the run's process is gone: {msg}"),
                     RunOutput { exit_code: None, stdout: String::new(), stderr: String::new(), truncated: false },

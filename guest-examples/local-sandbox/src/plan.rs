@@ -65,7 +65,7 @@ pub fn command(words: &[String]) -> (String, Vec<String>) {
     let script = "if [ -f ./setup.sh ]; then sh ./setup.sh || { echo \"setup.sh failed with exit code $?\" >&2; exit 97; }; fi; exec \"$@\"";
     let mut args = vec!["-c".to_owned(), script.to_owned(), "automation-run".to_owned()];
     args.extend(words.iter().cloned());
-    ("/bin/sh".to_owned(), args)
+    ("sh".to_owned(), args)
 }
 
 /// The run's identity, handed to the process as environment variables.
@@ -135,7 +135,7 @@ mod tests {
         let words = entrypoint_words("python3  main.py --name x").unwrap();
         assert_eq!(words, ["python3", "main.py", "--name", "x"]);
         let (program, args) = command(&words);
-        assert_eq!(program, "/bin/sh");
+        assert_eq!(program, "sh");
         assert_eq!(&args[3..], &words[..]);
         assert!(entrypoint_words("   ").is_err());
     }

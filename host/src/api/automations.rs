@@ -365,6 +365,7 @@ async fn automations_dispatch(
         updated_at: now,
     };
     state.store.insert_run(&run, None).await?;
+    state.dispatcher.wake();
     tracing::info!(automation.id = %id, run.id = %run.id, "run dispatched manually");
     Ok((StatusCode::CREATED, Json(run)))
 }

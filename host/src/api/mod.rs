@@ -5,6 +5,7 @@
 //! requests and cannot drift from them.
 
 mod automations;
+mod callback;
 mod error;
 mod extract;
 mod filters;
@@ -34,6 +35,8 @@ pub use extract::{ApiJson, ApiPath, ApiQuery};
 
 use crate::auth;
 use crate::config::Config;
+use crate::dispatch::Dispatcher;
+use crate::metrics::Metrics;
 use crate::plugins::Registry;
 use crate::store::Store;
 
@@ -46,15 +49,25 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// The loaded plugins.
     pub plugins: Arc<Registry>,
+    /// The dispatcher (woken when runs are created).
+    pub dispatcher: Arc<Dispatcher>,
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
     /// SHA-256 of `AUTOMATION_API_KEY`, if set.
     admin_key_hash: Option<String>,
 }
 
 impl AppState {
     /// Builds the state from a store and the configuration.
-    pub fn new(store: Store, config: Arc<Config>, plugins: Arc<Registry>) -> AppState {
+    pub fn new(
+        store: Store,
+        config: Arc<Config>,
+        plugins: Arc<Registry>,
+        dispatcher: Arc<Dispatcher>,
+        metrics: Arc<Metrics>,
+    ) -> AppState {
         let admin_key_hash = config.api_key.as_deref().map(|k| auth::hash_key(k.trim()));
-        AppState { store, config, plugins, admin_key_hash }
+        AppState { store, config, plugins, dispatcher, metrics, admin_key_hash }
     }
 }
 
@@ -89,7 +102,8 @@ pub fn router(state: AppState) -> Router {
         .merge(filters::router())
         .split_for_parts();
     let v1 = v1.route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
-    let (public, public_spec) = OpenApiRouter::new().merge(health::router()).split_for_parts();
+    let (public, public_spec) =
+        OpenApiRouter::new().merge(health::router()).merge(callback::router()).split_for_parts();
     spec.merge(public_spec);
     let spec = Arc::new(spec);
 

@@ -23,6 +23,9 @@ use uuid::Uuid;
 
 /// The `PATH` processes get.
 const SANDBOX_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+/// The variable every sandbox process carries, naming its run; after a host
+/// restart, leftover processes are recognised by it before being killed.
+const RUN_MARKER: &str = "AUTOMATION_SANDBOX_RUN";
 /// Time between SIGTERM and SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(2);
 
@@ -220,6 +223,7 @@ impl Sandbox {
             .env("LANG", "C.UTF-8")
             .env("TMPDIR", &dir)
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .env(RUN_MARKER, run_id.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -229,6 +233,7 @@ impl Sandbox {
         let mut child = cmd.spawn().map_err(|e| SandboxError::Io(format!("cannot start {:?}: {e}", spec.program)))?;
         let pid = child.id().ok_or_else(|| SandboxError::Io("the process exited before it started".into()))? as i32;
         let id = format!("{run_id}:{}", self.next_id.fetch_add(1, Ordering::Relaxed));
+        self.remember_group(run_id, pid);
         let stdout = Arc::new(Mutex::new(Bounded::new(self.output_limit)));
         let stderr = Arc::new(Mutex::new(Bounded::new(self.output_limit)));
         let (state_tx, state_rx) = watch::channel(ProcessState::Running);
@@ -318,12 +323,49 @@ impl Sandbox {
                 let _ = killpg(Pid::from_raw(p.pgid), Signal::SIGKILL);
             }
         }
+        self.kill_leftovers(run_id);
         let dir = self.workspace(run_id);
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(SandboxError::Io(format!("cannot remove the workspace: {e}"))),
         }
+    }
+
+    /// Where the process groups of a run are written down, outside the
+    /// workspace (plugins cannot write there), so a restarted host can still
+    /// find them.
+    fn groups_file(&self, run_id: Uuid) -> PathBuf {
+        self.root.join(".groups").join(run_id.to_string())
+    }
+
+    fn remember_group(&self, run_id: Uuid, pgid: i32) {
+        use std::io::Write;
+        let path = self.groups_file(run_id);
+        let written = std::fs::create_dir_all(path.parent().expect("has a parent")).and_then(|()| {
+            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+            writeln!(f, "{pgid}")
+        });
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "cannot record a sandbox process group; a restart could leave it running");
+        }
+    }
+
+    /// Kills process groups of the run that a previous host process started
+    /// and lost track of. A group is killed only if its leader still carries
+    /// the run's marker (so a recycled pid is never hit).
+    fn kill_leftovers(&self, run_id: Uuid) {
+        let path = self.groups_file(run_id);
+        let Ok(text) = std::fs::read_to_string(&path) else { return };
+        let marker = format!("{RUN_MARKER}={run_id}");
+        for pgid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            let environ = std::fs::read(format!("/proc/{pgid}/environ")).unwrap_or_default();
+            if environ.split(|b| *b == 0).any(|var| var == marker.as_bytes()) {
+                tracing::warn!(run.id = %run_id, pgid, "killing a sandbox process group left by a previous host process");
+                let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            }
+        }
+        let _ = std::fs::remove_file(&path);
     }
 
     /// Kills every process the sandbox started (at shutdown).

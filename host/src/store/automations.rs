@@ -14,6 +14,8 @@ const COLUMNS: &str = "id, name, trigger, bundle_upload_id, preset, entrypoint, 
     timeout_seconds, enabled, concurrency, concurrency_policy, filter_error_count, \
     last_filter_error, last_filter_error_at, last_triggered_at, created_at, updated_at";
 
+struct DeletedFlag(bool);
+
 #[derive(FromRow)]
 struct Row {
     id: DbId,
@@ -121,6 +123,23 @@ impl Store {
         let row: Option<Row> =
             with_db!(self, read, |db| sqlx::query_as(&sql).bind(DbId(id)).fetch_optional(db).await?);
         row.map(Automation::try_from).transpose()
+    }
+
+    /// Reads an automation, deleted or not (runs outlive their automation).
+    pub async fn get_automation_any(&self, id: Uuid) -> Result<Option<(Automation, bool)>> {
+        let sql = format!("select {COLUMNS}, deleted_at is not null as deleted from automations where id = $1");
+        let row: Option<(DeletedFlag, Row)> = with_db!(self, read, |db| {
+            let row = sqlx::query(&sql).bind(DbId(id)).fetch_optional(db).await?;
+            match row {
+                Some(r) => {
+                    use sqlx::Row as _;
+                    let deleted: bool = r.try_get("deleted")?;
+                    Some((DeletedFlag(deleted), Row::from_row(&r)?))
+                }
+                None => None,
+            }
+        });
+        row.map(|(d, r)| Automation::try_from(r).map(|a| (a, d.0))).transpose()
     }
 
     /// Lists live automations newest first: up to `limit` with ids below

@@ -14,8 +14,10 @@
 
 mod api_keys;
 mod automations;
+mod dispatch;
 mod plugins;
 mod runs;
+mod settings;
 pub(crate) mod types;
 mod uploads;
 
@@ -28,6 +30,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 pub use automations::{AutomationFilter, AutomationPage};
+pub use dispatch::Claim;
 pub use plugins::StoredPlugin;
 pub use runs::{RunChanges, RunPage};
 pub use uploads::{DeleteUpload, UploadPage};

@@ -273,6 +273,12 @@ impl TestServer {
         }
     }
 
+    /// Starts the server again (after `kill`) on the same database.
+    pub fn spawn_again(&mut self) {
+        assert!(self.child.is_none(), "the server is still running");
+        self.spawn();
+    }
+
     /// Stops the server and starts it again on the same database.
     pub fn restart(&mut self) {
         let status = self.stop();
@@ -378,4 +384,65 @@ pub fn manual_automation(name: &str, upload_id: &str) -> Value {
 /// Uploads a trivial bundle and returns its id.
 pub async fn simple_upload(server: &TestServer) -> String {
     server.upload(tgz(&[("run.sh", "echo hello\n", 0o755)])).await.expect(201).id()
+}
+
+/// Polls a run until `done` says so, or panics after `secs` seconds.
+pub async fn wait_for_run(server: &TestServer, run: &str, secs: u64, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let r = server.get(&format!("/v1/runs/{run}")).await.expect(200);
+        if done(&r.body) {
+            return r.body;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!("run {run} did not get there within {secs} s; last seen: {}", r.text);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls a run until it reaches a final status.
+pub async fn wait_final(server: &TestServer, run: &str, secs: u64) -> Value {
+    wait_for_run(server, run, secs, |r| !matches!(r["status"].as_str(), Some("pending" | "running"))).await
+}
+
+/// A manual automation running `script` through the script preset and the
+/// local sandbox, with extra fields merged in.
+pub fn script_automation(name: &str, script: &str, extra: Value) -> Value {
+    let mut a = serde_json::json!({
+        "name": name,
+        "trigger": {"type": "manual"},
+        "preset": {"name": "script", "config": {"interpreter": "sh", "script": script}},
+        "executor": {"plugin": "local-sandbox", "config": {}},
+    });
+    if let (Some(a), Some(extra)) = (a.as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            a.insert(k.clone(), v.clone());
+        }
+    }
+    a
+}
+
+/// True while a process with this pid exists (and is not a zombie).
+pub fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// Waits for a file to appear and returns its trimmed contents.
+pub async fn wait_for_file(path: &Path, secs: u64) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if !text.trim().is_empty() {
+                return text.trim().to_owned();
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            panic!("{} did not appear within {secs} s", path.display());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

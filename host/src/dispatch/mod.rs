@@ -1,0 +1,497 @@
+//! Dispatch: claims pending runs, has executor plugins carry them out, and
+//! drives each to a final status.
+//!
+//! For each claimed run a task renders the bundle (preset and/or upload),
+//! calls the executor's `start` (retrying transient failures with backoff),
+//! stores the handle, then polls until the executor reports a final status,
+//! the timeout passes (the executor is told to cancel; the run is
+//! `timed_out`), or someone cancels the run (the executor is told to
+//! cancel). A lease on every running run is renewed by a heartbeat; runs
+//! whose host stopped heartbeating are taken over by another host (or by
+//! this one after a restart) and polled again from their stored handle.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::metrics::Metrics;
+use crate::model::{Automation, Run, RunOutput, RunStatus, StatusDetail};
+use crate::plugins::manifest::Kind;
+use crate::plugins::{Bundle, CallError, ExecStatus, Registry, RunContext};
+use crate::store::{Dialect, RunChanges, Store};
+
+/// Dispatcher settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// This host's name in leases and status details.
+    pub host_id: String,
+    /// Most runs this host carries out at once.
+    pub max_concurrent_runs: usize,
+    /// How long a lease lasts without a heartbeat.
+    pub lease: Duration,
+    /// The base URL runs use to reach this host (completion callback).
+    pub public_url: String,
+    /// Executor `start` attempts before a transient failure becomes final.
+    pub start_attempts: u32,
+    /// First retry delay (doubles each time, capped at 30 s).
+    pub retry_base: Duration,
+}
+
+/// The dispatcher of one host.
+pub struct Dispatcher {
+    store: Store,
+    plugins: Arc<Registry>,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    wake: Notify,
+    permits: Arc<Semaphore>,
+    /// Runs this host drives, with a token that stops their task.
+    active: Mutex<HashMap<Uuid, CancellationToken>>,
+    callback_secret: Vec<u8>,
+}
+
+impl Dispatcher {
+    /// A dispatcher; `callback_secret` derives each run's callback token.
+    pub fn new(
+        store: Store,
+        plugins: Arc<Registry>,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        callback_secret: Vec<u8>,
+    ) -> Dispatcher {
+        let permits = Arc::new(Semaphore::new(settings.max_concurrent_runs));
+        Dispatcher {
+            store,
+            plugins,
+            settings,
+            metrics,
+            wake: Notify::new(),
+            permits,
+            active: Mutex::default(),
+            callback_secret,
+        }
+    }
+
+    /// Asks the claim loop to look for pending runs now.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// The completion-callback token of a run: an HMAC of its id under a
+    /// secret shared by the replicas, so any host can check it and a host
+    /// that takes a run over hands out the same token.
+    pub fn callback_token(&self, run_id: Uuid) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.callback_secret).expect("any key length works");
+        mac.update(b"run-callback:");
+        mac.update(run_id.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    /// Starts the claim, heartbeat and rescue loops; they stop with `stop`.
+    pub fn spawn(self: &Arc<Self>, stop: CancellationToken) {
+        tokio::spawn(self.clone().claim_loop(stop.clone()));
+        tokio::spawn(self.clone().heartbeat_loop(stop.clone()));
+        tokio::spawn(self.clone().rescue_loop(stop));
+    }
+
+    async fn claim_loop(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            let budget = self.permits.available_permits();
+            let mut claimed_all = false;
+            if budget > 0 {
+                let lease_until = Utc::now() + self.settings.lease;
+                match self.store.claim_runs(&self.settings.host_id, budget, lease_until).await {
+                    Ok(claim) => {
+                        for _ in &claim.skipped {
+                            self.metrics.runs_finished.add("skipped", 1);
+                        }
+                        for _ in &claim.cancelled {
+                            self.metrics.runs_finished.add("cancelled", 1);
+                        }
+                        claimed_all = claim.claimed.len() == budget;
+                        for run in claim.claimed {
+                            let wait = (run.started_at.unwrap_or_else(Utc::now) - run.created_at)
+                                .num_microseconds()
+                                .unwrap_or(0);
+                            self.metrics.queue_wait.observe(wait as f64 / 1e6);
+                            self.start_task(run);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "claiming runs failed; retrying"),
+                }
+            }
+            if claimed_all {
+                continue; // more may be waiting
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    fn start_task(self: &Arc<Self>, run: Run) {
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            // Should not happen (we claim at most the free permits); the
+            // lease will expire and the run will be rescued.
+            tracing::error!(run.id = %run.id, "claimed a run without a free slot");
+            return;
+        };
+        let token = CancellationToken::new();
+        self.active.lock().expect("active runs").insert(run.id, token.clone());
+        let this = self.clone();
+        tokio::spawn(async move {
+            let id = run.id;
+            this.drive(run, token, permit).await;
+            this.active.lock().expect("active runs").remove(&id);
+            this.wake();
+        });
+    }
+
+    async fn heartbeat_loop(self: Arc<Self>, stop: CancellationToken) {
+        let every = self.settings.lease / 3;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            let ids: Vec<Uuid> = self.active.lock().expect("active runs").keys().copied().collect();
+            if ids.is_empty() {
+                continue;
+            }
+            match self.store.renew_leases(&self.settings.host_id, &ids, Utc::now() + self.settings.lease).await {
+                Ok(held) => {
+                    // A run we no longer hold was cancelled, finished by a
+                    // callback or taken over: its task checks and stops.
+                    let active = self.active.lock().expect("active runs");
+                    for id in ids.iter().filter(|id| !held.contains(id)) {
+                        if let Some(t) = active.get(id) {
+                            t.cancel();
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "renewing run leases failed"),
+            }
+        }
+    }
+
+    async fn rescue_loop(self: Arc<Self>, stop: CancellationToken) {
+        // On SQLite there is one host: whatever is running at start-up was
+        // left by a previous process of this host, so take it all over now.
+        let mut first = self.store.dialect() == Dialect::Sqlite;
+        loop {
+            let budget = self.permits.available_permits().min(100) as u32;
+            if budget > 0 {
+                match self
+                    .store
+                    .take_over_runs(&self.settings.host_id, Utc::now() + self.settings.lease, first, budget)
+                    .await
+                {
+                    Ok(runs) => {
+                        for run in runs {
+                            tracing::warn!(run.id = %run.id, reason = %run.status_detail.reason, "rescuing a run");
+                            self.metrics.rescues.fetch_add(1, Ordering::Relaxed);
+                            self.start_task(run);
+                        }
+                        first = false;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "rescuing runs failed"),
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(self.settings.lease / 2) => {}
+            }
+        }
+    }
+
+    fn detail(&self, from: RunStatus, reason: impl Into<String>) -> StatusDetail {
+        StatusDetail {
+            from: Some(from),
+            by: format!("dispatcher:{}", self.settings.host_id),
+            reason: reason.into(),
+            at: crate::model::now(),
+        }
+    }
+
+    /// Moves a running run to a final status; false if someone else moved it.
+    async fn finish(
+        &self,
+        run: &Run,
+        to: RunStatus,
+        reason: &str,
+        output: Option<RunOutput>,
+        error: Option<String>,
+    ) -> bool {
+        let detail = self.detail(RunStatus::Running, reason);
+        match self.store.transition_run(run.id, &[RunStatus::Running], to, &detail, RunChanges { error, output }).await
+        {
+            Ok(Some(_)) => {
+                self.metrics.runs_finished.add(to.as_str(), 1);
+                tracing::info!(run.id = %run.id, automation.id = %run.automation_id, status = %to, reason, "run finished");
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                tracing::error!(run.id = %run.id, error = %e, "cannot record the end of a run; it will be rescued");
+                false
+            }
+        }
+    }
+
+    async fn drive(self: &Arc<Self>, run: Run, stop: CancellationToken, _permit: OwnedSemaphorePermit) {
+        let automation = match self.store.get_automation_any(run.automation_id).await {
+            Ok(Some((a, _deleted))) => a,
+            Ok(None) => {
+                self.finish(
+                    &run,
+                    RunStatus::Failed,
+                    "its automation does not exist",
+                    None,
+                    Some("automation not found".into()),
+                )
+                .await;
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(run.id = %run.id, error = %e, "cannot load the automation; the run will be rescued");
+                return;
+            }
+        };
+        let plugin_name = run.executor.clone().unwrap_or_else(|| automation.executor.plugin.clone());
+        let executor = match self.plugins.require(&plugin_name, Kind::Executor) {
+            Ok(p) => p,
+            Err(e) => {
+                let msg = format!("executor: {e}");
+                self.finish(&run, RunStatus::Failed, &msg, None, Some(msg.clone())).await;
+                return;
+            }
+        };
+        let started = run.started_at.unwrap_or_else(Utc::now);
+        let timeout = Duration::from_secs(u64::from(automation.timeout_seconds));
+        let deadline = run.timeout_at.unwrap_or(started + timeout);
+        let ctx = self.context(&run, &automation, timeout);
+
+        let handle = match run.executor_handle.clone() {
+            Some(h) => h,
+            None => match self.start(&run, &automation, &executor, &ctx, deadline, &stop).await {
+                Some(h) => h,
+                None => return,
+            },
+        };
+        self.poll_until_final(&run, &executor, &ctx, &handle, deadline, &stop).await;
+    }
+
+    fn context(&self, run: &Run, automation: &Automation, timeout: Duration) -> RunContext {
+        RunContext {
+            run_id: run.id,
+            automation_id: automation.id,
+            automation_name: automation.name.clone(),
+            attempt: run.attempt,
+            trigger_kind: run.trigger.kind.clone(),
+            trigger_payload: run.trigger.payload.to_string(),
+            event_key: run.trigger.event_key.clone(),
+            scheduled_for: run.trigger.scheduled_for,
+            config: automation.executor.config.to_string(),
+            timeout,
+            callback_url: format!("{}/v1/runs/{}/complete", self.settings.public_url.trim_end_matches('/'), run.id),
+            callback_token: self.callback_token(run.id),
+        }
+    }
+
+    /// Renders the bundle and starts the run; returns the handle, or `None`
+    /// when the run ended (failed, cancelled) or is no longer ours.
+    async fn start(
+        &self,
+        run: &Run,
+        automation: &Automation,
+        executor: &Arc<crate::plugins::Plugin>,
+        ctx: &RunContext,
+        deadline: DateTime<Utc>,
+        stop: &CancellationToken,
+    ) -> Option<String> {
+        let bundle = match self.bundle(automation).await {
+            Ok(b) => b,
+            Err(msg) => {
+                self.finish(run, RunStatus::Failed, &msg, None, Some(msg.clone())).await;
+                return None;
+            }
+        };
+        let mut attempt = 0u32;
+        let handle = loop {
+            attempt += 1;
+            let (plugin, c, b) = (executor.clone(), ctx.clone(), bundle.clone());
+            let (result, report) = self.plugins.blocking(move |rt| rt.executor_start(&plugin, &c, &b)).await;
+            log_report(run.id, executor.name(), "start", &report);
+            match result {
+                Ok(h) => break h,
+                Err(e) if e.is_transient() && attempt < self.settings.start_attempts && Utc::now() < deadline => {
+                    let delay = (self.settings.retry_base * 2u32.pow(attempt - 1)).min(Duration::from_secs(30));
+                    tracing::warn!(run.id = %run.id, attempt, delay_ms = delay.as_millis() as u64, error = %e, "executor start failed; retrying");
+                    self.metrics.start_retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::select! {
+                        () = stop.cancelled() => return None,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+                Err(e) => {
+                    let msg = format!("the executor could not start the run: {e}");
+                    self.finish(run, RunStatus::Failed, &msg, None, Some(msg.clone())).await;
+                    return None;
+                }
+            }
+        };
+        match self.store.record_start(run.id, &self.settings.host_id, executor.name(), &handle, deadline).await {
+            Ok(true) => Some(handle),
+            Ok(false) => {
+                // Cancelled (or taken) while starting: stop what we started.
+                self.cancel_on_executor(run, executor, ctx, &handle).await;
+                None
+            }
+            Err(e) => {
+                tracing::error!(run.id = %run.id, error = %e, "cannot record the start; polling anyway");
+                Some(handle)
+            }
+        }
+    }
+
+    /// The bundle a run executes: the upload's archive and/or the preset's files.
+    async fn bundle(&self, automation: &Automation) -> Result<Bundle, String> {
+        let mut bundle = Bundle::default();
+        if let Some(preset) = &automation.preset {
+            let plugin = self.plugins.require(&preset.name, Kind::Preset).map_err(|e| format!("preset: {e}"))?;
+            let config = preset.config.to_string();
+            let (result, _) = self.plugins.blocking(move |rt| rt.preset_render(&plugin, &config)).await;
+            bundle = result.map_err(|e| format!("the preset could not render the bundle: {e}"))?;
+        }
+        if let Some(b) = &automation.bundle {
+            let bytes =
+                self.store.get_upload_content(b.upload_id).await.map_err(|e| format!("cannot read the bundle: {e}"))?;
+            bundle.archive = Some(bytes.ok_or_else(|| format!("the bundle upload {} no longer exists", b.upload_id))?);
+        }
+        if let Some(e) = &automation.entrypoint {
+            bundle.entrypoint = e.clone();
+        }
+        bundle.env.extend(automation.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        if bundle.entrypoint.trim().is_empty() {
+            return Err("the run has no entrypoint".into());
+        }
+        Ok(bundle)
+    }
+
+    async fn poll_until_final(
+        &self,
+        run: &Run,
+        executor: &Arc<crate::plugins::Plugin>,
+        ctx: &RunContext,
+        handle: &str,
+        deadline: DateTime<Utc>,
+        stop: &CancellationToken,
+    ) {
+        let mut interval = Duration::from_millis(50);
+        let mut errors = 0u32;
+        loop {
+            // Someone else may have ended the run: a cancel, a callback.
+            match self.store.get_run(run.id).await {
+                Ok(Some(current)) if current.status != RunStatus::Running => {
+                    tracing::info!(run.id = %run.id, status = %current.status, "run ended elsewhere; stopping it on the executor");
+                    self.cancel_on_executor(run, executor, ctx, handle).await;
+                    return;
+                }
+                Ok(None) => return,
+                _ => {}
+            }
+            if stop.is_cancelled() {
+                // Our lease is gone; check once more above next time.
+                let still_ours =
+                    matches!(self.store.get_run(run.id).await, Ok(Some(r)) if r.status == RunStatus::Running);
+                if !still_ours {
+                    self.cancel_on_executor(run, executor, ctx, handle).await;
+                }
+                return;
+            }
+            if Utc::now() > deadline + chrono::Duration::seconds(2) {
+                self.cancel_on_executor(run, executor, ctx, handle).await;
+                let msg = format!("timed out after {} s", ctx.timeout.as_secs());
+                self.finish(run, RunStatus::TimedOut, &msg, None, Some(msg.clone())).await;
+                return;
+            }
+            let (plugin, c, h) = (executor.clone(), ctx.clone(), handle.to_owned());
+            let (result, report) = self.plugins.blocking(move |rt| rt.executor_poll(&plugin, &c, &h)).await;
+            log_report(run.id, executor.name(), "poll", &report);
+            match result {
+                Ok(ExecStatus::Running) => errors = 0,
+                Ok(ExecStatus::Succeeded(out)) => {
+                    self.finish(run, RunStatus::Succeeded, "the executor reported success", Some(out), None).await;
+                    return;
+                }
+                Ok(ExecStatus::Failed(why, out)) => {
+                    self.finish(
+                        run,
+                        RunStatus::Failed,
+                        &format!("the executor reported failure: {why}"),
+                        Some(out),
+                        Some(why),
+                    )
+                    .await;
+                    return;
+                }
+                Ok(ExecStatus::TimedOut(out)) => {
+                    let msg = format!("timed out after {} s", ctx.timeout.as_secs());
+                    self.finish(run, RunStatus::TimedOut, &msg, Some(out), Some(msg.clone())).await;
+                    return;
+                }
+                Ok(ExecStatus::Cancelled(out)) => {
+                    self.finish(run, RunStatus::Cancelled, "the executor reported it cancelled", Some(out), None).await;
+                    return;
+                }
+                Err(e) if e.is_transient() || matches!(e, CallError::Timeout { .. }) => {
+                    errors += 1;
+                    tracing::warn!(run.id = %run.id, errors, error = %e, "polling the executor failed; will retry");
+                }
+                Err(e) => {
+                    let msg = format!("polling the executor failed: {e}");
+                    self.finish(run, RunStatus::Failed, &msg, None, Some(msg.clone())).await;
+                    return;
+                }
+            }
+            interval = if errors > 0 {
+                (Duration::from_millis(500) * 2u32.pow(errors.min(6))).min(Duration::from_secs(30))
+            } else {
+                (interval * 3 / 2).min(Duration::from_secs(2))
+            };
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = tokio::time::sleep(interval) => {}
+            }
+        }
+    }
+
+    async fn cancel_on_executor(
+        &self,
+        run: &Run,
+        executor: &Arc<crate::plugins::Plugin>,
+        ctx: &RunContext,
+        handle: &str,
+    ) {
+        let (plugin, c, h) = (executor.clone(), ctx.clone(), handle.to_owned());
+        let (result, report) = self.plugins.blocking(move |rt| rt.executor_cancel(&plugin, &c, &h)).await;
+        log_report(run.id, executor.name(), "cancel", &report);
+        if let Err(e) = result {
+            tracing::warn!(run.id = %run.id, error = %e, "the executor could not cancel the run");
+        }
+    }
+}
+
+fn log_report(run: Uuid, plugin: &str, call: &str, report: &crate::plugins::CallReport) {
+    tracing::debug!(run.id = %run, plugin, call, elapsed_us = report.elapsed.as_micros() as u64, logs = report.logs.len(), "executor call");
+}

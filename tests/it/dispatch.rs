@@ -1,0 +1,215 @@
+use crate::db_tests;
+use crate::support::{
+    Backend, TestServer, process_alive, script_automation, tgz, wait_final, wait_for_file, wait_for_run,
+};
+use reqwest::Method;
+use serde_json::json;
+
+db_tests!(
+    script_runs_to_succeeded_with_output,
+    bundle_exit_code_fails_the_run_and_payload_reaches_it,
+    timeout_kills_the_process_group,
+    cancel_kills_a_running_process,
+    concurrency_queue_and_skip,
+    completion_callback_finishes_the_run,
+    a_killed_host_rescues_its_running_run,
+);
+
+async fn script_runs_to_succeeded_with_output(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let a = s
+        .post(
+            "/v1/automations",
+            script_automation("hello", "echo hello from $AUTOMATION_TRIGGER; echo oops >&2", json!({})),
+        )
+        .await
+        .expect(201);
+    let run = s.post(&format!("/v1/automations/{}/dispatch", a.id()), json!({})).await.expect(201).id();
+    let done = wait_final(&s, &run, 30).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["output"]["exit_code"], 0);
+    assert_eq!(done["output"]["stdout"], "hello from manual\n");
+    assert_eq!(done["output"]["stderr"], "oops\n");
+    assert_eq!(done["executor"], "local-sandbox");
+    assert!(done["executor_handle"].is_string());
+    assert_eq!(done["attempt"], 1);
+    assert!(done["started_at"].is_string() && done["finished_at"].is_string());
+    // The workspace is gone once the run is over.
+    assert!(!s.data_dir().join("workspaces").join(&run).exists());
+}
+
+async fn bundle_exit_code_fails_the_run_and_payload_reaches_it(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let archive = tgz(&[
+        ("setup.sh", "echo setup-ran > setup.out\n", 0o755),
+        (
+            "run.sh",
+            "cat setup.out; printf '%s' \"$AUTOMATION_EVENT_PAYLOAD\"; echo; echo \"$GREETING\"; exit 3\n",
+            0o755,
+        ),
+    ]);
+    let upload = s.upload(archive).await.expect(201).id();
+    let a = s
+        .post(
+            "/v1/automations",
+            json!({
+                "name": "fails",
+                "trigger": {"type": "manual"},
+                "bundle": {"upload_id": upload},
+                "entrypoint": "sh run.sh",
+                "env": {"GREETING": "hi there"},
+            }),
+        )
+        .await
+        .expect(201);
+    let run = s
+        .post(&format!("/v1/automations/{}/dispatch", a.id()), json!({"payload": {"ticket": 7}}))
+        .await
+        .expect(201)
+        .id();
+    let done = wait_final(&s, &run, 30).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["error"], "exit code 3");
+    assert_eq!(done["output"]["exit_code"], 3);
+    let stdout = done["output"]["stdout"].as_str().unwrap();
+    assert_eq!(stdout, "setup-ran\n{\"ticket\":7}\nhi there\n");
+}
+
+async fn timeout_kills_the_process_group(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let script = "sleep 300 & echo $! > child.pid; echo $$ > main.pid; wait";
+    let body = script_automation(
+        "slow",
+        script,
+        json!({"timeout_seconds": 2, "executor": {"plugin": "local-sandbox", "config": {"keep_workspace": true}}}),
+    );
+    let a = s.post("/v1/automations", body).await.expect(201);
+    let run = s.post(&format!("/v1/automations/{}/dispatch", a.id()), json!({})).await.expect(201).id();
+    let ws = s.data_dir().join("workspaces").join(&run);
+    let main_pid: i32 = wait_for_file(&ws.join("main.pid"), 20).await.parse().unwrap();
+    let child_pid: i32 = wait_for_file(&ws.join("child.pid"), 20).await.parse().unwrap();
+    assert!(process_alive(main_pid) && process_alive(child_pid));
+    let done = wait_final(&s, &run, 30).await;
+    assert_eq!(done["status"], "timed_out", "{done}");
+    assert!(done["error"].as_str().unwrap().contains("timed out"), "{done}");
+    // Both the script and its child are gone: the whole group was killed.
+    for _ in 0..50 {
+        if !process_alive(main_pid) && !process_alive(child_pid) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(!process_alive(main_pid), "the script survived its timeout");
+    assert!(!process_alive(child_pid), "the script's child survived its timeout");
+}
+
+async fn cancel_kills_a_running_process(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let body = script_automation(
+        "long",
+        "echo $$ > main.pid; sleep 300",
+        json!({"executor": {"plugin": "local-sandbox", "config": {"keep_workspace": true}}}),
+    );
+    let a = s.post("/v1/automations", body).await.expect(201);
+    let run = s.post(&format!("/v1/automations/{}/dispatch", a.id()), json!({})).await.expect(201).id();
+    let pid: i32 =
+        wait_for_file(&s.data_dir().join("workspaces").join(&run).join("main.pid"), 20).await.parse().unwrap();
+    wait_for_run(&s, &run, 20, |r| r["status"] == "running").await;
+    let c = s.post(&format!("/v1/runs/{run}/cancel"), json!({})).await.expect(200);
+    assert_eq!(c.body["status"], "cancelled");
+    assert_eq!(c.body["status_detail"]["from"], "running");
+    for _ in 0..100 {
+        if !process_alive(pid) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(!process_alive(pid), "cancel did not stop the process");
+    assert_eq!(s.get(&format!("/v1/runs/{run}")).await.expect(200).body["status"], "cancelled");
+}
+
+async fn concurrency_queue_and_skip(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    // queue: three runs of a concurrency-1 automation run one at a time.
+    let q =
+        s.post("/v1/automations", script_automation("queued", "sleep 1", json!({"concurrency": 1}))).await.expect(201);
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        runs.push(s.post(&format!("/v1/automations/{}/dispatch", q.id()), json!({})).await.expect(201).id());
+    }
+    let mut max_running = 0;
+    loop {
+        let list = s.get(&format!("/v1/automations/{}/runs", q.id())).await.expect(200).body;
+        let items = list["items"].as_array().unwrap();
+        let running = items.iter().filter(|r| r["status"] == "running").count();
+        max_running = max_running.max(running);
+        if items.iter().all(|r| r["status"] == "succeeded") {
+            break;
+        }
+        assert!(
+            items.iter().all(|r| matches!(r["status"].as_str(), Some("pending" | "running" | "succeeded"))),
+            "{list}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(max_running, 1, "concurrency 1 was exceeded");
+    // skip: while one run is going, more runs are skipped, not queued.
+    let k = s
+        .post(
+            "/v1/automations",
+            script_automation("skipper", "sleep 3", json!({"concurrency": 1, "concurrency_policy": "skip"})),
+        )
+        .await
+        .expect(201);
+    let first = s.post(&format!("/v1/automations/{}/dispatch", k.id()), json!({})).await.expect(201).id();
+    wait_for_run(&s, &first, 20, |r| r["status"] == "running").await;
+    let second = s.post(&format!("/v1/automations/{}/dispatch", k.id()), json!({})).await.expect(201).id();
+    let skipped = wait_final(&s, &second, 20).await;
+    assert_eq!(skipped["status"], "skipped", "{skipped}");
+    assert!(skipped["status_detail"]["reason"].as_str().unwrap().contains("concurrency"));
+    assert_eq!(wait_final(&s, &first, 30).await["status"], "succeeded");
+}
+
+async fn completion_callback_finishes_the_run(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let script = r#"curl -sf -X POST -H "Authorization: Bearer $AUTOMATION_CALLBACK_TOKEN" -d '{"status": "succeeded", "output": {"exit_code": null, "stdout": "reported", "stderr": "", "truncated": false}}' "$AUTOMATION_CALLBACK_URL" > /dev/null; sleep 300"#;
+    let a = s.post("/v1/automations", script_automation("reporter", script, json!({}))).await.expect(201);
+    let run = s.post(&format!("/v1/automations/{}/dispatch", a.id()), json!({})).await.expect(201).id();
+    let done = wait_final(&s, &run, 30).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["status_detail"]["by"], "callback");
+    assert_eq!(done["output"]["stdout"], "reported");
+    // Wrong token, and a second report of a final run.
+    let path = format!("/v1/runs/{run}/complete");
+    let r = s.raw(Method::POST, &path, &[("authorization", "Bearer nope")], br#"{"status": "failed"}"#.to_vec()).await;
+    r.expect_error(401, "unauthorized", "callback token");
+    let r = s.raw(Method::POST, &path, &[], br#"{"status": "failed"}"#.to_vec()).await;
+    assert_eq!(r.status, 401);
+}
+
+async fn a_killed_host_rescues_its_running_run(backend: Backend) {
+    let mut s = TestServer::start_with(backend, &[("AUTOMATION_LEASE_SECONDS", "3")]).await;
+    let body = script_automation(
+        "orphan",
+        "echo $$ > main.pid; sleep 300",
+        json!({"executor": {"plugin": "local-sandbox", "config": {}}}),
+    );
+    let a = s.post("/v1/automations", body).await.expect(201);
+    let run = s.post(&format!("/v1/automations/{}/dispatch", a.id()), json!({})).await.expect(201).id();
+    let pid: i32 =
+        wait_for_file(&s.data_dir().join("workspaces").join(&run).join("main.pid"), 20).await.parse().unwrap();
+    wait_for_run(&s, &run, 20, |r| r["status"] == "running" && r["executor_handle"].is_string()).await;
+    s.kill();
+    s.spawn_again();
+    let done = wait_final(&s, &run, 30).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert!(done["error"].as_str().unwrap().contains("process is gone"), "{done}");
+    assert!(done["status_detail"]["reason"].as_str().unwrap().contains("gone"), "{done}");
+    for _ in 0..50 {
+        if !process_alive(pid) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(!process_alive(pid), "the orphaned process was not killed by the rescue");
+}
