@@ -16,6 +16,10 @@ mod automations;
 mod runs;
 // Runs carried out by executor plugins: output, timeouts, cancel, rescue.
 mod dispatch;
+// Bundled components in-process: JMESPath compliance, GitHub fixtures.
+mod components;
+// Plugins: the registry, uploads, grants, misbehaving guests.
+mod plugins;
 // Bundle uploads and archive checks.
 mod uploads;
 // The OpenAPI description matches the routes.

@@ -9,7 +9,7 @@
 //! ```
 //!
 //! The default payload is `github-webhooks/issues/labeled.with-organization.payload.json`
-//! (14 KB) from the shared fixtures.
+//! (14 KB) from the repository's tests/fixtures.
 
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,7 @@ const ROUNDS: usize = 50;
 fn main() {
     let path = std::env::args().nth(1).unwrap_or_else(|| {
         format!(
-            "{}/../../../shared/fixtures/github-webhooks/issues/labeled.with-organization.payload.json",
+            "{}/../../tests/fixtures/github-webhooks/issues/labeled.with-organization.payload.json",
             env!("CARGO_MANIFEST_DIR")
         )
     });

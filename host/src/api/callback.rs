@@ -69,7 +69,10 @@ async fn runs_complete(
         "succeeded" => RunStatus::Succeeded,
         "failed" => RunStatus::Failed,
         other => {
-            return Err(Error::invalid("invalid_status", format!("status must be succeeded or failed (got {other:?})")));
+            return Err(Error::invalid(
+                "invalid_status",
+                format!("status must be succeeded or failed (got {other:?})"),
+            ));
         }
     };
     let error = match to {

@@ -311,6 +311,25 @@ impl Runtime {
         Ok(Runtime { engine, linker, cache, services, grants, fuel })
     }
 
+    /// A runtime outside the server (the `plugin call` command, tests and
+    /// benchmarks): no database (so no `kv`), a sandbox under `work_dir`,
+    /// the bundled default grants plus `grants`.
+    pub fn standalone(work_dir: &std::path::Path, grants: Grants, fuel: bool) -> anyhow::Result<Runtime> {
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|_| anyhow::anyhow!("a plugin runtime needs a tokio runtime"))?;
+        let services = Arc::new(Services {
+            store: None,
+            sandbox: Arc::new(sandbox::Sandbox::new(
+                work_dir.join("workspaces"),
+                256 << 10,
+                crate::archive::Limits { max_unpacked_bytes: 100 << 20, max_entries: 10_000 },
+                handle.clone(),
+            )),
+            runtime: handle,
+        });
+        Runtime::new(work_dir.join("plugin-cache"), services, Grants::bundled_defaults().with_overrides(grants), fuel)
+    }
+
     /// The engine.
     pub fn engine(&self) -> &Engine {
         &self.engine

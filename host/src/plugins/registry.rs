@@ -19,7 +19,7 @@ pub enum LookupError {
         name: String,
     },
     /// The plugin is of another kind.
-    #[error("plugin {name:?} is a {actual} plugin, not a {wanted} plugin")]
+    #[error("plugin {name:?} is of kind {actual}, not {wanted}")]
     WrongKind {
         /// The name.
         name: String,

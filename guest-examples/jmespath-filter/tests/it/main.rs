@@ -2,7 +2,7 @@
 //!
 //! One test binary (faster to link than one per file), a module per area:
 
-/// Locating and reading the shared fixtures.
+/// Locating and reading the fixtures (tests/fixtures).
 mod support;
 
 /// The reference service's own filter test cases.

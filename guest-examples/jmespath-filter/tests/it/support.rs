@@ -2,13 +2,12 @@ use std::path::PathBuf;
 
 use jmespath_filter::eval::Engine;
 
-/// The shared fixtures directory: `AUTOMATION_FIXTURES_DIR` if set, else
-/// `shared/fixtures` beside the repository checkout (where the workplace and
-/// CI put it).
+/// The fixtures directory: `AUTOMATION_FIXTURES_DIR` if set, else the
+/// repository's `tests/fixtures` (third-party data copied in unchanged).
 pub(crate) fn fixtures_dir() -> PathBuf {
     let dir = match std::env::var_os("AUTOMATION_FIXTURES_DIR") {
         Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures"),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures"),
     };
     assert!(
         dir.is_dir(),

@@ -1,0 +1,240 @@
+use std::path::PathBuf;
+
+use crate::db_tests;
+use crate::support::{Backend, KEY, TestServer, script_automation};
+use reqwest::Method;
+use serde_json::json;
+
+db_tests!(
+    bundled_plugins_are_listed_with_their_facts,
+    filters_evaluate_through_the_real_component,
+    automations_name_plugins_of_the_right_kind,
+    misbehaving_plugins_fail_their_own_call,
+    uploads_are_checked_persisted_and_deletable,
+    a_plugin_replaced_under_load_loses_no_call,
+);
+
+/// A component built from guest-examples/.
+fn guest(file: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("GUEST_WASM_DIR")).join(file);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+async fn put_plugin(s: &TestServer, name: &str, query: &str, wasm: Vec<u8>) -> crate::support::Resp {
+    let auth = format!("Bearer {KEY}");
+    s.raw(
+        Method::PUT,
+        &format!("/v1/plugins/{name}?{query}"),
+        &[("authorization", &auth), ("content-type", "application/wasm")],
+        wasm,
+    )
+    .await
+}
+
+async fn bundled_plugins_are_listed_with_their_facts(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let list = s.get("/v1/plugins").await.expect(200).body;
+    let names: Vec<&str> = list.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    for (name, kind) in [("jmespath", "filter"), ("script", "preset"), ("local-sandbox", "executor")] {
+        assert!(names.contains(&name), "{name} missing from {names:?}");
+        let p = s.get(&format!("/v1/plugins/{name}")).await.expect(200).body;
+        assert_eq!(p["kind"], kind);
+        assert_eq!(p["source"], "bundled");
+        assert_eq!(p["wit"], "0.1.0");
+        assert_eq!(p["world"], format!("automation:plugin/{kind}-plugin@0.1.0"));
+        assert_eq!(p["sha256"].as_str().unwrap().len(), 64);
+        assert!(p["size_bytes"].as_u64().unwrap() > 1000);
+    }
+    let sandbox = s.get("/v1/plugins/local-sandbox").await.expect(200).body;
+    assert_eq!(sandbox["granted"]["capabilities"], json!(["sandbox"]));
+    assert!(
+        sandbox["imports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i.as_str().unwrap().starts_with("automation:plugin/sandbox"))
+    );
+    let script = s.get("/v1/plugins/script").await.expect(200).body;
+    assert_eq!(script["config_schema"]["type"], "object", "presets publish their config schema");
+    assert_eq!(s.get("/v1/plugins/jmespath").await.expect(200).body["granted"]["capabilities"], json!([]));
+    s.get("/v1/plugins/nope").await.expect_error(404, "not_found", "nope");
+}
+
+async fn filters_evaluate_through_the_real_component(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let eval = |filter: &str, payload: serde_json::Value| json!({"filter": filter, "payload": payload});
+    for (filter, payload, expected) in [
+        ("name == 'test'", json!({"name": "test"}), true),
+        ("glob(repo, 'OpenHands/*')", json!({"repo": "OpenHands/automation"}), true),
+        ("icontains(body, '@OPENHANDS-RESOLVER')", json!({"body": "Hey @OpenHands-Resolver"}), true),
+        ("regex(ref, '^refs/heads/')", json!({"ref": "refs/tags/v1"}), false),
+        ("regex(text, '[invalid')", json!({"text": "x"}), false),
+        ("missing_field", json!({}), false),
+        ("count", json!({"count": 0}), false),
+    ] {
+        let r = s.post("/v1/filters/evaluate", eval(filter, payload)).await.expect(200);
+        assert_eq!(r.body["matches"], expected, "{filter}");
+    }
+    s.post("/v1/filters/evaluate", eval("invalid(((", json!({}))).await.expect_error(
+        422,
+        "invalid_filter",
+        "trigger.filter",
+    );
+    s.post("/v1/filters/evaluate", eval("glob(value, '*')", json!({"value": 42}))).await.expect_error(
+        422,
+        "filter_error",
+        "failed on this payload",
+    );
+    s.post("/v1/filters/evaluate", json!({"filter": "a", "payload": {}, "plugin": "script"})).await.expect_error(
+        422,
+        "unknown_plugin",
+        "not a filter",
+    );
+}
+
+async fn automations_name_plugins_of_the_right_kind(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let event = |filter: &str| {
+        json!({
+            "name": "e",
+            "trigger": {"type": "event", "source": "github", "on": ["push"], "filter": filter},
+            "preset": {"name": "script", "config": {"script": "true"}},
+        })
+    };
+    let r = s.post("/v1/automations", event("ref == `")).await;
+    r.expect_error(422, "invalid_filter", "trigger.filter");
+    s.post("/v1/automations", event("nosuchfunction(ref)")).await.expect_error(422, "invalid_filter", "nosuchfunction");
+    s.post("/v1/automations", event("starts_with(ref, 'refs/heads/')")).await.expect(201);
+    s.post("/v1/automations", script_automation("x", "true", json!({"executor": {"plugin": "missing"}})))
+        .await
+        .expect_error(422, "unknown_plugin", "missing");
+    s.post("/v1/automations", script_automation("x", "true", json!({"executor": {"plugin": "jmespath"}})))
+        .await
+        .expect_error(422, "wrong_plugin_kind", "of kind filter, not executor");
+    let bad_preset = script_automation(
+        "x",
+        "true",
+        json!({"preset": {"name": "script", "config": {"script": "true", "colour": 1}}}),
+    );
+    s.post("/v1/automations", bad_preset).await.expect_error(422, "invalid_preset_config", "colour");
+    let no_script = script_automation("x", "true", json!({"preset": {"name": "script", "config": {}}}));
+    s.post("/v1/automations", no_script).await.expect_error(422, "invalid_preset_config", "script");
+    assert_eq!(s.get("/v1/automations").await.expect(200).body["total"], 1);
+}
+
+async fn misbehaving_plugins_fail_their_own_call(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    // Loadable but broken filters: each fails its own call, clearly.
+    for (name, file, needle) in [
+        ("spin", "test_spin_filter.wasm", "deadline"),
+        ("membomb", "test_membomb_filter.wasm", "memory limit"),
+        ("panics", "test_panic_filter.wasm", "crashed"),
+    ] {
+        put_plugin(&s, name, "kind=filter", guest(file)).await.expect(201);
+        let started = std::time::Instant::now();
+        let r = s.post("/v1/filters/evaluate", json!({"filter": "a", "payload": {"a": 1}, "plugin": name})).await;
+        r.expect_error(422, "filter_failed", needle);
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "{name} took {:?}", started.elapsed());
+        // The host is fine and the good filter still answers.
+        s.raw(Method::GET, "/health", &[], vec![]).await.expect(200);
+        let ok = s.post("/v1/filters/evaluate", json!({"filter": "a", "payload": {"a": 1}})).await.expect(200);
+        assert_eq!(ok.body["matches"], true);
+    }
+    let panic = s.post("/v1/filters/evaluate", json!({"filter": "a", "payload": {}, "plugin": "panics"})).await;
+    assert!(panic.body["detail"].as_str().unwrap().contains("panicked"), "the panic message is shown: {}", panic.text);
+    // Refused at load, with the reason.
+    for (name, query, wasm, needle) in [
+        ("http-filter", "kind=filter", guest("test_http_filter.wasm"), "may not import `wasi:http"),
+        (
+            "sandbox-filter",
+            "kind=filter",
+            guest("test_sandbox_filter.wasm"),
+            "may not import `automation:plugin/sandbox",
+        ),
+        ("wrong-world", "kind=filter", guest("script_preset.wasm"), "wrong world"),
+        ("corrupt", "kind=filter", b"\0asm\x0d\0\x01\0garbage".to_vec(), "not a valid WebAssembly component"),
+        ("text", "kind=filter", b"hello".to_vec(), "not a valid WebAssembly component"),
+        ("future", "kind=filter&wit=0.2.0", guest("jmespath_filter.wasm"), "newer than this host supports"),
+        ("my-exec", "kind=executor&capabilities=sandbox", guest("local_sandbox.wasm"), "not granted"),
+        (
+            "asks-too-much",
+            "kind=filter&capabilities=http",
+            guest("jmespath_filter.wasm"),
+            "cannot have the `http` capability",
+        ),
+    ] {
+        let r = put_plugin(&s, name, query, wasm).await;
+        assert_eq!(r.status, 422, "{name}: {}", r.text);
+        let detail = r.body["detail"].as_str().unwrap();
+        assert!(detail.contains(needle), "{name}: {detail:?} should mention {needle:?}");
+        s.get(&format!("/v1/plugins/{name}")).await.expect_error(404, "not_found", name);
+    }
+    put_plugin(&s, "x", "kind=gizmo", guest("jmespath_filter.wasm")).await.expect_error(400, "invalid_query", "kind");
+}
+
+async fn uploads_are_checked_persisted_and_deletable(backend: Backend) {
+    let mut s = TestServer::start_with(backend, &[("AUTOMATION_PLUGIN_GRANTS", "my-exec=sandbox")]).await;
+    let up = put_plugin(&s, "my-filter", "kind=filter&version=1.2.3&description=mine", guest("jmespath_filter.wasm"))
+        .await
+        .expect(201);
+    assert_eq!(up.body["source"], "uploaded");
+    assert_eq!(up.body["version"], "1.2.3");
+    put_plugin(&s, "my-exec", "kind=executor&capabilities=sandbox", guest("local_sandbox.wasm")).await.expect(201);
+    let a = s
+        .post(
+            "/v1/automations",
+            json!({
+                "name": "uses mine",
+                "trigger": {"type": "event", "source": "github", "on": ["push"], "filter": "ref == 'x'", "filter_plugin": "my-filter"},
+                "preset": {"name": "script", "config": {"script": "true"}},
+                "executor": {"plugin": "my-exec"},
+            }),
+        )
+        .await
+        .expect(201);
+    s.delete("/v1/plugins/my-filter").await.expect_error(409, "plugin_in_use", &a.id());
+    s.delete("/v1/plugins/jmespath").await.expect_error(409, "plugin_not_deletable", "bundled");
+    s.restart();
+    let after = s.get("/v1/plugins/my-filter").await.expect(200).body;
+    assert_eq!(after["sha256"], up.body["sha256"], "uploaded plugins survive a restart");
+    assert_eq!(after["from_cache"], true, "and load from the compile cache");
+    s.delete(&format!("/v1/automations/{}", a.id())).await.expect(204);
+    s.delete("/v1/plugins/my-filter").await.expect(204);
+    s.get("/v1/plugins/my-filter").await.expect_error(404, "not_found", "my-filter");
+    // Replacing a bundled plugin by upload, then deleting the upload, brings
+    // the bundled one back.
+    put_plugin(&s, "jmespath", "kind=filter&version=9.9.9", guest("jmespath_filter.wasm")).await.expect(200);
+    assert_eq!(s.get("/v1/plugins/jmespath").await.expect(200).body["version"], "9.9.9");
+    s.delete("/v1/plugins/jmespath").await.expect(204);
+    assert_eq!(s.get("/v1/plugins/jmespath").await.expect(200).body["source"], "bundled");
+}
+
+async fn a_plugin_replaced_under_load_loses_no_call(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    put_plugin(&s, "hot", "kind=filter&version=1.0.0", guest("jmespath_filter.wasm")).await.expect(201);
+    let load = async {
+        let mut ok = 0;
+        for i in 0..150 {
+            let r = s
+                .post(
+                    "/v1/filters/evaluate",
+                    json!({"filter": "n == `7`", "payload": {"n": 7 + (i % 2)}, "plugin": "hot"}),
+                )
+                .await;
+            assert_eq!(r.status, 200, "call {i} failed during a replace: {}", r.text);
+            assert_eq!(r.body["matches"], i % 2 == 0);
+            ok += 1;
+        }
+        ok
+    };
+    let replace = async {
+        for v in 2..6 {
+            put_plugin(&s, "hot", &format!("kind=filter&version={v}.0.0"), guest("jmespath_filter.wasm"))
+                .await
+                .expect(200);
+        }
+    };
+    let (ok, ()) = tokio::join!(load, replace);
+    assert_eq!(ok, 150);
+    assert_eq!(s.get("/v1/plugins/hot").await.expect(200).body["version"], "5.0.0");
+}
