@@ -129,6 +129,15 @@ pub struct Config {
     #[arg(long, env = "AUTOMATION_LEASE_SECONDS", default_value_t = 30, global = true)]
     pub lease_seconds: u64,
 
+    /// Seconds late a cron slot may be and still fire as on time; later, it is
+    /// a misfire and the automation's misfire policy decides.
+    #[arg(long, env = "AUTOMATION_MISFIRE_GRACE_SECONDS", default_value_t = 60, global = true)]
+    pub misfire_grace_seconds: u64,
+
+    /// Most missed slots a `run_all` automation fires after downtime.
+    #[arg(long, env = "AUTOMATION_RUN_ALL_CAP", default_value_t = 100, global = true)]
+    pub run_all_cap: usize,
+
     /// Executor start attempts before a transient failure fails the run.
     #[arg(long, env = "AUTOMATION_START_ATTEMPTS", default_value_t = 5, global = true)]
     pub start_attempts: u32,

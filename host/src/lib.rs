@@ -134,12 +134,22 @@ pub async fn serve(
         metrics.clone(),
         secret.into_bytes(),
     ));
+    let scheduler = Arc::new(scheduler::Scheduler::new(
+        store.clone(),
+        dispatcher.clone(),
+        metrics.clone(),
+        scheduler::Settings {
+            misfire_grace: chrono::Duration::seconds(config.misfire_grace_seconds as i64),
+            run_all_cap: config.run_all_cap,
+        },
+    ));
+    scheduler.spawn(background.clone());
     if config.no_dispatch {
         tracing::info!("AUTOMATION_NO_DISPATCH: this host does not carry out runs");
     } else {
         dispatcher.spawn(background.clone());
     }
-    let state = api::AppState::new(store.clone(), config.clone(), plugins.clone(), dispatcher, metrics);
+    let state = api::AppState::new(store.clone(), config.clone(), plugins.clone(), dispatcher, scheduler, metrics);
     tokio::spawn(follow_uploaded_plugins(store.clone(), plugins.clone(), background.clone()));
     let app = api::router(state);
     let grace = Duration::from_secs(config.shutdown_grace_seconds);

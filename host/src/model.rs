@@ -190,6 +190,8 @@ pub struct Automation {
     pub filter_errors: FilterErrors,
     /// When a trigger last created a run.
     pub last_triggered_at: Option<DateTime<Utc>>,
+    /// The next cron slot, for enabled cron automations.
+    pub next_fire_at: Option<DateTime<Utc>>,
     /// When it was created.
     pub created_at: DateTime<Utc>,
     /// When it was last changed.

@@ -16,10 +16,14 @@ mod automations;
 mod runs;
 // Runs carried out by executor plugins: output, timeouts, cancel, rescue.
 mod dispatch;
+// The agent-server executor against a real OpenHands agent-server.
+mod agent_server;
 // Bundled components in-process: JMESPath compliance, GitHub fixtures.
 mod components;
 // Plugins: the registry, uploads, grants, misbehaving guests.
 mod plugins;
+// Cron: slots, misfire policies, next fire times, two hosts.
+mod scheduler;
 // Bundle uploads and archive checks.
 mod uploads;
 // The OpenAPI description matches the routes.

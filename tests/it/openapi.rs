@@ -41,6 +41,8 @@ async fn openapi_matches_the_routes() {
         "DELETE /v1/plugins/{name}",
         "POST /v1/filters/evaluate",
         "GET /metrics",
+        "GET /v1/automations/{id}/schedule",
+        "GET /v1/automations/{id}/slots",
         "POST /v1/runs/{id}/complete",
     ];
     expected.sort();

@@ -88,7 +88,7 @@ async fn filters_evaluate_through_the_real_component(backend: Backend) {
     s.post("/v1/filters/evaluate", json!({"filter": "a", "payload": {}, "plugin": "script"})).await.expect_error(
         422,
         "unknown_plugin",
-        "not a filter",
+        "not filter",
     );
 }
 

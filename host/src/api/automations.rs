@@ -7,7 +7,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -23,7 +23,9 @@ use crate::plugins::manifest::Kind;
 use crate::plugins::registry::LookupError;
 use crate::plugins::{CallError, Plugin};
 use crate::scheduler::cron::{CronError, Schedule};
+use crate::scheduler::next_fire_for;
 use crate::store::AutomationFilter;
+use crate::store::SlotRecord;
 
 /// Default run time budget, in seconds.
 const DEFAULT_TIMEOUT_SECONDS: u32 = 600;
@@ -37,6 +39,8 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(automations_create, automations_list))
         .routes(routes!(automations_get, automations_update, automations_delete))
         .routes(routes!(automations_dispatch))
+        .routes(routes!(automations_schedule))
+        .routes(routes!(automations_slots))
 }
 
 /// The body of `POST /v1/automations`.
@@ -182,11 +186,15 @@ async fn automations_create(
         concurrency_policy: body.concurrency_policy.unwrap_or_default(),
         filter_errors: Default::default(),
         last_triggered_at: None,
+        next_fire_at: None,
         created_at: now,
         updated_at: now,
     };
     validate(&state, &automation).await?;
+    let mut automation = automation;
+    automation.next_fire_at = next_fire_for(&automation.trigger, automation.enabled, None);
     state.store.insert_automation(&automation).await?;
+    state.scheduler.wake();
     tracing::info!(automation.id = %automation.id, name = %automation.name, trigger = automation.trigger.kind(), "automation created");
     Ok((StatusCode::CREATED, Json(automation)))
 }
@@ -247,6 +255,7 @@ async fn automations_update(
     ApiJson(patch): ApiJson<AutomationPatch>,
 ) -> Result<Json<Automation>, Error> {
     let mut a = load(&state, id).await?;
+    let before = (a.trigger.clone(), a.enabled, a.next_fire_at);
     let AutomationPatch {
         name,
         trigger,
@@ -295,9 +304,11 @@ async fn automations_update(
     }
     a.updated_at = crate::model::now();
     validate(&state, &a).await?;
+    a.next_fire_at = next_fire_for(&a.trigger, a.enabled, Some((&before.0, before.1, before.2)));
     if !state.store.update_automation(&a).await? {
         return Err(Error::not_found("automation", id));
     }
+    state.scheduler.wake();
     tracing::info!(automation.id = %id, "automation updated");
     Ok(Json(a))
 }
@@ -368,6 +379,105 @@ async fn automations_dispatch(
     state.dispatcher.wake();
     tracing::info!(automation.id = %id, run.id = %run.id, "run dispatched manually");
     Ok((StatusCode::CREATED, Json(run)))
+}
+
+/// Options for the next fire times.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ScheduleQuery {
+    /// How many fire times, 1 to 100 (default 10).
+    count: Option<usize>,
+    /// Start after this time (RFC 3339; default now).
+    after: Option<String>,
+}
+
+/// One upcoming fire time.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct FireTime {
+    /// In UTC.
+    utc: chrono::DateTime<chrono::Utc>,
+    /// In the schedule's time zone, with its offset.
+    local: String,
+}
+
+/// The next fire times of a cron automation.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ScheduleView {
+    /// The cron expression.
+    schedule: String,
+    /// Its time zone.
+    timezone: String,
+    /// The next fire times after `after`.
+    items: Vec<FireTime>,
+}
+
+/// Lists the next fire times of a cron automation, in UTC and local time.
+#[utoipa::path(
+    get,
+    path = "/v1/automations/{id}/schedule",
+    tag = "automations",
+    params(("id" = Uuid, Path, description = "Automation id"), ScheduleQuery),
+    security(("api_key" = [])),
+    responses((status = 200, body = ScheduleView), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody))
+)]
+async fn automations_schedule(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(q): ApiQuery<ScheduleQuery>,
+) -> Result<Json<ScheduleView>, Error> {
+    let a = load(&state, id).await?;
+    let Trigger::Cron { schedule, timezone, .. } = &a.trigger else {
+        return Err(Error::invalid(
+            "not_cron",
+            format!("automation {id} has a {} trigger, not a cron schedule", a.trigger.kind()),
+        ));
+    };
+    let count = q.count.unwrap_or(10);
+    if !(1..=100).contains(&count) {
+        return Err(Error::BadRequest("invalid_query", format!("count must be 1 to 100 (got {count})")));
+    }
+    let after = match &q.after {
+        None => crate::model::now(),
+        Some(t) => chrono::DateTime::parse_from_rfc3339(t)
+            .map_err(|e| Error::BadRequest("invalid_query", format!("after must be an RFC 3339 time ({e}): {t:?}")))?
+            .with_timezone(&chrono::Utc),
+    };
+    let parsed = Schedule::parse(schedule, timezone).map_err(|e| Error::invalid("invalid_cron", e.to_string()))?;
+    let tz = parsed.timezone();
+    let items = parsed
+        .upcoming(after, count)
+        .into_iter()
+        .map(|utc| FireTime { utc, local: utc.with_timezone(&tz).to_rfc3339() })
+        .collect();
+    Ok(Json(ScheduleView { schedule: schedule.clone(), timezone: timezone.clone(), items }))
+}
+
+/// Lists a cron automation's recorded slots and their outcomes, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/automations/{id}/slots",
+    tag = "automations",
+    params(("id" = Uuid, Path, description = "Automation id"), ("limit" = Option<u32>, Query, description = "1 to 1000, default 100")),
+    security(("api_key" = [])),
+    responses((status = 200, body = Vec<SlotRecord>), (status = 404, body = ErrorBody))
+)]
+async fn automations_slots(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(q): ApiQuery<SlotsQuery>,
+) -> Result<Json<Vec<SlotRecord>>, Error> {
+    load(&state, id).await?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(Error::BadRequest("invalid_query", format!("limit must be 1 to 1000 (got {limit})")));
+    }
+    Ok(Json(state.store.list_slots(id, limit).await?))
+}
+
+/// Options for listing slots.
+#[derive(Debug, Deserialize)]
+pub(crate) struct SlotsQuery {
+    limit: Option<u32>,
 }
 
 async fn load(state: &AppState, id: Uuid) -> Result<Automation, Error> {

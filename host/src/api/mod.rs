@@ -38,6 +38,7 @@ use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
 use crate::plugins::Registry;
+use crate::scheduler::Scheduler;
 use crate::store::Store;
 
 /// What every handler can reach.
@@ -51,6 +52,8 @@ pub struct AppState {
     pub plugins: Arc<Registry>,
     /// The dispatcher (woken when runs are created).
     pub dispatcher: Arc<Dispatcher>,
+    /// The cron scheduler (woken when schedules change).
+    pub scheduler: Arc<Scheduler>,
     /// The metrics.
     pub metrics: Arc<Metrics>,
     /// SHA-256 of `AUTOMATION_API_KEY`, if set.
@@ -64,10 +67,11 @@ impl AppState {
         config: Arc<Config>,
         plugins: Arc<Registry>,
         dispatcher: Arc<Dispatcher>,
+        scheduler: Arc<Scheduler>,
         metrics: Arc<Metrics>,
     ) -> AppState {
         let admin_key_hash = config.api_key.as_deref().map(|k| auth::hash_key(k.trim()));
-        AppState { store, config, plugins, dispatcher, metrics, admin_key_hash }
+        AppState { store, config, plugins, dispatcher, scheduler, metrics, admin_key_hash }
     }
 }
 

@@ -83,8 +83,8 @@ impl From<&Plugin> for PluginView {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct PutQuery {
-    /// `filter`, `preset` or `executor`.
-    kind: String,
+    /// `filter`, `preset` or `executor` (required).
+    kind: Option<String>,
     /// The plugin's version (default 0.0.0).
     version: Option<String>,
     /// What it does.
@@ -141,8 +141,15 @@ async fn plugins_put(
     ApiQuery(q): ApiQuery<PutQuery>,
     body: Body,
 ) -> Result<(StatusCode, Json<PluginView>), Error> {
-    let kind = Kind::parse(&q.kind).ok_or_else(|| {
-        Error::BadRequest("invalid_query", format!("kind must be filter, preset or executor (got {:?})", q.kind))
+    // Read the whole body first: answering before it is read makes the
+    // server close the connection under a client still sending.
+    let limit = state.config.max_plugin_bytes;
+    let wasm = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        Error::PayloadTooLarge(format!("the plugin is larger than {limit} bytes (AUTOMATION_MAX_PLUGIN_BYTES)"))
+    })?;
+    let kind_name = q.kind.as_deref().unwrap_or_default();
+    let kind = Kind::parse(kind_name).ok_or_else(|| {
+        Error::BadRequest("invalid_query", format!("kind must be filter, preset or executor (got {kind_name:?})"))
     })?;
     let mut capabilities = BTreeSet::new();
     for c in q.capabilities.iter().flat_map(|c| c.split(',')).map(str::trim).filter(|c| !c.is_empty()) {
@@ -166,10 +173,6 @@ async fn plugins_put(
             .collect(),
     };
     manifest.check().map_err(|e| Error::invalid("invalid_manifest", e))?;
-    let limit = state.config.max_plugin_bytes;
-    let wasm = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        Error::PayloadTooLarge(format!("the plugin is larger than {limit} bytes (AUTOMATION_MAX_PLUGIN_BYTES)"))
-    })?;
     let plugin = state
         .plugins
         .load_blocking(manifest.clone(), wasm.to_vec(), Source::Uploaded)

@@ -49,6 +49,11 @@ async fn uploads_create(
     ApiQuery(q): ApiQuery<UploadQuery>,
     body: Body,
 ) -> Result<(StatusCode, Json<Upload>), Error> {
+    // Read the body before answering anything (see plugins_put).
+    let limit = state.config.max_upload_bytes;
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        Error::PayloadTooLarge(format!("the upload is larger than {limit} bytes (AUTOMATION_MAX_UPLOAD_BYTES)"))
+    })?;
     if let Some(name) = &q.name {
         if name.len() > 200 || name.chars().any(char::is_control) {
             return Err(Error::BadRequest(
@@ -57,10 +62,6 @@ async fn uploads_create(
             ));
         }
     }
-    let limit = state.config.max_upload_bytes;
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        Error::PayloadTooLarge(format!("the upload is larger than {limit} bytes (AUTOMATION_MAX_UPLOAD_BYTES)"))
-    })?;
     let limits = archive::Limits {
         max_unpacked_bytes: state.config.max_unpacked_bytes,
         max_entries: state.config.max_upload_entries,

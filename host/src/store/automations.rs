@@ -12,7 +12,7 @@ use crate::model::{
 
 const COLUMNS: &str = "id, name, trigger, bundle_upload_id, preset, entrypoint, env, executor, \
     timeout_seconds, enabled, concurrency, concurrency_policy, filter_error_count, \
-    last_filter_error, last_filter_error_at, last_triggered_at, created_at, updated_at";
+    last_filter_error, last_filter_error_at, last_triggered_at, next_fire_at, created_at, updated_at";
 
 struct DeletedFlag(bool);
 
@@ -34,6 +34,7 @@ struct Row {
     last_filter_error: Option<String>,
     last_filter_error_at: Option<DbTime>,
     last_triggered_at: Option<DbTime>,
+    next_fire_at: Option<DbTime>,
     created_at: DbTime,
     updated_at: DbTime,
 }
@@ -62,6 +63,7 @@ impl TryFrom<Row> for Automation {
                 last_error_at: r.last_filter_error_at.map(|t| t.0),
             },
             last_triggered_at: r.last_triggered_at.map(|t| t.0),
+            next_fire_at: r.next_fire_at.map(|t| t.0),
             created_at: r.created_at.0,
             updated_at: r.updated_at.0,
         })
@@ -86,33 +88,39 @@ pub struct AutomationPage {
     pub total: i64,
 }
 
+/// Binds `$1..$16`: the id, every editable field, `next_fire_at` and
+/// `updated_at`, in the order the insert and the update both use.
+macro_rules! bind_fields {
+    ($query:expr, $a:expr) => {
+        $query
+            .bind(DbId($a.id))
+            .bind(&$a.name)
+            .bind(Json(&$a.trigger))
+            .bind($a.trigger.kind())
+            .bind($a.trigger.event_source())
+            .bind($a.bundle.as_ref().map(|b| DbId(b.upload_id)))
+            .bind($a.preset.as_ref().map(Json))
+            .bind(&$a.entrypoint)
+            .bind(Json(&$a.env))
+            .bind(Json(&$a.executor))
+            .bind(i64::from($a.timeout_seconds))
+            .bind($a.enabled)
+            .bind(i64::from($a.concurrency))
+            .bind($a.concurrency_policy.as_str())
+            .bind($a.next_fire_at.map(DbTime::new))
+            .bind(DbTime::new($a.updated_at))
+    };
+}
+
 impl Store {
     /// Inserts a new automation.
     pub async fn insert_automation(&self, a: &Automation) -> Result<()> {
         let sql = "insert into automations (id, name, trigger, trigger_type, event_source, \
             bundle_upload_id, preset, entrypoint, env, executor, timeout_seconds, enabled, \
-            concurrency, concurrency_policy, created_at, updated_at) \
-            values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)";
+            concurrency, concurrency_policy, next_fire_at, updated_at, created_at) \
+            values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)";
         with_db!(self, write, |db| {
-            sqlx::query(sql)
-                .bind(DbId(a.id))
-                .bind(&a.name)
-                .bind(Json(&a.trigger))
-                .bind(a.trigger.kind())
-                .bind(a.trigger.event_source())
-                .bind(a.bundle.as_ref().map(|b| DbId(b.upload_id)))
-                .bind(a.preset.as_ref().map(Json))
-                .bind(&a.entrypoint)
-                .bind(Json(&a.env))
-                .bind(Json(&a.executor))
-                .bind(i64::from(a.timeout_seconds))
-                .bind(a.enabled)
-                .bind(i64::from(a.concurrency))
-                .bind(a.concurrency_policy.as_str())
-                .bind(DbTime::new(a.created_at))
-                .bind(DbTime::new(a.updated_at))
-                .execute(db)
-                .await?;
+            bind_fields!(sqlx::query(sql), a).bind(DbTime::new(a.created_at)).execute(db).await?;
         });
         Ok(())
     }
@@ -181,29 +189,9 @@ impl Store {
         let sql = "update automations set name = $2, trigger = $3, trigger_type = $4, \
             event_source = $5, bundle_upload_id = $6, preset = $7, entrypoint = $8, env = $9, \
             executor = $10, timeout_seconds = $11, enabled = $12, concurrency = $13, \
-            concurrency_policy = $14, updated_at = $15 \
+            concurrency_policy = $14, next_fire_at = $15, updated_at = $16 \
             where id = $1 and deleted_at is null";
-        let done = with_db!(self, write, |db| {
-            sqlx::query(sql)
-                .bind(DbId(a.id))
-                .bind(&a.name)
-                .bind(Json(&a.trigger))
-                .bind(a.trigger.kind())
-                .bind(a.trigger.event_source())
-                .bind(a.bundle.as_ref().map(|b| DbId(b.upload_id)))
-                .bind(a.preset.as_ref().map(Json))
-                .bind(&a.entrypoint)
-                .bind(Json(&a.env))
-                .bind(Json(&a.executor))
-                .bind(i64::from(a.timeout_seconds))
-                .bind(a.enabled)
-                .bind(i64::from(a.concurrency))
-                .bind(a.concurrency_policy.as_str())
-                .bind(DbTime::new(a.updated_at))
-                .execute(db)
-                .await?
-                .rows_affected()
-        });
+        let done = with_db!(self, write, |db| bind_fields!(sqlx::query(sql), a).execute(db).await?.rows_affected());
         Ok(done == 1)
     }
 

@@ -32,7 +32,7 @@ pub struct Claim {
 }
 
 /// `$first, $first+1, ...` for `n` placeholders.
-fn placeholders(first: usize, n: usize) -> String {
+pub(super) fn placeholders(first: usize, n: usize) -> String {
     (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
 }
 

@@ -17,6 +17,7 @@ mod automations;
 mod dispatch;
 mod plugins;
 mod runs;
+mod scheduler;
 mod settings;
 pub(crate) mod types;
 mod uploads;
@@ -33,6 +34,7 @@ pub use automations::{AutomationFilter, AutomationPage};
 pub use dispatch::Claim;
 pub use plugins::StoredPlugin;
 pub use runs::{RunChanges, RunPage};
+pub use scheduler::{DueAutomation, FireReport, FiredSlot, SlotRecord};
 pub use uploads::{DeleteUpload, UploadPage};
 
 static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");

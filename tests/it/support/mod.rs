@@ -116,6 +116,8 @@ pub struct TestServer {
     /// The data directory (SQLite file, caches, workspaces).
     pub dir: tempfile::TempDir,
     pub pg: Option<PgDatabase>,
+    /// The Postgres URL when sharing another server's database.
+    pub shared_db: Option<String>,
     /// Extra environment variables the server was started with.
     pub env: Vec<(String, String)>,
     http: reqwest::Client,
@@ -175,6 +177,26 @@ impl TestServer {
             log: dir.path().join("server.log"),
             dir,
             pg,
+            shared_db: None,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap(),
+        };
+        server.spawn();
+        server
+    }
+
+    /// Starts a second host on this server's Postgres database (a replica).
+    pub async fn start_peer(&self, env: &[(&str, &str)]) -> TestServer {
+        let url = self.pg.as_ref().expect("peers share a Postgres database").url.clone();
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = TestServer {
+            child: None,
+            base: String::new(),
+            backend: Backend::Postgres,
+            log: dir.path().join("server.log"),
+            dir,
+            pg: None,
+            shared_db: Some(url),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap(),
         };
@@ -195,6 +217,9 @@ impl TestServer {
         ];
         if let Some(pg) = &self.pg {
             env.push(("AUTOMATION_DATABASE_URL".to_owned(), pg.url.clone()));
+        }
+        if let Some(url) = &self.shared_db {
+            env.push(("AUTOMATION_DATABASE_URL".to_owned(), url.clone()));
         }
         env.extend(self.env.iter().cloned());
         env
