@@ -111,6 +111,20 @@ pub struct Config {
     #[arg(long, env = "AUTOMATION_PLUGIN_GRANTS", default_value = "", global = true)]
     pub plugin_grants: String,
 
+    /// Secret for GitHub webhook signatures (`X-Hub-Signature-256`). Unset:
+    /// `POST /v1/events/github` answers 404.
+    #[arg(long, env = "AUTOMATION_GITHUB_WEBHOOK_SECRET", global = true, hide_env_values = true)]
+    pub github_webhook_secret: Option<String>,
+
+    /// Largest event delivery, in bytes (GitHub sends up to 25 MB).
+    #[arg(long, env = "AUTOMATION_MAX_EVENT_BYTES", default_value_t = 25 * 1024 * 1024, global = true)]
+    pub max_event_bytes: usize,
+
+    /// Hours deliveries are kept; a redelivery within this window is
+    /// recognised as a duplicate (at least 72).
+    #[arg(long, env = "AUTOMATION_DELIVERY_RETENTION_HOURS", default_value_t = 168, global = true)]
+    pub delivery_retention_hours: u64,
+
     /// This host's name in run leases (default: a random id per process).
     #[arg(long, env = "AUTOMATION_HOST_ID", global = true)]
     pub host_id: Option<String>,
@@ -223,6 +237,12 @@ impl Config {
             if value == 0 {
                 problems.push(format!("{name} must be greater than 0"));
             }
+        }
+        if self.delivery_retention_hours < 72 {
+            problems.push("AUTOMATION_DELIVERY_RETENTION_HOURS must be at least 72 (the dedup window)".to_owned());
+        }
+        if self.github_webhook_secret.as_deref().is_some_and(|s| s.trim().is_empty()) {
+            problems.push("AUTOMATION_GITHUB_WEBHOOK_SECRET is set but empty".to_owned());
         }
         if let Err(e) = crate::plugins::manifest::Grants::parse(&self.plugin_grants) {
             problems.push(format!("AUTOMATION_PLUGIN_GRANTS: {e}"));

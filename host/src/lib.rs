@@ -20,6 +20,7 @@ pub mod archive;
 pub mod auth;
 pub mod config;
 pub mod dispatch;
+pub mod events;
 pub mod metrics;
 pub mod model;
 pub mod plugins;
@@ -118,8 +119,9 @@ pub async fn serve(
         .await
         .context("cannot read the host secret")?;
     let local = listener.local_addr()?;
+    let host_id = config.host_id.clone().unwrap_or_else(default_host_id);
     let settings = dispatch::Settings {
-        host_id: config.host_id.clone().unwrap_or_else(default_host_id),
+        host_id: host_id.clone(),
         max_concurrent_runs: config.max_concurrent_runs,
         lease: Duration::from_secs(config.lease_seconds),
         public_url: config.public_url.clone().unwrap_or_else(|| format!("http://{local}")),
@@ -149,7 +151,31 @@ pub async fn serve(
     } else {
         dispatcher.spawn(background.clone());
     }
-    let state = api::AppState::new(store.clone(), config.clone(), plugins.clone(), dispatcher, scheduler, metrics);
+    let matcher = Arc::new(events::matcher::Matcher::new(
+        store.clone(),
+        plugins.clone(),
+        dispatcher.clone(),
+        metrics.clone(),
+        host_id.clone(),
+        Duration::from_secs(config.lease_seconds),
+    ));
+    matcher.spawn(background.clone());
+    let ingest = Arc::new(events::Ingest::start(store.clone(), matcher.clone(), metrics.clone()));
+    tokio::spawn(purge_deliveries(
+        store.clone(),
+        chrono::Duration::hours(config.delivery_retention_hours as i64),
+        background.clone(),
+    ));
+    let state = api::AppState::new(
+        store.clone(),
+        config.clone(),
+        plugins.clone(),
+        dispatcher,
+        scheduler,
+        metrics,
+        ingest,
+        matcher,
+    );
     tokio::spawn(follow_uploaded_plugins(store.clone(), plugins.clone(), background.clone()));
     let app = api::router(state);
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
@@ -176,6 +202,21 @@ pub async fn serve(
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Deletes deliveries older than the retention (hourly).
+async fn purge_deliveries(store: Store, retention: chrono::Duration, stop: tokio_util::sync::CancellationToken) {
+    loop {
+        match store.purge_deliveries(model::now() - retention).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "old deliveries purged"),
+            Err(e) => tracing::warn!(error = %e, "purging old deliveries failed"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        }
+    }
 }
 
 /// A host id unique to this process: the machine's name and a random suffix.

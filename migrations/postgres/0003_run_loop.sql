@@ -20,6 +20,11 @@ create table cron_slots (
 
 create index runs_leases on runs (status, lease_expires_at);
 
+-- A delivery creates at most one run per automation, even if two hosts
+-- (or a rescued matcher) match it twice.
+alter table runs add column event_id uuid;
+create unique index runs_event on runs (automation_id, event_id) where event_id is not null;
+
 create table event_sources (
     name text primary key,
     secret text not null,
@@ -39,6 +44,8 @@ create table deliveries (
     received_at timestamptz not null,
     status text not null,
     matched_at timestamptz,
+    claimed_by text,
+    claimed_at timestamptz,
     result jsonb
 );
 

@@ -23,6 +23,11 @@ create table cron_slots (
 
 create index runs_leases on runs (status, lease_expires_at);
 
+-- A delivery creates at most one run per automation, even if two hosts
+-- (or a rescued matcher) match it twice.
+alter table runs add column event_id text;
+create unique index runs_event on runs (automation_id, event_id) where event_id is not null;
+
 create table event_sources (
     name text primary key not null,
     secret text not null,
@@ -42,6 +47,8 @@ create table deliveries (
     received_at text not null,
     status text not null,
     matched_at text,
+    claimed_by text,
+    claimed_at text,
     result text
 );
 

@@ -20,6 +20,8 @@ mod dispatch;
 mod agent_server;
 // Bundled components in-process: JMESPath compliance, GitHub fixtures.
 mod components;
+// Events: signed GitHub and custom deliveries, dedup, matching, kill -9.
+mod events;
 // Plugins: the registry, uploads, grants, misbehaving guests.
 mod plugins;
 // Cron: slots, misfire policies, next fire times, two hosts.

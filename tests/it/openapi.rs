@@ -43,6 +43,14 @@ async fn openapi_matches_the_routes() {
         "GET /metrics",
         "GET /v1/automations/{id}/schedule",
         "GET /v1/automations/{id}/slots",
+        "POST /v1/events/github",
+        "POST /v1/events/{id}",
+        "GET /v1/events/{id}",
+        "GET /v1/events",
+        "POST /v1/sources",
+        "GET /v1/sources",
+        "GET /v1/sources/{name}",
+        "DELETE /v1/sources/{name}",
         "POST /v1/runs/{id}/complete",
     ];
     expected.sort();
@@ -53,8 +61,10 @@ async fn openapi_matches_the_routes() {
         let r = s.call(Method::from_bytes(method.as_bytes()).unwrap(), &path, None).await;
         let unrouted = r.status == 405 || (r.status == 404 && r.body["detail"] == "no such route");
         assert!(!unrouted, "{op} is described but not served: {} {}", r.status, r.text);
-        // The completion callback authenticates with the run's own token.
-        if path.starts_with("/v1") && !path.ends_with("/complete") {
+        // The completion callback authenticates with the run's own token,
+        // deliveries with their signature.
+        let signed = path.ends_with("/complete") || (method == "POST" && path.starts_with("/v1/events/"));
+        if path.starts_with("/v1") && !signed {
             let op_spec = &paths[op.split_once(' ').unwrap().1][method.to_lowercase()];
             assert!(op_spec["security"].is_array(), "{op} does not declare its auth");
         }

@@ -195,6 +195,7 @@ async fn automations_create(
     automation.next_fire_at = next_fire_for(&automation.trigger, automation.enabled, None);
     state.store.insert_automation(&automation).await?;
     state.scheduler.wake();
+    state.matcher.invalidate();
     tracing::info!(automation.id = %automation.id, name = %automation.name, trigger = automation.trigger.kind(), "automation created");
     Ok((StatusCode::CREATED, Json(automation)))
 }
@@ -309,6 +310,7 @@ async fn automations_update(
         return Err(Error::not_found("automation", id));
     }
     state.scheduler.wake();
+    state.matcher.invalidate();
     tracing::info!(automation.id = %id, "automation updated");
     Ok(Json(a))
 }
@@ -325,6 +327,7 @@ async fn automations_update(
 )]
 async fn automations_delete(State(state): State<AppState>, ApiPath(id): ApiPath<Uuid>) -> Result<StatusCode, Error> {
     if state.store.soft_delete_automation(id).await? {
+        state.matcher.invalidate();
         tracing::info!(automation.id = %id, "automation deleted");
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -7,11 +7,13 @@
 mod automations;
 mod callback;
 mod error;
+mod events;
 mod extract;
 mod filters;
 mod health;
 mod plugins;
 mod runs;
+mod sources;
 mod uploads;
 
 use std::sync::Arc;
@@ -36,6 +38,8 @@ pub use extract::{ApiJson, ApiPath, ApiQuery};
 use crate::auth;
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
+use crate::events::Ingest;
+use crate::events::matcher::Matcher;
 use crate::metrics::Metrics;
 use crate::plugins::Registry;
 use crate::scheduler::Scheduler;
@@ -56,6 +60,10 @@ pub struct AppState {
     pub scheduler: Arc<Scheduler>,
     /// The metrics.
     pub metrics: Arc<Metrics>,
+    /// Event ingestion (group commit).
+    pub ingest: Arc<Ingest>,
+    /// The event matcher (its cache is dropped when automations change).
+    pub matcher: Arc<Matcher>,
     /// SHA-256 of `AUTOMATION_API_KEY`, if set.
     admin_key_hash: Option<String>,
 }
@@ -69,9 +77,11 @@ impl AppState {
         dispatcher: Arc<Dispatcher>,
         scheduler: Arc<Scheduler>,
         metrics: Arc<Metrics>,
+        ingest: Arc<Ingest>,
+        matcher: Arc<Matcher>,
     ) -> AppState {
         let admin_key_hash = config.api_key.as_deref().map(|k| auth::hash_key(k.trim()));
-        AppState { store, config, plugins, dispatcher, scheduler, metrics, admin_key_hash }
+        AppState { store, config, plugins, dispatcher, scheduler, metrics, ingest, matcher, admin_key_hash }
     }
 }
 
@@ -104,6 +114,8 @@ pub fn router(state: AppState) -> Router {
         .merge(uploads::router())
         .merge(plugins::router())
         .merge(filters::router())
+        .merge(events::router())
+        .merge(sources::router())
         .split_for_parts();
     let v1 = v1.route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
     let (public, public_spec) =
@@ -127,6 +139,10 @@ pub fn router(state: AppState) -> Router {
 
 /// Lets a request through only with a valid `Authorization: Bearer <key>`.
 async fn require_api_key(State(state): State<AppState>, req: Request, next: Next) -> Result<Response, Error> {
+    // Event deliveries authenticate with their signature instead.
+    if req.method() == axum::http::Method::POST && req.uri().path().starts_with("/v1/events/") {
+        return Ok(next.run(req).await);
+    }
     let header = req.headers().get(AUTHORIZATION).ok_or_else(|| {
         Error::Unauthorized("missing Authorization header; send `Authorization: Bearer <api key>`".into())
     })?;

@@ -150,6 +150,17 @@ impl Store {
         row.map(|(d, r)| Automation::try_from(r).map(|a| (a, d.0))).transpose()
     }
 
+    /// The live, enabled event automations of one source (by the
+    /// `(event_source, trigger_type)` index, not a scan).
+    pub async fn event_automations(&self, source: &str) -> Result<Vec<Automation>> {
+        let sql = format!(
+            "select {COLUMNS} from automations where event_source = $1 and trigger_type = 'event' \
+             and deleted_at is null and enabled order by id"
+        );
+        let rows: Vec<Row> = with_db!(self, read, |db| sqlx::query_as(&sql).bind(source).fetch_all(db).await?);
+        rows.into_iter().map(Automation::try_from).collect()
+    }
+
     /// Lists live automations newest first: up to `limit` with ids below
     /// `before` (the previous page's last id), plus the total count.
     pub async fn list_automations(

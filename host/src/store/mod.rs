@@ -15,6 +15,7 @@
 mod api_keys;
 mod automations;
 mod dispatch;
+mod events;
 mod plugins;
 mod runs;
 mod scheduler;
@@ -32,6 +33,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 pub use automations::{AutomationFilter, AutomationPage};
 pub use dispatch::Claim;
+pub use events::{Delivery, NewDelivery, Source, Stored};
 pub use plugins::StoredPlugin;
 pub use runs::{RunChanges, RunPage};
 pub use scheduler::{DueAutomation, FireReport, FiredSlot, SlotRecord};

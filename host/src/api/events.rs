@@ -1,0 +1,215 @@
+//! `/v1/events`: signed deliveries in (no API key: the signature is the
+//! credential), and what became of them out (API key).
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::{ApiPath, ApiQuery, AppState, Error, ErrorBody, Page, PageQuery};
+use crate::events::{keys, signature};
+use crate::store::{Delivery, NewDelivery, Stored};
+
+pub(super) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(events_github))
+        .routes(routes!(events_custom, events_get))
+        .routes(routes!(events_list))
+}
+
+/// The answer to a delivery.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Ack {
+    /// The delivery's id (for a duplicate: the first delivery's).
+    id: Uuid,
+    /// `accepted` (stored; matching follows), `duplicate` (seen before;
+    /// nothing created) or `unrecognized` (stored, but no event key).
+    status: &'static str,
+    /// The event key, when one was derived.
+    event_key: Option<String>,
+}
+
+/// Receives a GitHub webhook delivery. The body is verified against
+/// `X-Hub-Signature-256` (HMAC-SHA256 with `AUTOMATION_GITHUB_WEBHOOK_SECRET`),
+/// stored durably, and acknowledged with 202 before matching. A redelivery
+/// (same `X-GitHub-Delivery`) is acknowledged with 200 and creates nothing.
+/// The body is the payload as GitHub sends it, or `{"payload": ...}`.
+#[utoipa::path(
+    post,
+    path = "/v1/events/github",
+    tag = "events",
+    request_body(content = Object, description = "the webhook payload"),
+    responses(
+        (status = 202, body = Ack),
+        (status = 200, description = "a duplicate delivery", body = Ack),
+        (status = 400, body = ErrorBody),
+        (status = 401, description = "missing or wrong signature", body = ErrorBody),
+        (status = 404, description = "GitHub events are not configured", body = ErrorBody),
+        (status = 413, body = ErrorBody),
+    )
+)]
+async fn events_github(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Ack>), Error> {
+    let body = read_body(&state, body).await?;
+    let secret = state.config.github_webhook_secret.as_deref().ok_or_else(|| {
+        Error::NotFound("GitHub events are not configured: set AUTOMATION_GITHUB_WEBHOOK_SECRET".into())
+    })?;
+    check_signature(&state, secret.as_bytes(), &body, "X-Hub-Signature-256", &headers)?;
+    let payload = parse_payload(&state, &body)?;
+    let key = keys::github_key(header(&headers, "X-GitHub-Event"), &payload);
+    let delivery_id = header(&headers, "X-GitHub-Delivery").map(str::to_owned);
+    ingest(&state, "github", delivery_id, key, payload).await
+}
+
+/// Receives a delivery for a custom source (see `POST /v1/sources`): the
+/// body is verified against the source's signature header and secret, its
+/// event key extracted with the source's JMESPath expression.
+#[utoipa::path(
+    post,
+    path = "/v1/events/{id}",
+    tag = "events",
+    params(("id" = String, Path, description = "The custom source's name")),
+    request_body(content = Object, description = "the event payload"),
+    responses(
+        (status = 202, body = Ack),
+        (status = 200, description = "a duplicate delivery", body = Ack),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    )
+)]
+async fn events_custom(
+    State(state): State<AppState>,
+    ApiPath(source): ApiPath<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Ack>), Error> {
+    let body = read_body(&state, body).await?;
+    let src = state.store.get_source(&source).await?.ok_or_else(|| Error::not_found("event source", &source))?;
+    check_signature(&state, src.secret.as_bytes(), &body, &src.signature_header, &headers)?;
+    let payload = parse_payload(&state, &body)?;
+    let key = keys::custom_key(&src.event_key_expr, &payload).unwrap_or(None);
+    let delivery_id = src.delivery_id_header.as_deref().and_then(|h| header(&headers, h)).map(str::to_owned);
+    ingest(&state, &source, delivery_id, key, payload).await
+}
+
+async fn read_body(state: &AppState, body: Body) -> Result<Bytes, Error> {
+    let limit = state.config.max_event_bytes;
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        Error::PayloadTooLarge(format!("the delivery is larger than {limit} bytes (AUTOMATION_MAX_EVENT_BYTES)"))
+    })
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty())
+}
+
+fn check_signature(state: &AppState, secret: &[u8], body: &[u8], name: &str, headers: &HeaderMap) -> Result<(), Error> {
+    signature::verify(secret, body, name, header(headers, name)).map_err(|e| {
+        state.metrics.deliveries.add("bad_signature", 1);
+        Error::Unauthorized(e.to_string())
+    })
+}
+
+fn parse_payload(state: &AppState, body: &[u8]) -> Result<Value, Error> {
+    let mut payload: Value = serde_json::from_slice(body).map_err(|e| {
+        state.metrics.deliveries.add("malformed", 1);
+        Error::BadRequest("malformed_json", format!("the delivery is not JSON: {e}"))
+    })?;
+    if !payload.is_object() {
+        return Err(Error::BadRequest("malformed_json", "the delivery must be a JSON object".into()));
+    }
+    // The reference service's forwarders wrap the payload: {"payload": {...}}.
+    if payload.get("payload").is_some_and(Value::is_object) && payload_is_envelope(&payload) {
+        payload = payload["payload"].take();
+    }
+    Ok(payload)
+}
+
+/// An envelope has `payload` and nothing GitHub puts at the top level.
+fn payload_is_envelope(v: &Value) -> bool {
+    v.as_object()
+        .is_some_and(|o| o.keys().all(|k| ["payload", "event_type", "organization", "source"].contains(&k.as_str())))
+}
+
+async fn ingest(
+    state: &AppState,
+    source: &str,
+    delivery_id: Option<String>,
+    event_key: Option<String>,
+    payload: Value,
+) -> Result<(StatusCode, Json<Ack>), Error> {
+    if delivery_id.as_ref().is_some_and(|d| d.len() > 200) {
+        return Err(Error::BadRequest("invalid_delivery_id", "the delivery id is longer than 200 characters".into()));
+    }
+    let delivery = NewDelivery {
+        id: Uuid::now_v7(),
+        source: source.to_owned(),
+        delivery_id,
+        event_key: event_key.clone(),
+        payload: payload.to_string(),
+        received_at: crate::model::now(),
+    };
+    match state.ingest.submit(delivery).await.map_err(Error::Unavailable)? {
+        Stored::New(id) => {
+            let status = if event_key.is_some() { "accepted" } else { "unrecognized" };
+            Ok((StatusCode::ACCEPTED, Json(Ack { id, status, event_key })))
+        }
+        Stored::Duplicate(id) => Ok((StatusCode::OK, Json(Ack { id, status: "duplicate", event_key }))),
+    }
+}
+
+/// Filters for listing deliveries.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct EventsQuery {
+    /// Page size, 1 to 100 (default 50).
+    limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// Only this source.
+    source: Option<String>,
+}
+
+/// Shows a delivery: its payload, key, status, and which automations it
+/// matched (with their runs) and why the others did not.
+#[utoipa::path(
+    get,
+    path = "/v1/events/{id}",
+    tag = "events",
+    params(("id" = Uuid, Path, description = "Delivery id")),
+    security(("api_key" = [])),
+    responses((status = 200, body = Delivery), (status = 404, body = ErrorBody))
+)]
+async fn events_get(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<Json<Delivery>, Error> {
+    let id =
+        Uuid::parse_str(&id).map_err(|_| Error::BadRequest("invalid_path", format!("{id:?} is not a delivery id")))?;
+    state.store.get_delivery(id).await?.map(Json).ok_or_else(|| Error::not_found("delivery", id))
+}
+
+/// Lists deliveries, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "events",
+    params(EventsQuery),
+    security(("api_key" = [])),
+    responses((status = 200, body = Page<Delivery>))
+)]
+async fn events_list(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<EventsQuery>,
+) -> Result<Json<Page<Delivery>>, Error> {
+    let (limit, before) = PageQuery { limit: q.limit, cursor: q.cursor }.resolve()?;
+    let (items, total) = state.store.list_deliveries(q.source.as_deref(), limit + 1, before).await?;
+    Ok(Json(Page::new(items, total, limit, |d| d.id)))
+}

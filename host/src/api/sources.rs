@@ -1,0 +1,150 @@
+//! `/v1/sources`: custom event sources with their own secret, signature
+//! header, event-key expression and delivery-id header.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::{ApiJson, ApiPath, AppState, Error, ErrorBody};
+use crate::store::Source;
+
+pub(super) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(sources_create, sources_list)).routes(routes!(sources_get, sources_delete))
+}
+
+/// The body of `POST /v1/sources`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SourceCreate {
+    /// The source name: `POST /v1/events/{name}`.
+    name: String,
+    /// The HMAC secret, 16 to 255 characters; generated (and returned once) if absent.
+    secret: Option<String>,
+    /// The header with the signature (default `X-Signature-256`).
+    signature_header: Option<String>,
+    /// JMESPath expression extracting the event key (default `type`).
+    event_key_expr: Option<String>,
+    /// The header with the sender's delivery id, for dedup (default: none).
+    delivery_id_header: Option<String>,
+}
+
+/// A created source; `secret` only when the host generated it.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct SourceCreated {
+    #[serde(flatten)]
+    source: Source,
+    /// The generated secret, shown only now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret: Option<String>,
+    /// Where senders post.
+    url_path: String,
+}
+
+fn check_header_name(field: &str, h: &str) -> Result<(), Error> {
+    let ok = !h.is_empty()
+        && h.len() <= 64
+        && h.starts_with(|c: char| c.is_ascii_alphabetic())
+        && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "invalid_header",
+            format!("{field} {h:?} must be letters, digits and '-', starting with a letter"),
+        ))
+    }
+}
+
+/// Creates a custom event source.
+#[utoipa::path(
+    post,
+    path = "/v1/sources",
+    tag = "sources",
+    request_body = SourceCreate,
+    security(("api_key" = [])),
+    responses((status = 201, body = SourceCreated), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody))
+)]
+async fn sources_create(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<SourceCreate>,
+) -> Result<(StatusCode, Json<SourceCreated>), Error> {
+    crate::model::check_name(&body.name).map_err(|e| Error::invalid("invalid_name", format!("name {e}")))?;
+    if body.name == "github" {
+        return Err(Error::Conflict("source_reserved", "the github source is built in".into()));
+    }
+    let signature_header = body.signature_header.unwrap_or_else(|| "X-Signature-256".to_owned());
+    check_header_name("signature_header", &signature_header)?;
+    if let Some(h) = &body.delivery_id_header {
+        check_header_name("delivery_id_header", h)?;
+    }
+    let event_key_expr = body.event_key_expr.unwrap_or_else(|| "type".to_owned());
+    if event_key_expr.len() > 1024 {
+        return Err(Error::invalid("too_long", "event_key_expr is longer than 1024 bytes"));
+    }
+    jmespath::compile(&event_key_expr)
+        .map_err(|e| Error::invalid("invalid_event_key_expr", format!("event_key_expr: {e}")))?;
+    let (secret, generated) = match body.secret {
+        Some(s) if (16..=255).contains(&s.len()) => (s, false),
+        Some(_) => return Err(Error::invalid("invalid_secret", "secret must be 16 to 255 characters")),
+        None => {
+            let mut bytes = [0u8; 24];
+            rand::rng().fill_bytes(&mut bytes);
+            (format!("whsec_{}", hex::encode(bytes)), true)
+        }
+    };
+    let source = Source {
+        name: body.name,
+        signature_header,
+        event_key_expr,
+        delivery_id_header: body.delivery_id_header,
+        created_at: crate::model::now(),
+        secret: secret.clone(),
+    };
+    if !state.store.insert_source(&source).await? {
+        return Err(Error::Conflict("source_exists", format!("source {} already exists", source.name)));
+    }
+    tracing::info!(source = %source.name, "event source created");
+    let url_path = format!("/v1/events/{}", source.name);
+    Ok((StatusCode::CREATED, Json(SourceCreated { source, secret: generated.then_some(secret), url_path })))
+}
+
+/// Lists the custom sources (without secrets).
+#[utoipa::path(get, path = "/v1/sources", tag = "sources", security(("api_key" = [])), responses((status = 200, body = Vec<Source>)))]
+async fn sources_list(State(state): State<AppState>) -> Result<Json<Vec<Source>>, Error> {
+    Ok(Json(state.store.list_sources().await?))
+}
+
+/// Shows a custom source (without its secret).
+#[utoipa::path(
+    get,
+    path = "/v1/sources/{name}",
+    tag = "sources",
+    params(("name" = String, Path, description = "Source name")),
+    security(("api_key" = [])),
+    responses((status = 200, body = Source), (status = 404, body = ErrorBody))
+)]
+async fn sources_get(State(state): State<AppState>, ApiPath(name): ApiPath<String>) -> Result<Json<Source>, Error> {
+    state.store.get_source(&name).await?.map(Json).ok_or_else(|| Error::not_found("event source", &name))
+}
+
+/// Deletes a custom source; its automations stop receiving events.
+#[utoipa::path(
+    delete,
+    path = "/v1/sources/{name}",
+    tag = "sources",
+    params(("name" = String, Path, description = "Source name")),
+    security(("api_key" = [])),
+    responses((status = 204, description = "deleted"), (status = 404, body = ErrorBody))
+)]
+async fn sources_delete(State(state): State<AppState>, ApiPath(name): ApiPath<String>) -> Result<StatusCode, Error> {
+    if state.store.delete_source(&name).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(Error::not_found("event source", &name))
+    }
+}

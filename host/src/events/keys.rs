@@ -1,0 +1,192 @@
+//! Event keys: deriving them (GitHub, custom sources) and matching them
+//! against an automation's `on` patterns.
+
+use serde_json::Value;
+
+/// The GitHub event key: the event type (the `X-GitHub-Event` header, or
+/// detected from the payload's keys as the reference service does when the
+/// header is absent) plus `.action` when the payload has a non-empty one.
+pub fn github_key(event_header: Option<&str>, payload: &Value) -> Option<String> {
+    let kind = match event_header.map(str::trim).filter(|h| !h.is_empty()) {
+        Some(h) => h.to_owned(),
+        None => detect_github_type(payload)?.to_owned(),
+    };
+    match payload.get("action").and_then(Value::as_str).filter(|a| !a.is_empty()) {
+        Some(action) => Some(format!("{kind}.{action}")),
+        None => Some(kind),
+    }
+}
+
+/// The reference service's detection order, on top-level keys.
+fn detect_github_type(p: &Value) -> Option<&'static str> {
+    let has = |k: &str| p.get(k).is_some();
+    Some(if has("pull_request") && has("review") {
+        "pull_request_review"
+    } else if has("pull_request") {
+        "pull_request"
+    } else if has("issue") && has("comment") {
+        "issue_comment"
+    } else if has("issue") {
+        "issues"
+    } else if has("ref") && has("commits") {
+        "push"
+    } else if has("release") {
+        "release"
+    } else if has("workflow_run") {
+        "workflow_run"
+    } else if has("check_run") {
+        "check_run"
+    } else {
+        return None;
+    })
+}
+
+/// The key a custom source's JMESPath expression extracts: a string as is,
+/// a number or boolean as text; anything else (or an error) is no key.
+pub fn custom_key(expr: &str, payload: &Value) -> Result<Option<String>, String> {
+    let compiled = jmespath::compile(expr).map_err(|e| e.to_string())?;
+    let data = jmespath::Variable::from_json(&payload.to_string()).map_err(|e| e.to_string())?;
+    let result = compiled.search(data).map_err(|e| e.to_string())?;
+    Ok(match &*result {
+        jmespath::Variable::String(s) if !s.is_empty() => Some(s.clone()),
+        jmespath::Variable::Number(n) => Some(n.to_string()),
+        jmespath::Variable::Bool(b) => Some(b.to_string()),
+        _ => None,
+    })
+}
+
+/// Whether an event key matches an `on` pattern: exactly, or as a glob
+/// (Python `fnmatch` without case folding: `*` spans anything, `.` and `/`
+/// included; `?`; `[abc]`, `[!abc]`, `[a-z]`).
+pub fn key_matches(pattern: &str, key: &str) -> bool {
+    pattern == key || glob(pattern.as_bytes(), key.as_bytes())
+}
+
+fn glob(p: &[u8], s: &[u8]) -> bool {
+    // Iterative matching with one backtrack point for the last `*`.
+    let (mut pi, mut si) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        if pi < p.len() {
+            match p[pi] {
+                b'*' => {
+                    star = Some((pi, si));
+                    pi += 1;
+                    continue;
+                }
+                b'?' => {
+                    pi += 1;
+                    si += 1;
+                    continue;
+                }
+                b'[' => {
+                    if let Some((matched, next)) = class(&p[pi..], s[si]) {
+                        if matched {
+                            pi += next;
+                            si += 1;
+                            continue;
+                        }
+                    } else if s[si] == b'[' {
+                        // An unclosed `[` is a literal.
+                        pi += 1;
+                        si += 1;
+                        continue;
+                    }
+                }
+                c if c == s[si] => {
+                    pi += 1;
+                    si += 1;
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        match star {
+            Some((sp, ss)) => {
+                pi = sp + 1;
+                si = ss + 1;
+                star = Some((sp, ss + 1));
+            }
+            None => return false,
+        }
+    }
+    p[pi..].iter().all(|c| *c == b'*')
+}
+
+/// Matches one byte against a `[...]` class at the start of `p`; returns
+/// (matched, length of the class) or `None` if the class is not closed.
+fn class(p: &[u8], c: u8) -> Option<(bool, usize)> {
+    let mut i = 1;
+    let negate = p.get(i) == Some(&b'!');
+    if negate {
+        i += 1;
+    }
+    let start = i;
+    let mut matched = false;
+    while i < p.len() {
+        if p[i] == b']' && i > start {
+            return Some((matched != negate, i + 1));
+        }
+        if i + 2 < p.len() && p[i + 1] == b'-' && p[i + 2] != b']' {
+            if p[i] <= c && c <= p[i + 2] {
+                matched = true;
+            }
+            i += 3;
+        } else {
+            if p[i] == c {
+                matched = true;
+            }
+            i += 1;
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn github_keys() {
+        assert_eq!(github_key(Some("pull_request"), &json!({"action": "opened"})), Some("pull_request.opened".into()));
+        assert_eq!(github_key(Some("push"), &json!({"ref": "refs/heads/main"})), Some("push".into()));
+        assert_eq!(github_key(Some("ping"), &json!({"zen": "x"})), Some("ping".into()));
+        // Without the header, detected from the payload as the reference does.
+        assert_eq!(
+            github_key(None, &json!({"pull_request": {}, "review": {}, "action": "submitted"})),
+            Some("pull_request_review.submitted".into())
+        );
+        assert_eq!(
+            github_key(None, &json!({"issue": {}, "comment": {}, "action": "created"})),
+            Some("issue_comment.created".into())
+        );
+        assert_eq!(github_key(None, &json!({"ref": "x", "commits": []})), Some("push".into()));
+        assert_eq!(github_key(None, &json!({"zen": "x"})), None);
+        assert_eq!(github_key(Some("issues"), &json!({"action": ""})), Some("issues".into()));
+    }
+
+    #[test]
+    fn globs_follow_fnmatch() {
+        assert!(key_matches("push", "push"));
+        assert!(key_matches("pull_request.*", "pull_request.opened"));
+        assert!(key_matches("pull_request*", "pull_request_review.submitted"));
+        assert!(key_matches("*.opened", "issues.opened"));
+        assert!(key_matches("issue?.opened", "issues.opened"));
+        assert!(key_matches("[ip]*.opened", "pull_request.opened"));
+        assert!(!key_matches("[!ip]*.opened", "pull_request.opened"));
+        assert!(key_matches("release-[0-9]", "release-7"));
+        assert!(!key_matches("pull_request.*", "pull_request"));
+        assert!(!key_matches("Push", "push"));
+        assert!(key_matches("*", "anything.at/all"));
+        assert!(key_matches("a[b", "a[b"));
+    }
+
+    #[test]
+    fn custom_keys() {
+        assert_eq!(custom_key("type", &json!({"type": "order.paid"})), Ok(Some("order.paid".into())));
+        assert_eq!(custom_key("n", &json!({"n": 3})), Ok(Some("3".into())));
+        assert_eq!(custom_key("kind.name", &json!({"kind": {}})), Ok(None));
+        assert!(custom_key("a[", &json!({})).is_err());
+    }
+}

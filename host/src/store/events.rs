@@ -1,0 +1,379 @@
+//! Event sources and deliveries: durable acknowledgement (group-committed),
+//! claiming for matching, and the matching result with its runs.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::FromRow;
+use sqlx::types::Json;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::types::{DbId, DbTime};
+use super::{Dialect, Result, Store, with_db};
+use crate::model::{Run, RunStatus};
+
+/// A delivery to store.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    /// Our id for it.
+    pub id: Uuid,
+    /// The source.
+    pub source: String,
+    /// The provider's delivery id (for dedup), if any.
+    pub delivery_id: Option<String>,
+    /// The event key, if one could be derived.
+    pub event_key: Option<String>,
+    /// The payload (JSON text, as received or unwrapped from an envelope).
+    pub payload: String,
+    /// When it arrived.
+    pub received_at: DateTime<Utc>,
+}
+
+/// What storing a delivery did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// It is new and stored.
+    New(Uuid),
+    /// Its delivery id was seen before; this is the first delivery's id.
+    Duplicate(Uuid),
+}
+
+/// A stored delivery.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Delivery {
+    /// Our id.
+    pub id: Uuid,
+    /// The source.
+    pub source: String,
+    /// The provider's delivery id.
+    pub delivery_id: Option<String>,
+    /// The event key.
+    pub event_key: Option<String>,
+    /// `pending`, `matching`, `matched` or `unrecognized`.
+    pub status: String,
+    /// When it arrived.
+    pub received_at: DateTime<Utc>,
+    /// When matching finished.
+    pub matched_at: Option<DateTime<Utc>>,
+    /// Which automations matched (with their runs) and why the others did not.
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<serde_json::Value>,
+    /// The payload.
+    #[schema(value_type = Object)]
+    pub payload: serde_json::Value,
+}
+
+#[derive(FromRow)]
+struct Row {
+    id: DbId,
+    source: String,
+    delivery_id: Option<String>,
+    event_key: Option<String>,
+    status: String,
+    received_at: DbTime,
+    matched_at: Option<DbTime>,
+    result: Option<Json<serde_json::Value>>,
+    payload: String,
+}
+
+const COLUMNS: &str = "id, source, delivery_id, event_key, status, received_at, matched_at, result, payload";
+
+impl From<Row> for Delivery {
+    fn from(r: Row) -> Delivery {
+        Delivery {
+            id: r.id.0,
+            source: r.source,
+            delivery_id: r.delivery_id,
+            event_key: r.event_key,
+            status: r.status,
+            received_at: r.received_at.0,
+            matched_at: r.matched_at.map(|t| t.0),
+            result: r.result.map(|j| j.0),
+            payload: serde_json::from_str(&r.payload).unwrap_or(serde_json::Value::Null),
+        }
+    }
+}
+
+/// A custom event source.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Source {
+    /// Its name (the `{source}` in `POST /v1/events/{source}`).
+    pub name: String,
+    /// The header carrying the HMAC-SHA256 signature.
+    pub signature_header: String,
+    /// JMESPath expression that extracts the event key from the payload.
+    pub event_key_expr: String,
+    /// The header carrying the sender's delivery id (for dedup), if any.
+    pub delivery_id_header: Option<String>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// The HMAC secret (never serialized).
+    #[serde(skip)]
+    pub secret: String,
+}
+
+#[derive(FromRow)]
+struct SourceRow {
+    name: String,
+    secret: String,
+    signature_header: String,
+    event_key_expr: String,
+    delivery_id_header: Option<String>,
+    created_at: DbTime,
+}
+
+impl From<SourceRow> for Source {
+    fn from(r: SourceRow) -> Source {
+        Source {
+            name: r.name,
+            secret: r.secret,
+            signature_header: r.signature_header,
+            event_key_expr: r.event_key_expr,
+            delivery_id_header: r.delivery_id_header,
+            created_at: r.created_at.0,
+        }
+    }
+}
+
+impl Store {
+    /// Stores deliveries in one transaction (group commit): concurrent
+    /// requests share one commit. A delivery whose provider id was seen
+    /// before is not stored again.
+    pub async fn insert_deliveries(&self, batch: &[NewDelivery]) -> Result<Vec<Stored>> {
+        with_db!(self, write, |db| {
+            let mut tx = db.begin().await?;
+            let mut qb = sqlx::QueryBuilder::new(
+                "insert into deliveries (id, source, delivery_id, event_key, payload, received_at, status) ",
+            );
+            qb.push_values(batch, |mut b, d| {
+                b.push_bind(DbId(d.id))
+                    .push_bind(&d.source)
+                    .push_bind(&d.delivery_id)
+                    .push_bind(&d.event_key)
+                    .push_bind(&d.payload)
+                    .push_bind(DbTime::new(d.received_at))
+                    .push_bind(if d.event_key.is_some() { "pending" } else { "unrecognized" });
+            });
+            qb.push(" on conflict (source, delivery_id) where delivery_id is not null do nothing returning id");
+            let inserted: Vec<DbId> = qb.build_query_scalar().fetch_all(&mut *tx).await?;
+            let inserted: std::collections::HashSet<Uuid> = inserted.into_iter().map(|i| i.0).collect();
+            let mut out = Vec::with_capacity(batch.len());
+            for d in batch {
+                if inserted.contains(&d.id) {
+                    out.push(Stored::New(d.id));
+                    continue;
+                }
+                let first: Option<DbId> =
+                    sqlx::query_scalar("select id from deliveries where source = $1 and delivery_id = $2")
+                        .bind(&d.source)
+                        .bind(&d.delivery_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                out.push(Stored::Duplicate(first.map(|f| f.0).unwrap_or(d.id)));
+            }
+            tx.commit().await?;
+            Ok(out)
+        })
+    }
+
+    /// Claims pending deliveries (and ones a stopped host left half-matched
+    /// before `stale_before`) for matching by `host`, oldest first.
+    pub async fn claim_deliveries(&self, host: &str, limit: u32, stale_before: DateTime<Utc>) -> Result<Vec<Delivery>> {
+        let lock = if self.dialect() == Dialect::Postgres { " for update skip locked" } else { "" };
+        let sql = format!(
+            "update deliveries set status = 'matching', claimed_by = $1, claimed_at = $2 where id in (\
+               select id from deliveries where status = 'pending' or (status = 'matching' and claimed_at < $3) \
+               order by id limit {limit}{lock}) returning {COLUMNS}"
+        );
+        let rows: Vec<Row> = with_db!(self, write, |db| {
+            sqlx::query_as(&sql)
+                .bind(host)
+                .bind(DbTime::new(crate::model::now()))
+                .bind(DbTime::new(stale_before))
+                .fetch_all(db)
+                .await?
+        });
+        let mut out: Vec<Delivery> = rows.into_iter().map(Delivery::from).collect();
+        out.sort_by_key(|d| d.id);
+        Ok(out)
+    }
+
+    /// Records a delivery's matching: its runs, the filter errors seen, and
+    /// the result. Only the host that claimed it may; false otherwise.
+    pub async fn record_match(
+        &self,
+        delivery: Uuid,
+        host: &str,
+        runs: &[Run],
+        filter_errors: &[(Uuid, String)],
+        result: &serde_json::Value,
+    ) -> Result<bool> {
+        let now = crate::model::now();
+        with_db!(self, write, |db| {
+            let mut tx = db.begin().await?;
+            let done = sqlx::query(
+                "update deliveries set status = 'matched', matched_at = $3, result = $4 \
+                 where id = $1 and claimed_by = $2 and status = 'matching'",
+            )
+            .bind(DbId(delivery))
+            .bind(host)
+            .bind(DbTime::new(now))
+            .bind(Json(result))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if done != 1 {
+                return Ok(false);
+            }
+            if !runs.is_empty() {
+                let mut qb = sqlx::QueryBuilder::new(
+                    "insert into runs (id, automation_id, status, status_detail, trigger, attempt, event_id, \
+                     created_at, updated_at) ",
+                );
+                qb.push_values(runs, |mut b, r| {
+                    b.push_bind(DbId(r.id))
+                        .push_bind(DbId(r.automation_id))
+                        .push_bind(RunStatus::Pending.as_str())
+                        .push_bind(Json(&r.status_detail))
+                        .push_bind(Json(&r.trigger))
+                        .push_bind(0i64)
+                        .push_bind(DbId(delivery))
+                        .push_bind(DbTime::new(r.created_at))
+                        .push_bind(DbTime::new(r.created_at));
+                });
+                qb.push(" on conflict (automation_id, event_id) where event_id is not null do nothing");
+                qb.build().execute(&mut *tx).await?;
+                let mut qb = sqlx::QueryBuilder::new("update automations set last_triggered_at = ");
+                qb.push_bind(DbTime::new(now)).push(" where id in (");
+                let mut sep = qb.separated(", ");
+                for r in runs {
+                    sep.push_bind(DbId(r.automation_id));
+                }
+                qb.push(")");
+                qb.build().execute(&mut *tx).await?;
+            }
+            for (automation, error) in filter_errors {
+                sqlx::query(
+                    "update automations set filter_error_count = filter_error_count + 1, \
+                     last_filter_error = $2, last_filter_error_at = $3 where id = $1",
+                )
+                .bind(DbId(*automation))
+                .bind(error)
+                .bind(DbTime::new(now))
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
+    /// Reads a delivery.
+    pub async fn get_delivery(&self, id: Uuid) -> Result<Option<Delivery>> {
+        let sql = format!("select {COLUMNS} from deliveries where id = $1");
+        let row: Option<Row> =
+            with_db!(self, read, |db| sqlx::query_as(&sql).bind(DbId(id)).fetch_optional(db).await?);
+        Ok(row.map(Delivery::from))
+    }
+
+    /// Lists deliveries newest first, optionally of one source.
+    pub async fn list_deliveries(
+        &self,
+        source: Option<&str>,
+        limit: u32,
+        before: Option<Uuid>,
+    ) -> Result<(Vec<Delivery>, i64)> {
+        let sql = format!(
+            "select {COLUMNS} from deliveries where ($1 is null or source = $1) and ($2 is null or id < $2) \
+             order by id desc limit $3"
+        );
+        let (rows, total): (Vec<Row>, i64) = with_db!(self, read, |db| {
+            let rows =
+                sqlx::query_as(&sql).bind(source).bind(before.map(DbId)).bind(i64::from(limit)).fetch_all(db).await?;
+            let total = sqlx::query_scalar("select count(*) from deliveries where ($1 is null or source = $1)")
+                .bind(source)
+                .fetch_one(db)
+                .await?;
+            (rows, total)
+        });
+        Ok((rows.into_iter().map(Delivery::from).collect(), total))
+    }
+
+    /// Deletes matched deliveries received before `before` (the dedup window
+    /// ends there); returns how many.
+    pub async fn purge_deliveries(&self, before: DateTime<Utc>) -> Result<u64> {
+        Ok(with_db!(self, write, |db| {
+            sqlx::query("delete from deliveries where received_at < $1 and status in ('matched', 'unrecognized')")
+                .bind(DbTime::new(before))
+                .execute(db)
+                .await?
+                .rows_affected()
+        }))
+    }
+
+    /// A fingerprint of the event automations (count and latest change), so
+    /// a matcher knows when to refresh its cache.
+    pub async fn event_automations_version(&self) -> Result<(i64, Option<String>)> {
+        let row: (i64, Option<DbTime>) = with_db!(self, read, |db| {
+            sqlx::query_as("select count(*), max(updated_at) from automations where trigger_type = 'event'")
+                .fetch_one(db)
+                .await?
+        });
+        Ok((row.0, row.1.map(|t| t.0.to_rfc3339())))
+    }
+
+    /// Inserts a custom source; false if the name is taken.
+    pub async fn insert_source(&self, s: &Source) -> Result<bool> {
+        let n = with_db!(self, write, |db| {
+            sqlx::query(
+                "insert into event_sources (name, secret, signature_header, event_key_expr, delivery_id_header, \
+                 created_at, updated_at) values ($1, $2, $3, $4, $5, $6, $6) on conflict (name) do nothing",
+            )
+            .bind(&s.name)
+            .bind(&s.secret)
+            .bind(&s.signature_header)
+            .bind(&s.event_key_expr)
+            .bind(&s.delivery_id_header)
+            .bind(DbTime::new(s.created_at))
+            .execute(db)
+            .await?
+            .rows_affected()
+        });
+        Ok(n == 1)
+    }
+
+    /// Reads a custom source (with its secret).
+    pub async fn get_source(&self, name: &str) -> Result<Option<Source>> {
+        let row: Option<SourceRow> = with_db!(self, read, |db| {
+            sqlx::query_as(
+                "select name, secret, signature_header, event_key_expr, delivery_id_header, created_at \
+                 from event_sources where name = $1",
+            )
+            .bind(name)
+            .fetch_optional(db)
+            .await?
+        });
+        Ok(row.map(Source::from))
+    }
+
+    /// Lists custom sources by name.
+    pub async fn list_sources(&self) -> Result<Vec<Source>> {
+        let rows: Vec<SourceRow> = with_db!(self, read, |db| {
+            sqlx::query_as(
+                "select name, secret, signature_header, event_key_expr, delivery_id_header, created_at \
+                 from event_sources order by name",
+            )
+            .fetch_all(db)
+            .await?
+        });
+        Ok(rows.into_iter().map(Source::from).collect())
+    }
+
+    /// Deletes a custom source; false if there was none.
+    pub async fn delete_source(&self, name: &str) -> Result<bool> {
+        let n = with_db!(self, write, |db| {
+            sqlx::query("delete from event_sources where name = $1").bind(name).execute(db).await?.rows_affected()
+        });
+        Ok(n == 1)
+    }
+}

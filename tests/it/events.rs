@@ -1,0 +1,323 @@
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::db_tests;
+use crate::support::{Backend, TestServer};
+use automation_host::events::signature::sign;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const SECRET: &str = "test-webhook-secret-123";
+
+db_tests!(
+    every_github_fixture_delivers_matches_once_and_dedups,
+    signatures_are_checked_and_nothing_is_stored_without_one,
+    custom_sources_sign_key_and_dedup,
+    acknowledged_deliveries_survive_kill_9,
+);
+
+fn fixtures() -> Vec<(String, PathBuf)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/github-webhooks");
+    let mut out = Vec::new();
+    for dir in std::fs::read_dir(root).unwrap() {
+        let dir = dir.unwrap().path();
+        if !dir.is_dir() {
+            continue;
+        }
+        let event = dir.file_name().unwrap().to_string_lossy().into_owned();
+        for f in std::fs::read_dir(&dir).unwrap() {
+            out.push((event.clone(), f.unwrap().path()));
+        }
+    }
+    out.sort();
+    out
+}
+
+async fn deliver(s: &TestServer, event: &str, delivery: &str, body: &[u8]) -> crate::support::Resp {
+    let sig = sign(SECRET.as_bytes(), body);
+    s.raw(
+        Method::POST,
+        "/v1/events/github",
+        &[
+            ("x-github-event", event),
+            ("x-github-delivery", delivery),
+            ("x-hub-signature-256", &sig),
+            ("content-type", "application/json"),
+        ],
+        body.to_vec(),
+    )
+    .await
+}
+
+async fn wait_matched(s: &TestServer, id: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let d = s.get(&format!("/v1/events/{id}")).await.expect(200).body;
+        if d["status"] == "matched" || d["status"] == "unrecognized" {
+            return d;
+        }
+        assert!(std::time::Instant::now() < deadline, "delivery {id} was not matched: {d}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn server_env() -> Vec<(&'static str, &'static str)> {
+    vec![("AUTOMATION_GITHUB_WEBHOOK_SECRET", SECRET), ("AUTOMATION_NO_DISPATCH", "true")]
+}
+
+async fn every_github_fixture_delivers_matches_once_and_dedups(backend: Backend) {
+    let s = TestServer::start_with(backend, &server_env()).await;
+    let fixtures = fixtures();
+    assert!(fixtures.len() > 250);
+    // One automation per event type: its events, filtered on having a sender.
+    let mut automations = HashMap::new();
+    for event in fixtures.iter().map(|(e, _)| e.clone()).collect::<std::collections::BTreeSet<_>>() {
+        let body = json!({
+            "name": format!("on {event}"),
+            "trigger": {"type": "event", "source": "github", "on": [event, format!("{event}.*")], "filter": "sender.login"},
+            "preset": {"name": "script", "config": {"script": "true"}},
+        });
+        automations.insert(event.clone(), s.post("/v1/automations", body).await.expect(201).id());
+    }
+    let mut expected_runs: HashMap<String, usize> = HashMap::new();
+    let mut acks = Vec::new();
+    for (i, (event, path)) in fixtures.iter().enumerate() {
+        let body = std::fs::read(path).unwrap();
+        let payload: Value = serde_json::from_slice(&body).unwrap();
+        let r = deliver(&s, event, &format!("delivery-{i}"), &body).await;
+        assert_eq!(r.status, 202, "{}: {}", path.display(), r.text);
+        assert_eq!(r.body["status"], "accepted");
+        let expect = payload["sender"]["login"].as_str().is_some_and(|l| !l.is_empty());
+        if expect {
+            *expected_runs.entry(event.clone()).or_default() += 1;
+        }
+        acks.push((event.clone(), r.id(), expect, payload));
+    }
+    for (event, id, expect, payload) in &acks {
+        let d = wait_matched(&s, id).await;
+        let key = match payload["action"].as_str() {
+            Some(a) if !a.is_empty() => format!("{event}.{a}"),
+            _ => event.clone(),
+        };
+        assert_eq!(d["event_key"], key.as_str());
+        let matched: Vec<&str> =
+            d["result"]["matched"].as_array().unwrap().iter().map(|m| m["automation_id"].as_str().unwrap()).collect();
+        if *expect {
+            assert_eq!(matched, [automations[event].as_str()], "{d}");
+        } else {
+            assert!(matched.is_empty(), "{d}");
+            assert!(d["result"]["not_matched"].to_string().contains("filter is false"), "{d}");
+        }
+    }
+    for (event, id) in &automations {
+        let runs = s.get(&format!("/v1/automations/{id}/runs")).await.expect(200).body;
+        assert_eq!(runs["total"].as_u64().unwrap() as usize, expected_runs.get(event).copied().unwrap_or(0), "{event}");
+    }
+    // A redelivery: acknowledged as a duplicate, nothing new.
+    let (event, path) = &fixtures[0];
+    let r = deliver(&s, event, "delivery-0", &std::fs::read(path).unwrap()).await.expect(200);
+    assert_eq!(r.body["status"], "duplicate");
+    assert_eq!(r.body["id"], acks[0].1.as_str());
+    let total: u64 = {
+        let mut t = 0;
+        for id in automations.values() {
+            t += s.get(&format!("/v1/automations/{id}/runs")).await.expect(200).body["total"].as_u64().unwrap();
+        }
+        t
+    };
+    assert_eq!(total as usize, expected_runs.values().sum::<usize>());
+    assert_eq!(s.get("/v1/events?source=github").await.expect(200).body["total"], fixtures.len());
+}
+
+async fn signatures_are_checked_and_nothing_is_stored_without_one(backend: Backend) {
+    let s = TestServer::start_with(backend, &server_env()).await;
+    let body = br#"{"action": "opened", "pull_request": {"draft": false}, "repository": {"full_name": "o/r"}}"#;
+    let r = s.raw(Method::POST, "/v1/events/github", &[("x-github-event", "pull_request")], body.to_vec()).await;
+    r.expect_error(401, "unauthorized", "missing signature header X-Hub-Signature-256");
+    let wrong = sign(b"not the secret", body);
+    let r = s
+        .raw(
+            Method::POST,
+            "/v1/events/github",
+            &[("x-github-event", "pull_request"), ("x-hub-signature-256", &wrong)],
+            body.to_vec(),
+        )
+        .await;
+    r.expect_error(401, "unauthorized", "invalid signature");
+    // Signed over other bytes.
+    let r = s
+        .raw(
+            Method::POST,
+            "/v1/events/github",
+            &[("x-github-event", "pull_request"), ("x-hub-signature-256", &sign(SECRET.as_bytes(), b"{}"))],
+            body.to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    let bad_json = b"{not json";
+    let r = s
+        .raw(
+            Method::POST,
+            "/v1/events/github",
+            &[("x-hub-signature-256", &sign(SECRET.as_bytes(), bad_json))],
+            bad_json.to_vec(),
+        )
+        .await;
+    r.expect_error(400, "malformed_json", "not JSON");
+    assert_eq!(s.get("/v1/events").await.expect(200).body["total"], 0, "a refused delivery was stored");
+    // The reference service's envelope, and a filter error made visible.
+    let a = s
+        .post(
+            "/v1/automations",
+            json!({
+                "name": "pr",
+                "trigger": {"type": "event", "source": "github", "on": ["pull_request.*"], "filter": "glob(pull_request.title, 'WIP*')"},
+                "preset": {"name": "script", "config": {"script": "true"}},
+            }),
+        )
+        .await
+        .expect(201);
+    let envelope = json!({"payload": {"action": "opened", "pull_request": {"draft": false}}}).to_string();
+    let r = deliver(&s, "pull_request", "env-1", envelope.as_bytes()).await.expect(202);
+    let d = wait_matched(&s, &r.id()).await;
+    assert_eq!(d["event_key"], "pull_request.opened");
+    assert_eq!(d["payload"]["pull_request"]["draft"], false, "the envelope was unwrapped");
+    assert!(d["result"]["not_matched"][0]["reason"].as_str().unwrap().contains("filter failed"), "{d}");
+    let auto = s.get(&format!("/v1/automations/{}", a.id())).await.expect(200).body;
+    assert_eq!(auto["filter_errors"]["count"], 1);
+    assert!(auto["filter_errors"]["last_error"].is_string(), "{auto}");
+    // Without a secret configured, GitHub events are off.
+    let off = TestServer::start_with(backend, &[("AUTOMATION_NO_DISPATCH", "true")]).await;
+    off.raw(Method::POST, "/v1/events/github", &[], body.to_vec()).await.expect_error(
+        404,
+        "not_found",
+        "AUTOMATION_GITHUB_WEBHOOK_SECRET",
+    );
+}
+
+async fn custom_sources_sign_key_and_dedup(backend: Backend) {
+    let s = TestServer::start_with(backend, &[("AUTOMATION_NO_DISPATCH", "true")]).await;
+    let created = s
+        .post(
+            "/v1/sources",
+            json!({"name": "shop", "event_key_expr": "event.kind", "delivery_id_header": "X-Shop-Delivery"}),
+        )
+        .await
+        .expect(201)
+        .body;
+    let secret = created["secret"].as_str().expect("a generated secret is returned once").to_owned();
+    assert_eq!(created["signature_header"], "X-Signature-256");
+    assert!(
+        s.get("/v1/sources/shop").await.expect(200).body.get("secret").is_none(),
+        "the secret is never shown again"
+    );
+    s.post("/v1/sources", json!({"name": "shop"})).await.expect_error(409, "source_exists", "shop");
+    s.post("/v1/sources", json!({"name": "github"})).await.expect_error(409, "source_reserved", "built in");
+    s.post("/v1/sources", json!({"name": "x", "event_key_expr": "a["})).await.expect_error(
+        422,
+        "invalid_event_key_expr",
+        "event_key_expr",
+    );
+    s.post("/v1/sources", json!({"name": "y", "secret": "short"})).await.expect_error(422, "invalid_secret", "16");
+    let a = s
+        .post(
+            "/v1/automations",
+            json!({
+                "name": "paid orders",
+                "trigger": {"type": "event", "source": "shop", "on": ["order.*"], "filter": "amount > `100`"},
+                "preset": {"name": "script", "config": {"script": "true"}},
+            }),
+        )
+        .await
+        .expect(201);
+    let send = |body: Value, delivery: &str| {
+        let body = body.to_string();
+        let sig = sign(secret.as_bytes(), body.as_bytes());
+        let headers = vec![("X-Signature-256".to_owned(), sig), ("X-Shop-Delivery".to_owned(), delivery.to_owned())];
+        (body, headers)
+    };
+    let (big, h1) = send(json!({"event": {"kind": "order.paid"}, "amount": 250}), "d1");
+    let h: Vec<(&str, &str)> = h1.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let r = s.raw(Method::POST, "/v1/events/shop", &h, big.clone().into_bytes()).await.expect(202);
+    assert_eq!(r.body["event_key"], "order.paid");
+    let d = wait_matched(&s, &r.id()).await;
+    assert_eq!(d["result"]["matched"][0]["automation_id"], a.body["id"]);
+    let again = s.raw(Method::POST, "/v1/events/shop", &h, big.into_bytes()).await.expect(200);
+    assert_eq!(again.body["status"], "duplicate");
+    let (small, h2) = send(json!({"event": {"kind": "order.paid"}, "amount": 5}), "d2");
+    let h: Vec<(&str, &str)> = h2.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let r = s.raw(Method::POST, "/v1/events/shop", &h, small.into_bytes()).await.expect(202);
+    let d = wait_matched(&s, &r.id()).await;
+    assert!(d["result"]["matched"].as_array().unwrap().is_empty());
+    assert_eq!(s.get(&format!("/v1/automations/{}/runs", a.id())).await.expect(200).body["total"], 1);
+    s.raw(Method::POST, "/v1/events/nope", &[], b"{}".to_vec()).await.expect_error(404, "not_found", "nope");
+    s.raw(Method::POST, "/v1/events/shop", &[("X-Signature-256", "sha256=00")], b"{}".to_vec()).await.expect_error(
+        401,
+        "unauthorized",
+        "X-Signature-256",
+    );
+    s.delete("/v1/sources/shop").await.expect(204);
+    s.delete("/v1/sources/shop").await.expect_error(404, "not_found", "shop");
+}
+
+/// A burst of deliveries, the host killed in the middle: every delivery it
+/// acknowledged is matched after a restart, with its run.
+async fn acknowledged_deliveries_survive_kill_9(backend: Backend) {
+    let mut env = server_env();
+    env.push(("AUTOMATION_LEASE_SECONDS", "3"));
+    let mut s = TestServer::start_with(backend, &env).await;
+    let a = s
+        .post(
+            "/v1/automations",
+            json!({
+                "name": "every push",
+                "trigger": {"type": "event", "source": "github", "on": ["push"], "filter": "ref == 'refs/heads/main'"},
+                "preset": {"name": "script", "config": {"script": "true"}},
+            }),
+        )
+        .await
+        .expect(201)
+        .id();
+    let base = s.base.clone();
+    let sender = tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        let mut acked = Vec::new();
+        for i in 0..2000 {
+            let body = json!({"ref": "refs/heads/main", "commits": [], "n": i}).to_string();
+            let sig = sign(SECRET.as_bytes(), body.as_bytes());
+            let sent = client
+                .post(format!("{base}/v1/events/github"))
+                .header("x-github-event", "push")
+                .header("x-github-delivery", format!("burst-{i}"))
+                .header("x-hub-signature-256", sig)
+                .body(body)
+                .send()
+                .await;
+            match sent {
+                Ok(r) if r.status().as_u16() == 202 => {
+                    let v: Value = r.json().await.unwrap();
+                    acked.push(v["id"].as_str().unwrap().to_owned());
+                }
+                _ => break, // the host is gone
+            }
+        }
+        acked
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    s.kill();
+    let acked = sender.await.unwrap();
+    assert!(acked.len() > 10, "too few deliveries before the kill: {}", acked.len());
+    s.spawn_again();
+    for id in &acked {
+        let d = wait_matched(&s, id).await;
+        assert_eq!(d["result"]["matched"][0]["automation_id"], a.as_str(), "{d}");
+    }
+    let runs = s.get(&format!("/v1/automations/{a}/runs?limit=1")).await.expect(200).body;
+    assert!(
+        runs["total"].as_u64().unwrap() as usize >= acked.len(),
+        "{} runs for {} acknowledged deliveries",
+        runs["total"],
+        acked.len()
+    );
+}
