@@ -30,6 +30,17 @@ pub enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     ApiKey(ApiKeyCommand),
+    /// Work on plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+/// Plugin commands.
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Load a component and call one export with JSON input; prints the
+    /// result, logs, output, time, peak memory and fuel.
+    Call(crate::plugin_cli::CallArgs),
 }
 
 /// API key commands.

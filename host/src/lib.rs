@@ -23,6 +23,7 @@ pub mod dispatch;
 pub mod events;
 pub mod metrics;
 pub mod model;
+pub mod plugin_cli;
 pub mod plugins;
 pub mod scheduler;
 pub mod store;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use automation_host::config::{ApiKeyCommand, Cli, Command, Config, LogFormat};
+use automation_host::config::{ApiKeyCommand, Cli, Command, Config, LogFormat, PluginCommand};
 use automation_host::model::ApiKeyInfo;
 use automation_host::{auth, open_store};
 use clap::Parser;
@@ -51,6 +51,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate => {
             open_store(&config, true).await?;
             println!("migrations applied to {}", automation_host::redact(&config.effective_database_url()));
+            Ok(())
+        }
+        Command::Plugin(PluginCommand::Call(args)) => {
+            let cache = config.plugin_cache_dir.clone().unwrap_or_else(|| config.data_dir.join("plugin-cache"));
+            let code = automation_host::plugin_cli::call(args, cache).await?;
+            if code != 0 {
+                std::process::exit(code);
+            }
             Ok(())
         }
         Command::ApiKey(ApiKeyCommand::Create { name }) => {

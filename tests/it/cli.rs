@@ -92,3 +92,57 @@ async fn first_start_without_a_key_prints_one() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// The plugin author's loop: call an export of a component from a file.
+#[test]
+fn plugin_call_prints_result_logs_time_memory_and_fuel() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = |f: &str| std::path::Path::new(env!("GUEST_WASM_DIR")).join(f);
+    let input = dir.path().join("in.json");
+    std::fs::write(&input, r#"{"payload": {"action": "opened"}, "expressions": ["action == 'opened'", "action == 'closed'", "glob(x, 'y')"]}"#).unwrap();
+    let out = bin()
+        .env("AUTOMATION_DATA_DIR", dir.path())
+        .env("AUTOMATION_PLUGIN_CACHE_DIR", crate::support::shared_cache_dir())
+        .args(["plugin", "call"])
+        .arg(wasm("jmespath_filter.wasm"))
+        .args(["matches", "--input"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["result"]["ok"][0]["matches"], true);
+    assert_eq!(v["result"]["ok"][1]["matches"], false);
+    assert!(v["result"]["ok"][2]["error"].as_str().unwrap().contains("expects type string"));
+    assert!(v["fuel"].as_u64().unwrap() > 0);
+    assert!(v["elapsed_ms"].as_f64().unwrap() > 0.0);
+    assert!(v["peak_memory_bytes"].as_u64().unwrap() > 0);
+    // A filter that never returns: the call fails with a clear error, exit 1.
+    let out = bin()
+        .env("AUTOMATION_DATA_DIR", dir.path())
+        .env("AUTOMATION_PLUGIN_CACHE_DIR", crate::support::shared_cache_dir())
+        .args(["plugin", "call"])
+        .arg(wasm("test_spin_filter.wasm"))
+        .args(["matches", "--input"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["result"]["error"].as_str().unwrap().contains("deadline"), "{v}");
+    // A preset renders from stdin input.
+    let mut child = bin()
+        .env("AUTOMATION_DATA_DIR", dir.path())
+        .args(["plugin", "call"])
+        .arg(wasm("script_preset.wasm"))
+        .args(["render", "-i", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(br#"{"script": "echo hi"}"#).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["result"]["ok"]["entrypoint"], "bash main.sh");
+}

@@ -14,7 +14,7 @@ fn fixtures() -> PathBuf {
 }
 
 fn runtime(dir: &Path) -> Runtime {
-    Runtime::standalone(dir, Grants::default(), false).expect("runtime")
+    Runtime::standalone(dir, Path::new(&crate::support::shared_cache_dir()), Grants::default(), false).expect("runtime")
 }
 
 fn jmespath(rt: &Runtime) -> Arc<Plugin> {

@@ -312,9 +312,14 @@ impl Runtime {
     }
 
     /// A runtime outside the server (the `plugin call` command, tests and
-    /// benchmarks): no database (so no `kv`), a sandbox under `work_dir`,
-    /// the bundled default grants plus `grants`.
-    pub fn standalone(work_dir: &std::path::Path, grants: Grants, fuel: bool) -> anyhow::Result<Runtime> {
+    /// benchmarks): no database (so no `kv`), a sandbox under `work_dir`, a
+    /// compile cache in `cache_dir`, the bundled default grants plus `grants`.
+    pub fn standalone(
+        work_dir: &std::path::Path,
+        cache_dir: &std::path::Path,
+        grants: Grants,
+        fuel: bool,
+    ) -> anyhow::Result<Runtime> {
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|_| anyhow::anyhow!("a plugin runtime needs a tokio runtime"))?;
         let services = Arc::new(Services {
@@ -327,7 +332,7 @@ impl Runtime {
             )),
             runtime: handle,
         });
-        Runtime::new(work_dir.join("plugin-cache"), services, Grants::bundled_defaults().with_overrides(grants), fuel)
+        Runtime::new(cache_dir.to_owned(), services, Grants::bundled_defaults().with_overrides(grants), fuel)
     }
 
     /// The engine.
