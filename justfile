@@ -33,9 +33,10 @@ guests:
     rustup target add wasm32-wasip2
     cd guest-examples && cargo build --release --target wasm32-wasip2
 
-# Run the benchmarks and rewrite BENCHMARKS.md.
+# Run the benchmarks (micro, then the load driver) and rewrite BENCHMARKS.md.
 bench:
-    cargo bench -p automation-host
+    cargo bench --bench micro
+    cargo bench --bench load
 
 # Start the local Postgres cluster if it is down.
 db-up:

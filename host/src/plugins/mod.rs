@@ -610,6 +610,60 @@ impl Runtime {
     }
 }
 
+/// Benchmark hooks: the bare costs `host/benches` measures. Not an API.
+#[doc(hidden)]
+impl Runtime {
+    fn bench_store(&self, plugin: &Plugin) -> Store<HostState> {
+        let limits = CallLimits::for_kind(plugin.kind());
+        let state = HostState::new(
+            plugin.name.clone(),
+            plugin.grant.clone(),
+            None,
+            self.services.clone(),
+            limits.memory,
+            limits.output,
+        );
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(u64::MAX / 2);
+        if self.fuel {
+            let _ = store.set_fuel(u64::MAX / 2);
+        }
+        store
+    }
+
+    /// Total time of `n` instantiations from the `InstancePre`; each store
+    /// (with its WASI context) is built outside the timed part.
+    pub fn bench_instantiate(&self, plugin: &Plugin, n: u64) -> wasmtime::Result<Duration> {
+        let mut total = Duration::ZERO;
+        for _ in 0..n {
+            let mut store = self.bench_store(plugin);
+            let started = Instant::now();
+            match &plugin.pre {
+                Pre::Filter(p) => drop(p.instantiate(&mut store)?),
+                Pre::Preset(p) => drop(p.instantiate(&mut store)?),
+                Pre::Executor(p) => drop(p.instantiate(&mut store)?),
+            }
+            total += started.elapsed();
+        }
+        Ok(total)
+    }
+
+    /// Total time of `n` calls of a filter's `validate(expr)` on one warm
+    /// instance: the host-to-guest call cost plus whatever `validate` does.
+    pub fn bench_warm_validate(&self, plugin: &Plugin, expr: &str, n: u64) -> wasmtime::Result<Duration> {
+        let mut store = self.bench_store(plugin);
+        let Pre::Filter(pre) = &plugin.pre else { wasmtime::bail!("not a filter") };
+        let instance = pre.instantiate(&mut store)?;
+        let filter = instance.automation_plugin_filter();
+        let started = Instant::now();
+        for _ in 0..n {
+            let _ = filter.call_validate(&mut store, expr)?;
+        }
+        Ok(started.elapsed())
+    }
+}
+
 fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
     use wasmtime::component::HasSelf;
     let mut linker = Linker::new(engine);

@@ -1,0 +1,121 @@
+//! Micro benchmarks (criterion): plugin instantiation, host-to-guest call
+//! cost, fresh-instance filter calls, one delivery against 10/100/1000
+//! filters, component load from the compile cache versus a cold compile,
+//! and cron next-fire computation.
+//!
+//! Run with `cargo bench --bench micro` (or `just bench`, which also runs the
+//! load benchmarks and rewrites BENCHMARKS.md).
+
+#![allow(missing_docs)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use automation_host::plugins::manifest::{Grants, Kind, Manifest, WIT_VERSION};
+use automation_host::plugins::{Plugin, Runtime, Source, bundled, event_to_wit};
+use automation_host::scheduler::cron::Schedule;
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+
+struct Setup {
+    _rt_guard: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+    runtime: Runtime,
+    jmespath: Arc<Plugin>,
+    noop_filter: Arc<Plugin>,
+}
+
+fn setup() -> Setup {
+    let tokio = tokio::runtime::Runtime::new().unwrap();
+    let _enter = tokio.enter();
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::standalone(dir.path(), &dir.path().join("cache"), Grants::default(), false).unwrap();
+    let (manifest, wasm) = bundled::all().unwrap().into_iter().find(|(m, _)| m.name == "jmespath").unwrap();
+    let jmespath = Arc::new(runtime.load(manifest, wasm, Source::Bundled).unwrap());
+    // The spin test filter's `validate` returns at once: a no-op call.
+    let spin = std::fs::read(format!("{}/test_spin_filter.wasm", env!("GUEST_WASM_DIR"))).unwrap();
+    let manifest = Manifest {
+        name: "noop".into(),
+        kind: Kind::Filter,
+        wit: WIT_VERSION.into(),
+        version: "0".into(),
+        description: String::new(),
+        capabilities: Default::default(),
+        allowed_hosts: Default::default(),
+    };
+    let noop_filter = Arc::new(runtime.load(manifest, &spin, Source::Directory).unwrap());
+    drop(_enter);
+    Setup { _rt_guard: tokio, _dir: dir, runtime, jmespath, noop_filter }
+}
+
+fn plugins(c: &mut Criterion) {
+    let s = setup();
+    let _enter = s._rt_guard.enter();
+    let mut g = c.benchmark_group("plugin");
+    g.bench_function("instantiate", |b| b.iter_custom(|n| s.runtime.bench_instantiate(&s.jmespath, n).unwrap()));
+    g.bench_function("warm_call_noop", |b| {
+        b.iter_custom(|n| s.runtime.bench_warm_validate(&s.noop_filter, "a", n).unwrap())
+    });
+    let small =
+        event_to_wit(uuid::Uuid::nil(), "github", "push", r#"{"ref": "refs/heads/main", "n": 1}"#, chrono::Utc::now());
+    let exprs = vec!["ref == 'refs/heads/main'".to_owned()];
+    g.bench_function("fresh_instance_filter_call", |b| {
+        b.iter(|| {
+            let (r, _) = s.runtime.filter_matches(&s.jmespath, &small, &exprs);
+            assert_eq!(r.unwrap()[0], Ok(true));
+        })
+    });
+    g.finish();
+
+    let payload = common::delivery_14kb();
+    let event = event_to_wit(uuid::Uuid::nil(), "github", "issues.labeled", &payload, chrono::Utc::now());
+    let mut g = c.benchmark_group("filters_14kb");
+    g.sample_size(20).measurement_time(Duration::from_secs(8));
+    for n in [10usize, 100, 1000] {
+        let exprs = common::expressions(n);
+        g.bench_with_input(BenchmarkId::from_parameter(n), &exprs, |b, exprs| {
+            b.iter(|| {
+                let (r, _) = s.runtime.filter_matches(&s.jmespath, &event, exprs);
+                assert_eq!(r.unwrap().len(), exprs.len());
+            })
+        });
+    }
+    g.finish();
+
+    let (manifest, wasm) = bundled::all().unwrap().into_iter().find(|(m, _)| m.name == "jmespath").unwrap();
+    let mut g = c.benchmark_group("component_load");
+    g.sample_size(10).measurement_time(Duration::from_secs(15));
+    g.bench_function("from_cache", |b| {
+        b.iter(|| s.runtime.load(manifest.clone(), wasm, Source::Bundled).unwrap());
+    });
+    g.bench_function("cold_compile", |b| {
+        b.iter_batched(
+            || tempfile::tempdir().unwrap(),
+            |dir| {
+                let cold =
+                    Runtime::standalone(dir.path(), &dir.path().join("cache"), Grants::default(), false).unwrap();
+                cold.load(manifest.clone(), wasm, Source::Bundled).unwrap();
+            },
+            criterion::BatchSize::PerIteration,
+        );
+    });
+    g.finish();
+}
+
+fn cron(c: &mut Criterion) {
+    let mut g = c.benchmark_group("cron_next_fire");
+    let after = chrono::DateTime::parse_from_rfc3339("2026-06-15T10:17:23Z").unwrap().with_timezone(&chrono::Utc);
+    let every5 = Schedule::parse("*/5 * * * *", "UTC").unwrap();
+    g.bench_function("every_5_minutes_utc", |b| b.iter(|| every5.next_after(after).unwrap()));
+    let paris = Schedule::parse("30 9 * * MON-FRI", "Europe/Paris").unwrap();
+    g.bench_function("weekdays_paris", |b| b.iter(|| paris.next_after(after).unwrap()));
+    // Near a DST change the slow path compares candidates.
+    let gap = Schedule::parse("*/15 * * * *", "America/New_York").unwrap();
+    let dst = chrono::DateTime::parse_from_rfc3339("2026-03-08T06:50:00Z").unwrap().with_timezone(&chrono::Utc);
+    g.bench_function("every_15_minutes_across_dst", |b| b.iter(|| gap.next_after(dst).unwrap()));
+    g.finish();
+}
+
+criterion_group!(benches, plugins, cron);
+criterion_main!(benches);
