@@ -532,10 +532,10 @@ async fn startup(report: &mut Report) {
         let t = Instant::now();
         let server = start(None, &[]);
         loop {
-            if let Ok(r) = c.get(format!("{}/ready", server.base)).send().await {
-                if r.status().is_success() {
-                    break;
-                }
+            if let Ok(r) = c.get(format!("{}/ready", server.base)).send().await
+                && r.status().is_success()
+            {
+                break;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }

@@ -227,11 +227,10 @@ impl Config {
                 self.listen
             ));
         }
-        if let Some(key) = &self.api_key {
-            if key.trim().len() < 16 {
-                problems
-                    .push("AUTOMATION_API_KEY must be at least 16 characters (try `openssl rand -hex 24`)".to_owned());
-            }
+        if let Some(key) = &self.api_key
+            && key.trim().len() < 16
+        {
+            problems.push("AUTOMATION_API_KEY must be at least 16 characters (try `openssl rand -hex 24`)".to_owned());
         }
         for (name, value) in [
             ("AUTOMATION_MAX_BODY_BYTES", self.max_body_bytes as u64),

@@ -340,6 +340,30 @@ pub struct Run {
     pub updated_at: DateTime<Utc>,
 }
 
+impl Run {
+    /// A new `pending` run of an automation, created by `by` for `reason`.
+    pub fn pending(automation_id: Uuid, trigger: RunTrigger, by: &str, reason: String) -> Run {
+        let now = now();
+        Run {
+            id: Uuid::now_v7(),
+            automation_id,
+            status: RunStatus::Pending,
+            status_detail: StatusDetail { from: None, by: by.to_owned(), reason, at: now },
+            trigger,
+            attempt: 0,
+            executor: None,
+            executor_handle: None,
+            output: None,
+            error: None,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            timeout_at: None,
+            updated_at: now,
+        }
+    }
+}
+
 /// An uploaded bundle archive (its bytes are fetched separately).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Upload {

@@ -16,9 +16,7 @@ use uuid::Uuid;
 
 use super::extract::parse_json;
 use super::{ApiJson, ApiPath, ApiQuery, AppState, Error, ErrorBody, Page, PageQuery};
-use crate::model::{
-    Automation, BundleRef, ConcurrencyPolicy, ExecutorRef, PresetRef, Run, RunStatus, RunTrigger, StatusDetail, Trigger,
-};
+use crate::model::{Automation, BundleRef, ConcurrencyPolicy, ExecutorRef, PresetRef, Run, RunTrigger, Trigger};
 use crate::plugins::manifest::Kind;
 use crate::plugins::registry::LookupError;
 use crate::plugins::{CallError, Plugin};
@@ -214,13 +212,10 @@ async fn automations_list(
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Page<Automation>>, Error> {
     let (limit, before) = PageQuery { limit: q.limit, cursor: q.cursor }.resolve()?;
-    if let Some(t) = &q.trigger {
-        if !["cron", "event", "manual"].contains(&t.as_str()) {
-            return Err(Error::BadRequest(
-                "invalid_query",
-                format!("trigger must be cron, event or manual (got {t:?})"),
-            ));
-        }
+    if let Some(t) = &q.trigger
+        && !["cron", "event", "manual"].contains(&t.as_str())
+    {
+        return Err(Error::BadRequest("invalid_query", format!("trigger must be cron, event or manual (got {t:?})")));
     }
     let filter = AutomationFilter { enabled: q.enabled, trigger_type: q.trigger };
     let page = state.store.list_automations(&filter, limit + 1, before).await?;
@@ -354,30 +349,14 @@ async fn automations_dispatch(
     let body: DispatchBody =
         if body.iter().all(u8::is_ascii_whitespace) { DispatchBody::default() } else { parse_json(&body)? };
     let automation = load(&state, id).await?;
-    let now = crate::model::now();
-    let run = Run {
-        id: Uuid::now_v7(),
-        automation_id: automation.id,
-        status: RunStatus::Pending,
-        status_detail: StatusDetail { from: None, by: "api".into(), reason: "dispatched manually".into(), at: now },
-        trigger: RunTrigger {
-            kind: "manual".into(),
-            payload: body.payload,
-            event_id: None,
-            event_key: None,
-            scheduled_for: None,
-        },
-        attempt: 0,
-        executor: None,
-        executor_handle: None,
-        output: None,
-        error: None,
-        created_at: now,
-        started_at: None,
-        finished_at: None,
-        timeout_at: None,
-        updated_at: now,
+    let trigger = RunTrigger {
+        kind: "manual".into(),
+        payload: body.payload,
+        event_id: None,
+        event_key: None,
+        scheduled_for: None,
     };
+    let run = Run::pending(automation.id, trigger, "api", "dispatched manually".into());
     state.store.insert_run(&run, None).await?;
     state.dispatcher.wake();
     tracing::info!(automation.id = %id, run.id = %run.id, "run dispatched manually");

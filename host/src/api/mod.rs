@@ -69,7 +69,8 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Builds the state from a store and the configuration.
+    /// Builds the state from the host's parts.
+    #[allow(clippy::too_many_arguments)] // one per shared part; a builder would only rename them
     pub fn new(
         store: Store,
         config: Arc<Config>,

@@ -54,13 +54,13 @@ async fn uploads_create(
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
         Error::PayloadTooLarge(format!("the upload is larger than {limit} bytes (AUTOMATION_MAX_UPLOAD_BYTES)"))
     })?;
-    if let Some(name) = &q.name {
-        if name.len() > 200 || name.chars().any(char::is_control) {
-            return Err(Error::BadRequest(
-                "invalid_query",
-                "name must be at most 200 characters without control characters".into(),
-            ));
-        }
+    if let Some(name) = &q.name
+        && (name.len() > 200 || name.chars().any(char::is_control))
+    {
+        return Err(Error::BadRequest(
+            "invalid_query",
+            "name must be at most 200 characters without control characters".into(),
+        ));
     }
     let limits = archive::Limits {
         max_unpacked_bytes: state.config.max_unpacked_bytes,

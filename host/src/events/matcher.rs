@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::keys::key_matches;
 use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
-use crate::model::{Automation, Run, RunStatus, RunTrigger, StatusDetail, Trigger};
+use crate::model::{Automation, Run, RunTrigger, Trigger};
 use crate::plugins::manifest::Kind;
 use crate::plugins::{Registry, event_to_wit};
 use crate::store::{Delivery, Store};
@@ -204,38 +204,21 @@ impl Matcher {
                 }
             }
         }
-        let now = crate::model::now();
         let runs: Vec<Run> = matched
             .iter()
-            .map(|a| Run {
-                id: Uuid::now_v7(),
-                automation_id: a.id,
-                status: RunStatus::Pending,
-                status_detail: StatusDetail {
-                    from: None,
-                    by: "events".into(),
-                    reason: format!("{} event {key} (delivery {}) matched", delivery.source, delivery.id),
-                    at: now,
-                },
-                trigger: RunTrigger {
+            .map(|a| {
+                let trigger = RunTrigger {
                     kind: "event".into(),
                     payload: delivery.payload.clone(),
                     event_id: Some(delivery.id),
                     event_key: Some(key.clone()),
                     scheduled_for: None,
-                },
-                attempt: 0,
-                executor: None,
-                executor_handle: None,
-                output: None,
-                error: None,
-                created_at: now,
-                started_at: None,
-                finished_at: None,
-                timeout_at: None,
-                updated_at: now,
+                };
+                let reason = format!("{} event {key} (delivery {}) matched", delivery.source, delivery.id);
+                Run::pending(a.id, trigger, "events", reason)
             })
             .collect();
+        let now = crate::model::now();
         let result = json!({
             "event_key": key,
             "candidates": candidates.len(),

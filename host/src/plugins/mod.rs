@@ -409,10 +409,10 @@ impl Runtime {
         if let Some((_, version)) = export.split_once('@') {
             manifest::check_wit_version(version)?;
         }
-        if let Some((_, ext)) = ty.exports(&self.engine).find(|(n, _)| n == export) {
-            if !matches!(ext.ty, ComponentItem::ComponentInstance(_)) {
-                return Err(format!("`{export}` is not an interface instance"));
-            }
+        if let Some((_, ext)) = ty.exports(&self.engine).find(|(n, _)| n == export)
+            && !matches!(ext.ty, ComponentItem::ComponentInstance(_))
+        {
+            return Err(format!("`{export}` is not an interface instance"));
         }
         let mut imports = Vec::new();
         for (import, _) in ty.imports(&self.engine) {
@@ -640,9 +640,15 @@ impl Runtime {
             let mut store = self.bench_store(plugin);
             let started = Instant::now();
             match &plugin.pre {
-                Pre::Filter(p) => drop(p.instantiate(&mut store)?),
-                Pre::Preset(p) => drop(p.instantiate(&mut store)?),
-                Pre::Executor(p) => drop(p.instantiate(&mut store)?),
+                Pre::Filter(p) => {
+                    let _instance = p.instantiate(&mut store)?;
+                }
+                Pre::Preset(p) => {
+                    let _instance = p.instantiate(&mut store)?;
+                }
+                Pre::Executor(p) => {
+                    let _instance = p.instantiate(&mut store)?;
+                }
             }
             total += started.elapsed();
         }

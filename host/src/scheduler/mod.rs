@@ -152,10 +152,12 @@ pub fn next_fire_for(
     if !enabled {
         return None;
     }
-    if let Some((old_trigger, old_enabled, old_next)) = old {
-        if old_trigger == trigger && old_enabled && old_next.is_some() {
-            return old_next;
-        }
+    if let Some((old_trigger, old_enabled, old_next)) = old
+        && old_trigger == trigger
+        && old_enabled
+        && old_next.is_some()
+    {
+        return old_next;
     }
     cron::Schedule::parse(schedule, timezone).ok()?.next_after(crate::model::now())
 }

@@ -460,10 +460,10 @@ pub fn process_alive(pid: i32) -> bool {
 pub async fn wait_for_file(path: &Path, secs: u64) -> String {
     let deadline = std::time::Instant::now() + Duration::from_secs(secs);
     loop {
-        if let Ok(text) = std::fs::read_to_string(path) {
-            if !text.trim().is_empty() {
-                return text.trim().to_owned();
-            }
+        if let Ok(text) = std::fs::read_to_string(path)
+            && !text.trim().is_empty()
+        {
+            return text.trim().to_owned();
         }
         if std::time::Instant::now() > deadline {
             panic!("{} did not appear within {secs} s", path.display());
