@@ -64,10 +64,10 @@ async fn events_github(
         Error::NotFound("GitHub events are not configured: set AUTOMATION_GITHUB_WEBHOOK_SECRET".into())
     })?;
     check_signature(&state, secret.as_bytes(), &body, "X-Hub-Signature-256", &headers)?;
-    let payload = parse_payload(&state, &body)?;
+    let (payload, text) = parse_payload(&state, &body)?;
     let key = keys::github_key(header(&headers, "X-GitHub-Event"), &payload);
     let delivery_id = header(&headers, "X-GitHub-Delivery").map(str::to_owned);
-    ingest(&state, "github", delivery_id, key, payload).await
+    ingest(&state, "github", delivery_id, key, text).await
 }
 
 /// Receives a delivery for a custom source (see `POST /v1/sources`): the
@@ -96,10 +96,10 @@ async fn events_custom(
     let body = read_body(&state, body).await?;
     let src = state.store.get_source(&source).await?.ok_or_else(|| Error::not_found("event source", &source))?;
     check_signature(&state, src.secret.as_bytes(), &body, &src.signature_header, &headers)?;
-    let payload = parse_payload(&state, &body)?;
+    let (payload, text) = parse_payload(&state, &body)?;
     let key = keys::custom_key(&src.event_key_expr, &payload).unwrap_or(None);
     let delivery_id = src.delivery_id_header.as_deref().and_then(|h| header(&headers, h)).map(str::to_owned);
-    ingest(&state, &source, delivery_id, key, payload).await
+    ingest(&state, &source, delivery_id, key, text).await
 }
 
 async fn read_body(state: &AppState, body: Body) -> Result<Bytes, Error> {
@@ -120,7 +120,9 @@ fn check_signature(state: &AppState, secret: &[u8], body: &[u8], name: &str, hea
     })
 }
 
-fn parse_payload(state: &AppState, body: &[u8]) -> Result<Value, Error> {
+/// The parsed payload and its JSON text: the body as received (no second
+/// serialization on the hot path), or the unwrapped envelope's content.
+fn parse_payload(state: &AppState, body: &[u8]) -> Result<(Value, String), Error> {
     let mut payload: Value = serde_json::from_slice(body).map_err(|e| {
         state.metrics.deliveries.add("malformed", 1);
         Error::BadRequest("malformed_json", format!("the delivery is not JSON: {e}"))
@@ -131,8 +133,11 @@ fn parse_payload(state: &AppState, body: &[u8]) -> Result<Value, Error> {
     // The reference service's forwarders wrap the payload: {"payload": {...}}.
     if payload.get("payload").is_some_and(Value::is_object) && payload_is_envelope(&payload) {
         payload = payload["payload"].take();
+        let text = payload.to_string();
+        return Ok((payload, text));
     }
-    Ok(payload)
+    // serde_json accepted the bytes, so they are UTF-8.
+    Ok((payload, String::from_utf8_lossy(body).into_owned()))
 }
 
 /// An envelope has `payload` and nothing GitHub puts at the top level.
@@ -146,7 +151,7 @@ async fn ingest(
     source: &str,
     delivery_id: Option<String>,
     event_key: Option<String>,
-    payload: Value,
+    payload: String,
 ) -> Result<(StatusCode, Json<Ack>), Error> {
     if delivery_id.as_ref().is_some_and(|d| d.len() > 200) {
         return Err(Error::BadRequest("invalid_delivery_id", "the delivery id is longer than 200 characters".into()));
@@ -156,7 +161,7 @@ async fn ingest(
         source: source.to_owned(),
         delivery_id,
         event_key: event_key.clone(),
-        payload: payload.to_string(),
+        payload,
         received_at: crate::model::now(),
     };
     match state.ingest.submit(delivery).await.map_err(Error::Unavailable)? {

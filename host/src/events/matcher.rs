@@ -160,8 +160,7 @@ impl Matcher {
             }
         }
         if !to_filter.is_empty() {
-            let payload = delivery.payload.to_string();
-            let event = event_to_wit(delivery.id, &delivery.source, &key, &payload, delivery.received_at);
+            let event = event_to_wit(delivery.id, &delivery.source, &key, &delivery.payload_text, delivery.received_at);
             for (plugin_name, items) in to_filter {
                 // One call per plugin, each distinct expression once.
                 let mut exprs: Vec<String> = items.iter().map(|(_, e)| e.clone()).collect();

@@ -61,6 +61,9 @@ pub struct Delivery {
     /// The payload.
     #[schema(value_type = Object)]
     pub payload: serde_json::Value,
+    /// The payload as stored (JSON text), for plugins.
+    #[serde(skip)]
+    pub payload_text: String,
 }
 
 #[derive(FromRow)]
@@ -90,6 +93,7 @@ impl From<Row> for Delivery {
             matched_at: r.matched_at.map(|t| t.0),
             result: r.result.map(|j| j.0),
             payload: serde_json::from_str(&r.payload).unwrap_or(serde_json::Value::Null),
+            payload_text: r.payload,
         }
     }
 }
