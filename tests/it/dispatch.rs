@@ -13,6 +13,8 @@ db_tests!(
     concurrency_queue_and_skip,
     completion_callback_finishes_the_run,
     a_killed_host_rescues_its_running_run,
+    transient_start_failures_are_retried_then_fail,
+    http_to_a_host_not_granted_is_denied,
 );
 
 async fn script_runs_to_succeeded_with_output(backend: Backend) {
@@ -212,4 +214,46 @@ async fn a_killed_host_rescues_its_running_run(backend: Backend) {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(!process_alive(pid), "the orphaned process was not killed by the rescue");
+}
+
+/// An executor that cannot reach its server says `unavailable`: the host
+/// retries with backoff, then fails the run, and counts the retries.
+async fn transient_start_failures_are_retried_then_fail(backend: Backend) {
+    let s = TestServer::start_with(backend, &[("AUTOMATION_START_ATTEMPTS", "3")]).await;
+    // Nothing listens on this port (bound, then closed).
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let body = script_automation(
+        "unreachable",
+        "true",
+        json!({"executor": {"plugin": "agent-server", "config": {"url": format!("http://127.0.0.1:{port}")}}}),
+    );
+    let a = s.post("/v1/automations", body).await.expect(201);
+    let started = std::time::Instant::now();
+    let run = s.post(&format!("/v1/automations/{}/dispatch", a.id()), json!({})).await.expect(201).id();
+    let done = wait_final(&s, &run, 60).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    let error = done["error"].as_str().unwrap();
+    assert!(error.contains("could not start") && error.contains("unavailable"), "{error}");
+    // Two retries, with 1 s and 2 s of backoff between the three attempts.
+    assert!(started.elapsed() >= std::time::Duration::from_secs(3), "{:?}", started.elapsed());
+    let metrics = s.raw(Method::GET, "/metrics", &[], vec![]).await.expect(200).text;
+    assert!(metrics.contains("automation_executor_start_retries_total 2"), "{metrics}");
+    assert!(metrics.contains("automation_runs_finished_total{status=\"failed\"} 1"), "{metrics}");
+}
+
+/// Outbound HTTP goes only to granted hosts: the agent-server executor is
+/// granted 127.0.0.1 and localhost, so another address is refused by the host.
+async fn http_to_a_host_not_granted_is_denied(backend: Backend) {
+    let s = TestServer::start_with(backend, &[("AUTOMATION_START_ATTEMPTS", "1")]).await;
+    let body = script_automation(
+        "elsewhere",
+        "true",
+        json!({"executor": {"plugin": "agent-server", "config": {"url": "http://192.0.2.1:8000"}}}),
+    );
+    let a = s.post("/v1/automations", body).await.expect(201);
+    let run = s.post(&format!("/v1/automations/{}/dispatch", a.id()), json!({})).await.expect(201).id();
+    let done = wait_final(&s, &run, 30).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert!(done["error"].as_str().unwrap().contains("denied"), "{done}");
+    assert!(s.log_text().contains("not granted"), "the host logs the refused request");
 }

@@ -128,6 +128,16 @@ async fn every_github_fixture_delivers_matches_once_and_dedups(backend: Backend)
     };
     assert_eq!(total as usize, expected_runs.values().sum::<usize>());
     assert_eq!(s.get("/v1/events?source=github").await.expect(200).body["total"], fixtures.len());
+    let metrics = s.raw(Method::GET, "/metrics", &[], vec![]).await.expect(200).text;
+    let expected_matches: usize = expected_runs.values().sum();
+    for line in [
+        format!("automation_event_deliveries_total{{outcome=\"accepted\"}} {}", fixtures.len()),
+        "automation_event_deliveries_total{outcome=\"duplicate\"} 1".to_owned(),
+        format!("automation_filter_evaluations_total{{result=\"match\"}} {expected_matches}"),
+        format!("automation_runs{{status=\"pending\"}} {expected_matches}"),
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} not in\n{metrics}");
+    }
 }
 
 async fn signatures_are_checked_and_nothing_is_stored_without_one(backend: Backend) {

@@ -12,6 +12,7 @@ db_tests!(
     misbehaving_plugins_fail_their_own_call,
     uploads_are_checked_persisted_and_deletable,
     a_plugin_replaced_under_load_loses_no_call,
+    kv_state_is_granted_and_kept_in_the_database,
 );
 
 /// A component built from guest-examples/.
@@ -237,4 +238,31 @@ async fn a_plugin_replaced_under_load_loses_no_call(backend: Backend) {
     let (ok, ()) = tokio::join!(load, replace);
     assert_eq!(ok, 150);
     assert_eq!(s.get("/v1/plugins/hot").await.expect(200).body["version"], "5.0.0");
+}
+
+/// The `kv` capability: granted only by the operator, and the state lives
+/// in the database (each call is a fresh instance, yet the count goes on).
+async fn kv_state_is_granted_and_kept_in_the_database(backend: Backend) {
+    let s = TestServer::start_with(backend, &[("AUTOMATION_PLUGIN_GRANTS", "counter=kv")]).await;
+    let wasm = guest("test_kv_preset.wasm");
+    put_plugin(&s, "counter", "kind=preset", wasm.clone()).await.expect_error(422, "invalid_plugin", "not granted");
+    put_plugin(&s, "stranger", "kind=preset&capabilities=kv", wasm.clone()).await.expect_error(
+        422,
+        "invalid_plugin",
+        "not granted",
+    );
+    let p = put_plugin(&s, "counter", "kind=preset&capabilities=kv", wasm).await.expect(201);
+    assert_eq!(p.body["granted"]["capabilities"], json!(["kv"]));
+    // Saving renders once (count 1); the run renders again (count 2).
+    let body = json!({
+        "name": "counting",
+        "trigger": {"type": "manual"},
+        "preset": {"name": "counter", "config": {}},
+        "executor": {"plugin": "local-sandbox"},
+    });
+    let a = s.post("/v1/automations", body).await.expect(201);
+    let run = s.post(&format!("/v1/automations/{}/dispatch", a.id()), json!({})).await.expect(201).id();
+    let done = crate::support::wait_final(&s, &run, 30).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["output"]["stdout"], "count=2 keys=renders,scratch deleted=true\n");
 }

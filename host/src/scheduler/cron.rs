@@ -279,6 +279,32 @@ mod tests {
         );
     }
 
+    /// Cross-checks against the `cron` crate where the two dialects agree
+    /// (6 fields with seconds, UTC, no `L`/`W`/`#`, no day-of-week numbers:
+    /// it counts Sunday as 1).
+    #[test]
+    fn agrees_with_the_cron_crate_where_dialects_overlap() {
+        use std::str::FromStr as _;
+        for expr in [
+            "0 */5 * * * *",
+            "30 15 10 * * *",
+            "0 0 0 1 * *",
+            "0 0 12 * JAN,JUL *",
+            "*/20 * 9-17 * * *",
+            "0 30 8 * * MON-FRI",
+            "0 0 0 29 2 *",
+            "15,45 10 */3 * * *",
+        ] {
+            let theirs = cron::Schedule::from_str(expr).unwrap();
+            let ours = Schedule::parse(expr, "UTC").unwrap();
+            let from = utc("2026-01-30T23:59:59Z");
+            // The cron crate stops at the year 2099; compare what it gives.
+            let expected: Vec<DateTime<Utc>> = theirs.after(&from).take(60).collect();
+            assert!(expected.len() >= 18, "{expr}");
+            assert_eq!(ours.upcoming(from, expected.len()), expected, "{expr}");
+        }
+    }
+
     #[test]
     fn fire_times_always_increase() {
         for tz in ["America/New_York", "Europe/London", "Australia/Lord_Howe", "Asia/Kolkata", "UTC"] {

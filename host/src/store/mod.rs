@@ -203,3 +203,22 @@ pub(crate) fn to_u32(v: i64, what: &str) -> Result<u32> {
 pub(crate) fn status_list(statuses: &[crate::model::RunStatus]) -> String {
     statuses.iter().map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The two migration trees must stay twins: same versions, same names.
+    #[test]
+    fn migration_trees_match() {
+        let names = |m: &Migrator| m.iter().map(|m| (m.version, m.description.to_string())).collect::<Vec<_>>();
+        assert_eq!(names(&SQLITE_MIGRATOR), names(&POSTGRES_MIGRATOR));
+        assert!(SQLITE_MIGRATOR.iter().count() >= 3);
+    }
+
+    #[test]
+    fn status_lists_are_quoted_names() {
+        use crate::model::RunStatus;
+        assert_eq!(status_list(&[RunStatus::Pending, RunStatus::TimedOut]), "'pending', 'timed_out'");
+    }
+}
