@@ -15,7 +15,8 @@ use crate::metrics::Metrics;
 use crate::model::{Automation, Run, RunTrigger, Trigger};
 use crate::plugins::manifest::Kind;
 use crate::plugins::{Registry, event_to_wit};
-use crate::store::{Delivery, Store};
+use crate::store::{Delivery, MatchRecord, Store};
+use futures::StreamExt;
 
 /// Deliveries claimed at once.
 const BATCH: u32 = 64;
@@ -91,17 +92,46 @@ impl Matcher {
                 }
             };
             let full = claimed.len() == BATCH as usize;
-            let mut created = 0;
-            for delivery in claimed {
-                match self.match_one(&delivery).await {
-                    Ok(n) => created += n,
+            // Evaluate two deliveries at a time (filter calls run on
+            // blocking threads), then record the whole batch in one commit.
+            let outcomes: Vec<(Delivery, _)> = futures::stream::iter(claimed)
+                .map(|d| async move {
+                    let outcome = self.evaluate(&d).await;
+                    (d, outcome)
+                })
+                .buffer_unordered(2)
+                .collect()
+                .await;
+            let mut records = Vec::with_capacity(outcomes.len());
+            for (delivery, outcome) in outcomes {
+                match outcome {
+                    Ok(r) => records.push((delivery.received_at, r)),
                     Err(e) => {
                         tracing::warn!(delivery.id = %delivery.id, error = %e, "matching failed; it will be retried")
                     }
                 }
             }
-            if created > 0 {
-                self.dispatcher.wake();
+            if !records.is_empty() {
+                let batch: Vec<MatchRecord> = records.iter().map(|(_, r)| r.clone()).collect();
+                match self.store.record_matches(&self.host, &batch).await {
+                    Ok(_) => {
+                        let now = crate::model::now();
+                        for (received, _) in &records {
+                            self.metrics
+                                .match_lag
+                                .observe((now - *received).num_microseconds().unwrap_or(0) as f64 / 1e6);
+                        }
+                        if batch.iter().any(|r| !r.runs.is_empty()) {
+                            self.dispatcher.wake();
+                        }
+                    }
+                    Err(e) => {
+                        if stop.is_cancelled() {
+                            return;
+                        }
+                        tracing::warn!(error = %e, "recording matches failed; they will be retried");
+                    }
+                }
             }
             if full {
                 continue;
@@ -137,8 +167,9 @@ impl Matcher {
         Ok(list)
     }
 
-    /// Matches one delivery and records the outcome; returns the runs created.
-    async fn match_one(&self, delivery: &Delivery) -> Result<usize, crate::store::Error> {
+    /// Matches one delivery: which automations it fires (with their runs)
+    /// and why the others do not. Nothing is written here.
+    async fn evaluate(&self, delivery: &Delivery) -> Result<MatchRecord, crate::store::Error> {
         let key = delivery.event_key.clone().unwrap_or_default();
         let candidates = self.candidates(&delivery.source).await?;
         let mut matched: Vec<&Automation> = Vec::new();
@@ -217,21 +248,12 @@ impl Matcher {
                 Run::pending(a.id, trigger, "events", reason)
             })
             .collect();
-        let now = crate::model::now();
         let result = json!({
             "event_key": key,
             "candidates": candidates.len(),
             "matched": runs.iter().map(|r| json!({"automation_id": r.automation_id, "run_id": r.id})).collect::<Vec<_>>(),
             "not_matched": not_matched,
         });
-        let recorded = self.store.record_match(delivery.id, &self.host, &runs, &filter_errors, &result).await?;
-        if recorded {
-            let lag = (now - delivery.received_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
-            self.metrics.match_lag.observe(lag);
-            tracing::debug!(delivery.id = %delivery.id, key, matched = runs.len(), "delivery matched");
-            Ok(runs.len())
-        } else {
-            Ok(0)
-        }
+        Ok(MatchRecord { delivery: delivery.id, runs, filter_errors, result })
     }
 }

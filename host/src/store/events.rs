@@ -38,6 +38,19 @@ pub enum Stored {
     Duplicate(Uuid),
 }
 
+/// The outcome of matching one delivery, to record.
+#[derive(Debug, Clone)]
+pub struct MatchRecord {
+    /// The delivery.
+    pub delivery: Uuid,
+    /// The runs to create (one per matched automation).
+    pub runs: Vec<Run>,
+    /// Filter errors, by automation.
+    pub filter_errors: Vec<(Uuid, String)>,
+    /// What matched and why the others did not.
+    pub result: serde_json::Value,
+}
+
 /// A stored delivery.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Delivery {
@@ -202,46 +215,57 @@ impl Store {
         Ok(out)
     }
 
-    /// Records a delivery's matching: its runs, the filter errors seen, and
-    /// the result. Only the host that claimed it may; false otherwise.
-    pub async fn record_match(
-        &self,
-        delivery: Uuid,
-        host: &str,
-        runs: &[Run],
-        filter_errors: &[(Uuid, String)],
-        result: &serde_json::Value,
-    ) -> Result<bool> {
+    /// Records the matching of several deliveries in one transaction:
+    /// their runs, the filter errors seen, and each result. A delivery is
+    /// recorded only if `host` still holds its claim; returns how many were.
+    pub async fn record_matches(&self, host: &str, records: &[MatchRecord]) -> Result<usize> {
         let now = crate::model::now();
         with_db!(self, write, |db| {
             let mut tx = db.begin().await?;
-            let done = sqlx::query(
-                "update deliveries set status = 'matched', matched_at = $3, result = $4 \
-                 where id = $1 and claimed_by = $2 and status = 'matching'",
-            )
-            .bind(DbId(delivery))
-            .bind(host)
-            .bind(DbTime::new(now))
-            .bind(Json(result))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if done != 1 {
-                return Ok(false);
+            let mut runs: Vec<&Run> = Vec::new();
+            let mut recorded = 0;
+            for r in records {
+                let done = sqlx::query(
+                    "update deliveries set status = 'matched', matched_at = $3, result = $4 \
+                     where id = $1 and claimed_by = $2 and status = 'matching'",
+                )
+                .bind(DbId(r.delivery))
+                .bind(host)
+                .bind(DbTime::new(now))
+                .bind(Json(&r.result))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if done != 1 {
+                    continue; // another host took it over; it records its own
+                }
+                recorded += 1;
+                runs.extend(&r.runs);
+                for (automation, error) in &r.filter_errors {
+                    sqlx::query(
+                        "update automations set filter_error_count = filter_error_count + 1, \
+                         last_filter_error = $2, last_filter_error_at = $3 where id = $1",
+                    )
+                    .bind(DbId(*automation))
+                    .bind(error)
+                    .bind(DbTime::new(now))
+                    .execute(&mut *tx)
+                    .await?;
+                }
             }
-            if !runs.is_empty() {
+            for chunk in runs.chunks(500) {
                 let mut qb = sqlx::QueryBuilder::new(
                     "insert into runs (id, automation_id, status, status_detail, trigger, attempt, event_id, \
                      created_at, updated_at) ",
                 );
-                qb.push_values(runs, |mut b, r| {
+                qb.push_values(chunk, |mut b, r| {
                     b.push_bind(DbId(r.id))
                         .push_bind(DbId(r.automation_id))
                         .push_bind(RunStatus::Pending.as_str())
                         .push_bind(Json(&r.status_detail))
                         .push_bind(Json(&r.trigger))
                         .push_bind(0i64)
-                        .push_bind(DbId(delivery))
+                        .push_bind(r.trigger.event_id.map(DbId))
                         .push_bind(DbTime::new(r.created_at))
                         .push_bind(DbTime::new(r.created_at));
                 });
@@ -250,25 +274,14 @@ impl Store {
                 let mut qb = sqlx::QueryBuilder::new("update automations set last_triggered_at = ");
                 qb.push_bind(DbTime::new(now)).push(" where id in (");
                 let mut sep = qb.separated(", ");
-                for r in runs {
+                for r in chunk {
                     sep.push_bind(DbId(r.automation_id));
                 }
                 qb.push(")");
                 qb.build().execute(&mut *tx).await?;
             }
-            for (automation, error) in filter_errors {
-                sqlx::query(
-                    "update automations set filter_error_count = filter_error_count + 1, \
-                     last_filter_error = $2, last_filter_error_at = $3 where id = $1",
-                )
-                .bind(DbId(*automation))
-                .bind(error)
-                .bind(DbTime::new(now))
-                .execute(&mut *tx)
-                .await?;
-            }
             tx.commit().await?;
-            Ok(true)
+            Ok(recorded)
         })
     }
 

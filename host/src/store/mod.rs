@@ -33,7 +33,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 pub use automations::{AutomationFilter, AutomationPage};
 pub use dispatch::Claim;
-pub use events::{Delivery, NewDelivery, Source, Stored};
+pub use events::{Delivery, MatchRecord, NewDelivery, Source, Stored};
 pub use plugins::StoredPlugin;
 pub use runs::{RunChanges, RunPage};
 pub use scheduler::{DueAutomation, FireReport, FiredSlot, SlotRecord};
