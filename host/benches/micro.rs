@@ -83,7 +83,22 @@ fn plugins(c: &mut Criterion) {
     }
     g.finish();
 
+    // The same 1,000-filter batch with fuel metering on (what `plugin call`
+    // uses), to price fuel against epoch deadlines.
+    let fuel = Runtime::standalone(s._dir.path(), &s._dir.path().join("cache-fuel"), Grants::default(), true).unwrap();
     let (manifest, wasm) = bundled::all().unwrap().into_iter().find(|(m, _)| m.name == "jmespath").unwrap();
+    let fueled = fuel.load(manifest.clone(), wasm, Source::Bundled).unwrap();
+    let exprs = common::expressions(1000);
+    let mut g = c.benchmark_group("filters_14kb_fuel");
+    g.sample_size(20).measurement_time(Duration::from_secs(8));
+    g.bench_function("1000", |b| {
+        b.iter(|| {
+            let (r, _) = fuel.filter_matches(&fueled, &event, &exprs);
+            assert_eq!(r.unwrap().len(), 1000);
+        })
+    });
+    g.finish();
+
     let mut g = c.benchmark_group("component_load");
     g.sample_size(10).measurement_time(Duration::from_secs(15));
     g.bench_function("from_cache", |b| {
