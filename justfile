@@ -7,9 +7,11 @@ set dotenv-load
 run:
     cargo run --release
 
-# Unit and end-to-end tests on SQLite and Postgres (Postgres must be running).
+# Unit and end-to-end tests on SQLite and Postgres (Postgres must be running),
+# then the guest plugins' own unit tests.
 test:
     cargo test --locked
+    cd guest-examples && cargo test --workspace --locked
 
 # Only the Postgres variants of the end-to-end tests.
 test-pg:
@@ -19,10 +21,12 @@ test-pg:
 test-sqlite:
     AUTOMATION_TEST_SKIP_POSTGRES=1 cargo test --locked
 
-# Clippy with warnings as errors, and a formatting check.
+# Clippy with warnings as errors, and a formatting check (host and guests).
 lint:
     cargo clippy --all-targets --locked -- -D warnings
     cargo fmt --all -- --check
+    cd guest-examples && cargo clippy --release --target wasm32-wasip2 --all-targets --locked -- -D warnings
+    cd guest-examples && cargo fmt --all -- --check
 
 # Format everything.
 fmt:

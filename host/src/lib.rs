@@ -200,6 +200,9 @@ pub async fn serve(
     }
     background.cancel();
     plugins.runtime().sandbox().kill_all();
+    // Let the background loops see the cancellation and finish the query
+    // they are in before the pool closes under them.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     store.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -164,7 +164,9 @@ async fn two_hosts_fire_each_slot_once_postgres() {
         eprintln!("AUTOMATION_TEST_SKIP_POSTGRES=1: not run");
         return;
     }
-    let env = [("AUTOMATION_MAX_CONCURRENT_RUNS", "16")];
+    // Four runs at a time per host: one host cannot drain the ~400 runs
+    // before the other's claim loop (a 1 s poll at worst) takes some.
+    let env = [("AUTOMATION_MAX_CONCURRENT_RUNS", "4")];
     let a = TestServer::start_with(Backend::Postgres, &env).await;
     let b = a.start_peer(&env).await;
     let mut ids = Vec::new();

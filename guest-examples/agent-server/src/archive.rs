@@ -46,7 +46,8 @@ pub fn files_tarball(files: &[FileEntry<'_>], mtime: u64) -> Result<Vec<u8>, Str
         header.set_mtime(mtime);
         header.set_uid(0);
         header.set_gid(0);
-        tar.append_data(&mut header, path, f.contents).map_err(|e| format!("cannot add {path:?} to the files archive: {e}"))?;
+        tar.append_data(&mut header, path, f.contents)
+            .map_err(|e| format!("cannot add {path:?} to the files archive: {e}"))?;
     }
     let gz = tar.into_inner().map_err(|e| format!("cannot finish the files archive: {e}"))?;
     gz.finish().map_err(|e| format!("cannot compress the files archive: {e}"))

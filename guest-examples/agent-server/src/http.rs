@@ -2,7 +2,9 @@
 //! `wasi` crate's bindings), and how HTTP answers become the host's errors.
 
 use wasi::http::outgoing_handler;
-use wasi::http::types::{ErrorCode, Fields, IncomingBody, Method, OutgoingBody, OutgoingRequest, RequestOptions, Scheme};
+use wasi::http::types::{
+    ErrorCode, Fields, IncomingBody, Method, OutgoingBody, OutgoingRequest, RequestOptions, Scheme,
+};
 use wasi::io::streams::StreamError;
 
 use crate::bindings::automation::plugin::types::Error;
@@ -76,7 +78,8 @@ impl<'a> Client<'a> {
         if let Some(key) = self.session_api_key {
             headers.push(("x-session-api-key".to_owned(), key.as_bytes().to_vec()));
         }
-        let fields = Fields::from_list(&headers).map_err(|e| Error::Internal(format!("cannot build request headers: {e:?}")))?;
+        let fields =
+            Fields::from_list(&headers).map_err(|e| Error::Internal(format!("cannot build request headers: {e:?}")))?;
         let request = OutgoingRequest::new(fields);
         let path = self.url.path(api_path);
         let scheme = if self.url.https { Scheme::Https } else { Scheme::Http };
@@ -97,7 +100,8 @@ impl<'a> Client<'a> {
         let what = format!("{} {path}", if matches!(method, Method::Post) { "POST" } else { "GET" });
         // Send first, then stream the body: the host's body pipe is bounded,
         // so a large body written before `handle` could block for ever.
-        let future = outgoing_handler::handle(request, Some(options)).map_err(|e| transport_error(&what, &self.url.authority, e))?;
+        let future = outgoing_handler::handle(request, Some(options))
+            .map_err(|e| transport_error(&what, &self.url.authority, e))?;
         let write_error = write_body(outgoing_body, body).err();
 
         let response = loop {
@@ -157,11 +161,15 @@ fn read_body(incoming: &IncomingBody, what: &str) -> Result<Vec<u8>, Error> {
             Ok(bytes) => {
                 out.extend_from_slice(&bytes);
                 if out.len() > MAX_RESPONSE_BYTES {
-                    return Err(Error::Internal(format!("{what}: the answer is larger than {MAX_RESPONSE_BYTES} bytes")));
+                    return Err(Error::Internal(format!(
+                        "{what}: the answer is larger than {MAX_RESPONSE_BYTES} bytes"
+                    )));
                 }
             }
             Err(StreamError::Closed) => return Ok(out),
-            Err(e) => return Err(Error::Unavailable(format!("{what}: reading the answer failed: {}", stream_error(e)))),
+            Err(e) => {
+                return Err(Error::Unavailable(format!("{what}: reading the answer failed: {}", stream_error(e))));
+            }
         }
     }
 }
@@ -223,12 +231,16 @@ mod tests {
         assert!(matches!(status_error("GET /x", 503, "busy"), Error::Unavailable(m) if m.contains("503: busy")));
         assert!(matches!(status_error("GET /x", 429, ""), Error::Unavailable(_)));
         assert!(matches!(status_error("GET /x", 408, ""), Error::Unavailable(_)));
-        assert!(matches!(status_error("GET /x", 401, r#"{"detail":"Unauthorized"}"#), Error::InvalidInput(m) if m.contains("session_api_key")));
+        assert!(
+            matches!(status_error("GET /x", 401, r#"{"detail":"Unauthorized"}"#), Error::InvalidInput(m) if m.contains("session_api_key"))
+        );
         assert!(matches!(status_error("GET /x", 403, ""), Error::InvalidInput(_)));
         assert!(
             matches!(status_error("POST /u", 400, r#"{"detail":"Path must be absolute"}"#), Error::Internal(m) if m.contains("Path must be absolute"))
         );
         let long = "é".repeat(400);
-        assert!(matches!(status_error("GET /x", 422, &long), Error::Internal(m) if m.ends_with("...") && m.len() < 600));
+        assert!(
+            matches!(status_error("GET /x", 422, &long), Error::Internal(m) if m.ends_with("...") && m.len() < 600)
+        );
     }
 }

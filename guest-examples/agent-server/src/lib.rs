@@ -108,7 +108,10 @@ impl Guest for AgentServer {
         let command_id = plan::parse_started(&response.text()).map_err(Error::Internal)?;
         log(
             Level::Info,
-            &format!("run {} started on {} as command {command_id} in {}", ctx.run_id, config.url.authority, paths.work),
+            &format!(
+                "run {} started on {} as command {command_id} in {}",
+                ctx.run_id, config.url.authority, paths.work
+            ),
         );
         Ok(Handle { command_id, run_dir: paths.run_dir }.encode())
     }
@@ -132,9 +135,18 @@ impl Guest for AgentServer {
         // agent-server answers once the process is gone (at most ~2 s).
         let response = client.post(&plan::stop_path(&handle.command_id), "application/json", b"")?;
         match response.status {
-            200..=299 => log(Level::Info, &format!("run {}: the agent-server stopped command {} (or it had ended)", ctx.run_id, handle.command_id)),
+            200..=299 => log(
+                Level::Info,
+                &format!(
+                    "run {}: the agent-server stopped command {} (or it had ended)",
+                    ctx.run_id, handle.command_id
+                ),
+            ),
             // Unknown to this agent-server: nothing left to stop.
-            404 => log(Level::Warn, &format!("run {}: the agent-server does not know command {}", ctx.run_id, handle.command_id)),
+            404 => log(
+                Level::Warn,
+                &format!("run {}: the agent-server does not know command {}", ctx.run_id, handle.command_id),
+            ),
             status => return Err(status_error("stop", status, &response.text())),
         }
         if !config.keep_workspace {
@@ -224,13 +236,20 @@ fn remove_run_dir(client: &Client<'_>, run_dir: &str) {
     let body = plan::start_request(&plan::cleanup_command(run_dir), None, plan::CLEANUP_TIMEOUT_SECS);
     match client.post_json(plan::START_PATH, &body) {
         Ok(r) if r.ok() => {}
-        Ok(r) => log(Level::Warn, &format!("cannot remove {run_dir} on the agent-server: answer {}: {}", r.status, r.text())),
+        Ok(r) => {
+            log(Level::Warn, &format!("cannot remove {run_dir} on the agent-server: answer {}: {}", r.status, r.text()))
+        }
         Err(e) => log(Level::Warn, &format!("cannot remove {run_dir} on the agent-server: {e:?}")),
     }
 }
 
 fn run_status(status: Status) -> RunStatus {
-    let out = |o: plan::Output| RunOutput { exit_code: o.exit_code, stdout: o.stdout, stderr: o.stderr, truncated: o.truncated };
+    let out = |o: plan::Output| RunOutput {
+        exit_code: o.exit_code,
+        stdout: o.stdout,
+        stderr: o.stderr,
+        truncated: o.truncated,
+    };
     match status {
         Status::Running => RunStatus::Running,
         Status::Succeeded(o) => RunStatus::Succeeded(out(o)),

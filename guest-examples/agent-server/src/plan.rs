@@ -132,7 +132,8 @@ impl Config {
                 }
             }
         }
-        let url = url.ok_or("executor config needs \"url\", the agent-server's base URL (such as http://127.0.0.1:8000)")?;
+        let url =
+            url.ok_or("executor config needs \"url\", the agent-server's base URL (such as http://127.0.0.1:8000)")?;
         Ok(Config { url, session_api_key, workspace_base, keep_workspace })
     }
 }
@@ -169,7 +170,10 @@ pub struct RunPaths {
 
 /// The run's paths under `base` (as normalised by [`Config::parse`]).
 pub fn run_paths(base: &str, run_id: &str) -> Result<RunPaths, String> {
-    if run_id.is_empty() || run_id.len() > 128 || !run_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+    if run_id.is_empty()
+        || run_id.len() > 128
+        || !run_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
         return Err(format!("run id {run_id:?} is not usable as a directory name"));
     }
     let run_dir = format!("{base}/{run_id}");
@@ -200,7 +204,8 @@ pub fn shell_quote(word: &str) -> String {
 /// True for names a shell accepts as variables: `[A-Za-z_][A-Za-z0-9_]*`.
 pub fn valid_env_name(name: &str) -> bool {
     let mut bytes = name.bytes();
-    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_') && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// The environment file: one `export NAME='value'` line per variable.
@@ -209,7 +214,9 @@ pub fn env_file(vars: &[(String, String)]) -> Result<String, String> {
     let mut out = String::new();
     for (name, value) in vars {
         if !valid_env_name(name) {
-            return Err(format!("environment variable name {name:?} is not valid (letters, digits and _, not starting with a digit)"));
+            return Err(format!(
+                "environment variable name {name:?} is not valid (letters, digits and _, not starting with a digit)"
+            ));
         }
         if value.contains('\0') {
             return Err(format!("environment variable {name} contains a NUL byte"));
@@ -386,13 +393,15 @@ impl Handle {
         if value.get("v").and_then(Value::as_u64) != Some(1) {
             return Err("not an agent-server handle (version 1)".to_owned());
         }
-        let field = |k: &str| value.get(k).and_then(Value::as_str).ok_or_else(|| format!("agent-server handle lacks {k}"));
+        let field =
+            |k: &str| value.get(k).and_then(Value::as_str).ok_or_else(|| format!("agent-server handle lacks {k}"));
         let command_id = field("command_id")?.to_owned();
         let run_dir = field("run_dir")?.to_owned();
         if !valid_command_id(&command_id) {
             return Err(format!("bad command id in handle: {command_id:?}"));
         }
-        if !run_dir.starts_with('/') || run_dir.split('/').any(|c| c == "..") || run_dir.chars().any(|c| c.is_control()) {
+        if !run_dir.starts_with('/') || run_dir.split('/').any(|c| c == "..") || run_dir.chars().any(|c| c.is_control())
+        {
             return Err(format!("bad run directory in handle: {run_dir:?}"));
         }
         Ok(Handle { command_id, run_dir })
@@ -441,7 +450,9 @@ pub fn event_path(command_id: &str) -> String {
 /// `GET` path that returns the newest output event of a command (then,
 /// with `page_id`, the next older one).
 pub fn search_path(command_id: &str, page_id: Option<&str>) -> String {
-    let mut path = format!("/api/bash/bash_events/search?kind__eq=BashOutput&command_id__eq={command_id}&sort_order=TIMESTAMP_DESC&limit=1");
+    let mut path = format!(
+        "/api/bash/bash_events/search?kind__eq=BashOutput&command_id__eq={command_id}&sort_order=TIMESTAMP_DESC&limit=1"
+    );
     if let Some(page) = page_id {
         path.push_str("&page_id=");
         path.push_str(&encode_query(page));
@@ -451,7 +462,8 @@ pub fn search_path(command_id: &str, page_id: Option<&str>) -> String {
 
 /// Reads the command id from the answer to `start_bash_command`.
 pub fn parse_started(body: &str) -> Result<String, String> {
-    let value: Value = serde_json::from_str(body).map_err(|e| format!("start_bash_command answered with something else than JSON: {e}"))?;
+    let value: Value = serde_json::from_str(body)
+        .map_err(|e| format!("start_bash_command answered with something else than JSON: {e}"))?;
     let id = value.get("id").and_then(Value::as_str).ok_or("start_bash_command's answer has no id")?;
     if !valid_command_id(id) {
         return Err(format!("start_bash_command returned a strange id {id:?}"));
@@ -483,7 +495,8 @@ pub struct Page {
 
 /// Parses an answer of `bash_events/search` (events other than `BashOutput` are skipped).
 pub fn parse_page(body: &str) -> Result<Page, String> {
-    let value: Value = serde_json::from_str(body).map_err(|e| format!("bash_events/search answered with something else than JSON: {e}"))?;
+    let value: Value = serde_json::from_str(body)
+        .map_err(|e| format!("bash_events/search answered with something else than JSON: {e}"))?;
     let items = value.get("items").and_then(Value::as_array).ok_or("bash_events/search's answer has no items")?;
     let items = items
         .iter()
@@ -496,7 +509,8 @@ pub fn parse_page(body: &str) -> Result<Page, String> {
 
 /// Parses the answer of `execute_bash_command`: one `BashOutput`, all of it.
 pub fn parse_output(body: &str) -> Result<BashOutput, String> {
-    let value: Value = serde_json::from_str(body).map_err(|e| format!("execute_bash_command answered with something else than JSON: {e}"))?;
+    let value: Value = serde_json::from_str(body)
+        .map_err(|e| format!("execute_bash_command answered with something else than JSON: {e}"))?;
     if value.get("kind").and_then(Value::as_str) != Some("BashOutput") {
         return Err("execute_bash_command's answer is not a BashOutput".to_owned());
     }
@@ -544,7 +558,14 @@ pub struct OutputTail {
 impl OutputTail {
     /// Starts from the command's final event.
     pub fn new(last: BashOutput) -> OutputTail {
-        let mut tail = OutputTail { stdout: Vec::new(), stdout_len: 0, stderr: Vec::new(), stderr_len: 0, older: last.order, last: last.clone() };
+        let mut tail = OutputTail {
+            stdout: Vec::new(),
+            stdout_len: 0,
+            stderr: Vec::new(),
+            stderr_len: 0,
+            older: last.order,
+            last: last.clone(),
+        };
         tail.push(&last);
         tail
     }
@@ -808,11 +829,16 @@ mod tests {
         std::fs::write(&p.env, env_file(&env).unwrap()).unwrap();
         let files = vec![
             crate::archive::FileEntry { path: "setup.sh", mode: 0o644, contents: b"echo setup ran > setup.out\n" },
-            crate::archive::FileEntry { path: "bin/show.sh", mode: 0o755, contents: b"#!/bin/sh\ncat setup.out; printf '%s|' \"$GREETING\" \"$@\"\n" },
+            crate::archive::FileEntry {
+                path: "bin/show.sh",
+                mode: 0o755,
+                contents: b"#!/bin/sh\ncat setup.out; printf '%s|' \"$GREETING\" \"$@\"\n",
+            },
         ];
         std::fs::write(&p.files, crate::archive::files_tarball(&files, 1_700_000_000).unwrap()).unwrap();
         let words = entrypoint_words("./bin/show.sh $(x) 'q'").unwrap();
-        let out = std::process::Command::new("/bin/sh").arg("-c").arg(run_command(&p, false, true, &words)).output().unwrap();
+        let out =
+            std::process::Command::new("/bin/sh").arg("-c").arg(run_command(&p, false, true, &words)).output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{out:?}");
         assert_eq!(stdout, "setup ran\nit's $(not run)|$(x)|'q'|");
@@ -822,11 +848,16 @@ mod tests {
         std::fs::write(&p.env, "").unwrap();
         let files = vec![crate::archive::FileEntry { path: "setup.sh", mode: 0o644, contents: b"exit 4\n" }];
         std::fs::write(&p.files, crate::archive::files_tarball(&files, 0).unwrap()).unwrap();
-        let out = std::process::Command::new("/bin/sh").arg("-c").arg(run_command(&p, false, true, &words)).output().unwrap();
+        let out =
+            std::process::Command::new("/bin/sh").arg("-c").arg(run_command(&p, false, true, &words)).output().unwrap();
         assert_eq!(out.status.code(), Some(97));
         assert_eq!(String::from_utf8_lossy(&out.stderr), "setup.sh failed with exit code 4\n");
         // A missing environment file: 96.
-        let out = std::process::Command::new("/bin/sh").arg("-c").arg(run_command(&p, false, false, &words)).output().unwrap();
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(run_command(&p, false, false, &words))
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(96));
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -846,16 +877,22 @@ mod tests {
 
     #[test]
     fn handles_round_trip_and_are_checked() {
-        let h = Handle { command_id: "e5e917ec1b48423b86d24024b593a443".into(), run_dir: "/tmp/automation-runs/r".into() };
+        let h =
+            Handle { command_id: "e5e917ec1b48423b86d24024b593a443".into(), run_dir: "/tmp/automation-runs/r".into() };
         let text = h.encode();
-        assert_eq!(text, r#"{"command_id":"e5e917ec1b48423b86d24024b593a443","run_dir":"/tmp/automation-runs/r","v":1}"#);
+        assert_eq!(
+            text,
+            r#"{"command_id":"e5e917ec1b48423b86d24024b593a443","run_dir":"/tmp/automation-runs/r","v":1}"#
+        );
         assert_eq!(Handle::decode(&text).unwrap(), h);
         assert!(!text.contains("key"));
         assert!(Handle::decode("proc-1").is_err());
         assert!(Handle::decode(r#"{"v":2,"command_id":"e5e917ec1b48423b86d24024b593a443","run_dir":"/r"}"#).is_err());
         assert!(Handle::decode(r#"{"v":1,"command_id":"../../x","run_dir":"/r"}"#).is_err());
         assert!(Handle::decode(r#"{"v":1,"command_id":"e5e917ec1b48423b86d24024b593a443","run_dir":"r"}"#).is_err());
-        assert!(Handle::decode(r#"{"v":1,"command_id":"e5e917ec1b48423b86d24024b593a443","run_dir":"/a/../b"}"#).is_err());
+        assert!(
+            Handle::decode(r#"{"v":1,"command_id":"e5e917ec1b48423b86d24024b593a443","run_dir":"/a/../b"}"#).is_err()
+        );
         assert!(valid_command_id("e5e917ec-1b48-423b-86d2-4024b593a443"));
         assert!(!valid_command_id("e5e917ec1b48423b86d24024b593a44"));
     }
@@ -889,26 +926,45 @@ mod tests {
         assert_eq!(status_of_fixture("search-chunked-2.shortened.json"), Status::Running);
         assert_eq!(
             status_of_fixture("search-succeeded.json"),
-            Status::Succeeded(Output { exit_code: Some(0), stdout: "out\n".into(), stderr: "err\n".into(), truncated: false })
+            Status::Succeeded(Output {
+                exit_code: Some(0),
+                stdout: "out\n".into(),
+                stderr: "err\n".into(),
+                truncated: false
+            })
         );
         assert_eq!(
             status_of_fixture("search-exit-3.json"),
-            Status::Failed("exit code 3".into(), Output { exit_code: Some(3), stdout: "partial\n".into(), stderr: "boom\n".into(), truncated: false })
+            Status::Failed(
+                "exit code 3".into(),
+                Output { exit_code: Some(3), stdout: "partial\n".into(), stderr: "boom\n".into(), truncated: false }
+            )
         );
         assert_eq!(
             status_of_fixture("search-timed-out.json"),
-            Status::TimedOut(Output { exit_code: None, stdout: "before\n".into(), stderr: String::new(), truncated: false })
+            Status::TimedOut(Output {
+                exit_code: None,
+                stdout: "before\n".into(),
+                stderr: String::new(),
+                truncated: false
+            })
         );
         match status_of_fixture("search-start-error.json") {
             Status::Failed(why, out) => {
-                assert!(why.starts_with("the agent-server could not start the command: Error executing command:"), "{why}");
+                assert!(
+                    why.starts_with("the agent-server could not start the command: Error executing command:"),
+                    "{why}"
+                );
                 assert_eq!(out.exit_code, None);
             }
             other => panic!("{other:?}"),
         }
         assert_eq!(
             status_of_fixture("search-stopped.json"),
-            Status::Failed("killed by signal 15".into(), Output { exit_code: None, stdout: String::new(), stderr: String::new(), truncated: false })
+            Status::Failed(
+                "killed by signal 15".into(),
+                Output { exit_code: None, stdout: String::new(), stderr: String::new(), truncated: false }
+            )
         );
         match status_of_fixture("search-stopped-trap.json") {
             Status::Failed(why, out) => {
@@ -923,16 +979,23 @@ mod tests {
     fn our_own_exit_codes_are_explained() {
         let last = BashOutput { order: 0, exit_code: Some(97), stdout: String::new(), stderr: String::new() };
         let out = Output { exit_code: None, stdout: String::new(), stderr: String::new(), truncated: false };
-        assert_eq!(final_status(&last, out.clone()), Status::Failed("exit code 97 (setup.sh failed)".into(), Output { exit_code: Some(97), ..out }));
+        assert_eq!(
+            final_status(&last, out.clone()),
+            Status::Failed("exit code 97 (setup.sh failed)".into(), Output { exit_code: Some(97), ..out })
+        );
     }
 
     #[test]
     fn chunked_output_is_gathered_from_the_end() {
         // The recorded pages, newest first: order 2 (final), 1, 0.
-        let pages: Vec<Page> = ["search-chunked-1-final.shortened.json", "search-chunked-2.shortened.json", "search-chunked-3.shortened.json"]
-            .iter()
-            .map(|f| parse_page(&fixture(f)).unwrap())
-            .collect();
+        let pages: Vec<Page> = [
+            "search-chunked-1-final.shortened.json",
+            "search-chunked-2.shortened.json",
+            "search-chunked-3.shortened.json",
+        ]
+        .iter()
+        .map(|f| parse_page(&fixture(f)).unwrap())
+        .collect();
         assert_eq!(pages[0].items[0].order, 2);
         assert!(pages[0].next_page_id.as_deref().unwrap().contains("_BashOutput_"));
         assert_eq!(pages[2].next_page_id, None);
@@ -970,7 +1033,9 @@ mod tests {
         assert!(out.stdout.ends_with("xxENDtail\n"));
         assert_eq!(out.stderr, "e");
         // Unread older chunks count as truncation too.
-        let (_, out) = OutputTail::new(BashOutput { order: 3, exit_code: Some(0), stdout: "s".into(), stderr: String::new() }).finish();
+        let (_, out) =
+            OutputTail::new(BashOutput { order: 3, exit_code: Some(0), stdout: "s".into(), stderr: String::new() })
+                .finish();
         assert!(out.truncated);
         // Cuts land on character boundaries.
         assert_eq!(keep_end("ééé", 3), ("é".to_owned(), true));

@@ -62,12 +62,8 @@ fn expressions(n: usize) -> Vec<String> {
         .map(|i| match i % 10 {
             0 => format!("regex(issue.title, '^\\[{i}\\]|Spelling error')"),
             1 => format!("repository.full_name == 'org/repo-{i}'"),
-            2 => format!(
-                "glob(repository.full_name, 'Octocoders/*') && action == 'labeled' && issue.number != `{i}`"
-            ),
-            3 => format!(
-                "icontains(issue.body, '@bot-{i}') || contains(issue.labels[].name, 'label-{i}')"
-            ),
+            2 => format!("glob(repository.full_name, 'Octocoders/*') && action == 'labeled' && issue.number != `{i}`"),
+            3 => format!("icontains(issue.body, '@bot-{i}') || contains(issue.labels[].name, 'label-{i}')"),
             4 => format!("starts_with(sender.login, 'user{i}') && !ends_with(sender.login, '[bot]')"),
             5 => format!("lower(sender.login) == 'codertocat' && issue.state == 'open' && `{i}`"),
             6 => format!("contains(issue.labels[].name, 'bug') && issue.comments < `{i}`"),

@@ -61,15 +61,13 @@ impl PythonOrdering {
 impl Function for PythonOrdering {
     fn evaluate(&self, args: &[Rcvar], ctx: &mut Context<'_>) -> jmespath::SearchResult {
         let ordering = match (&*args[0], &*args[1]) {
-            (Variable::Number(a), Variable::Number(b)) => a
-                .as_f64()
-                .zip(b.as_f64())
-                .and_then(|(a, b)| a.partial_cmp(&b)),
+            (Variable::Number(a), Variable::Number(b)) => {
+                a.as_f64().zip(b.as_f64()).and_then(|(a, b)| a.partial_cmp(&b))
+            }
             (Variable::String(a), Variable::String(b)) => Some(a.cmp(b)),
             // Python raises TypeError here; report which side is off, with
             // the caret on the operator.
-            (Variable::String(_), Variable::Number(_))
-            | (Variable::Number(_), Variable::String(_)) => {
+            (Variable::String(_), Variable::Number(_)) | (Variable::Number(_), Variable::String(_)) => {
                 let reason = ErrorReason::Runtime(RuntimeError::InvalidType {
                     expected: args[0].get_type().to_string(),
                     actual: args[1].get_type().to_string(),
@@ -92,33 +90,17 @@ impl Function for PythonOrdering {
 ///
 /// The recursion is bounded: the caller has already limited how much
 /// nesting an expression may have.
-pub(crate) fn prepare(
-    expression: &str,
-    ast: &mut Ast,
-    known: &dyn Fn(&str) -> bool,
-) -> Result<(), JmespathError> {
+pub(crate) fn prepare(expression: &str, ast: &mut Ast, known: &dyn Fn(&str) -> bool) -> Result<(), JmespathError> {
     let go = |ast: &mut Ast| prepare(expression, ast, known);
     match ast {
-        Ast::Comparison {
-            comparator,
-            lhs,
-            rhs,
-            ..
-        } => {
+        Ast::Comparison { comparator, lhs, rhs, .. } => {
             go(lhs)?;
             go(rhs)?;
             if let Some(name) = ordering_function(comparator) {
                 // Take the node out to move its operands into the call.
                 let placeholder = Ast::Identity { offset: 0 };
-                if let Ast::Comparison {
-                    offset, lhs, rhs, ..
-                } = std::mem::replace(ast, placeholder)
-                {
-                    *ast = Ast::Function {
-                        offset,
-                        name: name.to_owned(),
-                        args: vec![*lhs, *rhs],
-                    };
+                if let Ast::Comparison { offset, lhs, rhs, .. } = std::mem::replace(ast, placeholder) {
+                    *ast = Ast::Function { offset, name: name.to_owned(), args: vec![*lhs, *rhs] };
                 }
             }
         }
@@ -129,11 +111,7 @@ pub(crate) fn prepare(
             }
             args.iter_mut().try_for_each(go)?;
         }
-        Ast::Condition {
-            predicate: lhs,
-            then: rhs,
-            ..
-        }
+        Ast::Condition { predicate: lhs, then: rhs, .. }
         | Ast::Projection { lhs, rhs, .. }
         | Ast::And { lhs, rhs, .. }
         | Ast::Or { lhs, rhs, .. }
@@ -146,14 +124,8 @@ pub(crate) fn prepare(
         | Ast::Not { node, .. }
         | Ast::ObjectValues { node, .. } => go(node)?,
         Ast::MultiList { elements, .. } => elements.iter_mut().try_for_each(go)?,
-        Ast::MultiHash { elements, .. } => elements
-            .iter_mut()
-            .try_for_each(|KeyValuePair { value, .. }| go(value))?,
-        Ast::Identity { .. }
-        | Ast::Field { .. }
-        | Ast::Index { .. }
-        | Ast::Literal { .. }
-        | Ast::Slice { .. } => {}
+        Ast::MultiHash { elements, .. } => elements.iter_mut().try_for_each(|KeyValuePair { value, .. }| go(value))?,
+        Ast::Identity { .. } | Ast::Field { .. } | Ast::Index { .. } | Ast::Literal { .. } | Ast::Slice { .. } => {}
     }
     Ok(())
 }
@@ -205,11 +177,8 @@ pub(crate) fn legacy_literals(expression: &str) -> Cow<'_, str> {
                     break;
                 };
                 let raw = &expression[start + 1..end];
-                let lexeme: Cow<'_, str> = if raw.contains("\\`") {
-                    Cow::Owned(raw.replace("\\`", "`"))
-                } else {
-                    Cow::Borrowed(raw)
-                };
+                let lexeme: Cow<'_, str> =
+                    if raw.contains("\\`") { Cow::Owned(raw.replace("\\`", "`")) } else { Cow::Borrowed(raw) };
                 let as_string = || -> Option<String> {
                     serde_json::from_str::<serde_json::Value>(&lexeme).err()?;
                     serde_json::from_str(&format!("\"{}\"", lexeme.trim_start())).ok()
@@ -228,11 +197,7 @@ pub(crate) fn legacy_literals(expression: &str) -> Cow<'_, str> {
             _ => out.push(c),
         }
     }
-    if rewritten {
-        Cow::Owned(out)
-    } else {
-        Cow::Borrowed(expression)
-    }
+    if rewritten { Cow::Owned(out) } else { Cow::Borrowed(expression) }
 }
 
 #[cfg(test)]
@@ -243,10 +208,7 @@ mod tests {
     fn legacy_literals_become_json_strings() {
         assert_eq!(legacy_literals("a == `opened`"), r#"a == `"opened"`"#);
         assert_eq!(legacy_literals("a == ` opened `"), r#"a == `"opened "`"#);
-        assert_eq!(
-            legacy_literals("[?s==`running`].id"),
-            r#"[?s==`"running"`].id"#
-        );
+        assert_eq!(legacy_literals("[?s==`running`].id"), r#"[?s==`"running"`].id"#);
         // Escaped backticks inside: the string holds a backtick.
         assert_eq!(legacy_literals(r"a == `x\`y`"), r#"a == `"x\`y"`"#);
     }

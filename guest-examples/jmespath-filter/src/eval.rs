@@ -97,18 +97,10 @@ impl Engine {
     pub fn new() -> Self {
         let mut runtime = Runtime::new();
         runtime.register_builtin_functions();
-        register_string_fn(&mut runtime, "glob", 2, |a| {
-            Variable::Bool(fnmatch(a[0], a[1]))
-        });
-        register_string_fn(&mut runtime, "icontains", 2, |a| {
-            Variable::Bool(icontains(a[0], a[1]))
-        });
-        register_string_fn(&mut runtime, "lower", 1, |a| {
-            Variable::String(a[0].to_lowercase())
-        });
-        register_string_fn(&mut runtime, "upper", 1, |a| {
-            Variable::String(a[0].to_uppercase())
-        });
+        register_string_fn(&mut runtime, "glob", 2, |a| Variable::Bool(fnmatch(a[0], a[1])));
+        register_string_fn(&mut runtime, "icontains", 2, |a| Variable::Bool(icontains(a[0], a[1])));
+        register_string_fn(&mut runtime, "lower", 1, |a| Variable::String(a[0].to_lowercase()));
+        register_string_fn(&mut runtime, "upper", 1, |a| Variable::String(a[0].to_uppercase()));
         runtime.register_function("regex", Box::new(RegexFunction::default()));
         for (name, function) in PythonOrdering::all() {
             runtime.register_function(name, Box::new(function));
@@ -118,10 +110,7 @@ impl Engine {
         runtime.register_function(
             "avg",
             Box::new(CustomFunction::new(
-                Signature::new(
-                    vec![ArgumentType::TypedArray(Box::new(ArgumentType::Number))],
-                    None,
-                ),
+                Signature::new(vec![ArgumentType::TypedArray(Box::new(ArgumentType::Number))], None),
                 Box::new(|args: &[Rcvar], _: &mut Context<'_>| Ok(Rcvar::new(average(&args[0])))),
             )),
         );
@@ -183,11 +172,7 @@ impl Engine {
     /// The payload is parsed once. If it is not valid JSON every result is
     /// that error. Each distinct expression is compiled and evaluated once:
     /// evaluation is pure, so a repeated expression reuses the result.
-    pub fn matches<S: AsRef<str>>(
-        &self,
-        payload: &str,
-        expressions: &[S],
-    ) -> Vec<Result<bool, EvalError>> {
+    pub fn matches<S: AsRef<str>>(&self, payload: &str, expressions: &[S]) -> Vec<Result<bool, EvalError>> {
         let data = match parse_payload(payload) {
             Ok(data) => data,
             Err(err) => return expressions.iter().map(|_| Err(err.clone())).collect(),
@@ -198,10 +183,7 @@ impl Engine {
             .map(|expression| {
                 let expression = expression.as_ref();
                 seen.entry(expression)
-                    .or_insert_with(|| {
-                        self.search(expression, &data)
-                            .map(|result| python_truthy(&result))
-                    })
+                    .or_insert_with(|| self.search(expression, &data).map(|result| python_truthy(&result)))
                     .clone()
             })
             .collect()
@@ -284,10 +266,7 @@ fn icontains(haystack: &str, needle: &str) -> bool {
     // The ASCII path avoids two allocations for the common case.
     if haystack.is_ascii() && needle.is_ascii() {
         let needle = needle.as_bytes();
-        return haystack
-            .as_bytes()
-            .windows(needle.len())
-            .any(|window| window.eq_ignore_ascii_case(needle));
+        return haystack.as_bytes().windows(needle.len()).any(|window| window.eq_ignore_ascii_case(needle));
     }
     haystack.to_lowercase().contains(&needle.to_lowercase())
 }
@@ -306,10 +285,7 @@ fn register_string_fn(
         Box::new(CustomFunction::new(
             signature,
             Box::new(move |args: &[Rcvar], _: &mut Context<'_>| {
-                let strings: Vec<&str> = args
-                    .iter()
-                    .map(|arg| arg.as_string().map_or("", String::as_str))
-                    .collect();
+                let strings: Vec<&str> = args.iter().map(|arg| arg.as_string().map_or("", String::as_str)).collect();
                 Ok(Rcvar::new(f(&strings)))
             }),
         )),
@@ -330,10 +306,7 @@ struct RegexFunction {
 
 impl Default for RegexFunction {
     fn default() -> Self {
-        Self {
-            signature: Signature::new(vec![ArgumentType::String; 2], None),
-            cache: Mutex::new(HashMap::new()),
-        }
+        Self { signature: Signature::new(vec![ArgumentType::String; 2], None), cache: Mutex::new(HashMap::new()) }
     }
 }
 
@@ -349,9 +322,7 @@ impl Function for RegexFunction {
         if !cache.contains_key(pattern) && cache.len() >= REGEX_CACHE_LIMIT {
             cache.clear();
         }
-        let regex = cache
-            .entry(pattern.clone())
-            .or_insert_with(|| PyRegex::new(pattern));
+        let regex = cache.entry(pattern.clone()).or_insert_with(|| PyRegex::new(pattern));
         let found = regex.as_ref().is_some_and(|re| re.search(text));
         Ok(Rcvar::new(Variable::Bool(found)))
     }
@@ -426,11 +397,7 @@ mod tests {
         // Quoted text does not count, escaped quotes included.
         let dots = ".".repeat(MAX_STRUCTURE * 2);
         assert!(engine.validate(&format!("a == '{dots}\\'{dots}'")).is_ok());
-        assert!(
-            engine
-                .validate(&format!("\"{dots}\" == `\"{dots}\\`\"`"))
-                .is_ok()
-        );
+        assert!(engine.validate(&format!("\"{dots}\" == `\"{dots}\\`\"`")).is_ok());
     }
 
     #[test]

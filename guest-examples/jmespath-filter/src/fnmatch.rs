@@ -26,10 +26,7 @@ enum Token {
     Literal(char),
     /// `[...]`: one character in (or, when negated, not in) the ranges.
     /// Single characters are stored as one-character ranges.
-    Class {
-        negated: bool,
-        ranges: Vec<(char, char)>,
-    },
+    Class { negated: bool, ranges: Vec<(char, char)> },
 }
 
 impl Token {

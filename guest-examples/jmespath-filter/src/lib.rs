@@ -34,9 +34,7 @@ struct JmespathFilter;
 
 impl Guest for JmespathFilter {
     fn validate(expression: String) -> Result<(), Error> {
-        Engine::global()
-            .validate(&expression)
-            .map_err(invalid_input)
+        Engine::global().validate(&expression).map_err(invalid_input)
     }
 
     fn matches(event: Event, expressions: Vec<String>) -> Vec<Result<bool, Error>> {

@@ -44,14 +44,8 @@ impl PyRegex {
     /// `regex` crate cannot express it (or it is invalid in both).
     pub fn new(pattern: &str) -> Option<Self> {
         let translated = translate(pattern);
-        let regex = Regex::builder()
-            .configure(engine_config())
-            .build(&translated.pattern)
-            .ok()?;
-        Some(Self {
-            regex,
-            search_before_final_newline: translated.has_dollar && !translated.has_end_of_text,
-        })
+        let regex = Regex::builder().configure(engine_config()).build(&translated.pattern).ok()?;
+        Some(Self { regex, search_before_final_newline: translated.has_dollar && !translated.has_end_of_text })
     }
 
     /// `re.search(pattern, text) is not None`.
@@ -64,10 +58,7 @@ impl PyRegex {
         // in the whole text (the only anchor that could tell them apart is
         // `\z`, excluded above), so the second search never over-matches.
         // It misses only patterns that consume the newline after `$` (`$\n`).
-        self.search_before_final_newline
-            && text
-                .strip_suffix('\n')
-                .is_some_and(|trimmed| self.regex.is_match(trimmed))
+        self.search_before_final_newline && text.strip_suffix('\n').is_some_and(|trimmed| self.regex.is_match(trimmed))
     }
 }
 
@@ -81,12 +72,7 @@ impl PyRegex {
 /// meta engine still uses literal prefilters, the bounded backtracker and
 /// the PikeVM, which are linear in the text.
 fn engine_config() -> Config {
-    Config::new()
-        .which_captures(WhichCaptures::None)
-        .hybrid(false)
-        .dfa(false)
-        .onepass(false)
-        .auto_prefilter(false)
+    Config::new().which_captures(WhichCaptures::None).hybrid(false).dfa(false).onepass(false).auto_prefilter(false)
 }
 
 /// A pattern rewritten in the `regex` crate's syntax.
@@ -105,11 +91,8 @@ struct Translated {
 /// too.
 fn translate(pattern: &str) -> Translated {
     let chars: Vec<char> = pattern.chars().collect();
-    let mut out = Translated {
-        pattern: String::with_capacity(pattern.len() + 8),
-        has_dollar: false,
-        has_end_of_text: false,
-    };
+    let mut out =
+        Translated { pattern: String::with_capacity(pattern.len() + 8), has_dollar: false, has_end_of_text: false };
     let mut i = 0;
     while i < chars.len() {
         match chars[i] {
@@ -248,13 +231,7 @@ mod tests {
 
     #[test]
     fn plain_patterns_are_unchanged() {
-        for pattern in [
-            r"^refs/tags/v",
-            r"v[0-9]+\.[0-9]+\.[0-9]+",
-            r"(?i)wip",
-            r"(?P<n>\d+)",
-            r"a{2,3}",
-        ] {
+        for pattern in [r"^refs/tags/v", r"v[0-9]+\.[0-9]+\.[0-9]+", r"(?i)wip", r"(?P<n>\d+)", r"a{2,3}"] {
             assert_eq!(translate(pattern).pattern, pattern);
         }
     }
@@ -315,16 +292,7 @@ mod tests {
 
     #[test]
     fn unsupported_syntax_does_not_compile() {
-        for pattern in [
-            "(?<=a)b",
-            "(?=a)",
-            "(?!a)",
-            r"(a)\1",
-            "(?P<n>a)(?P=n)",
-            "[invalid",
-            r"trailing\",
-            "*",
-        ] {
+        for pattern in ["(?<=a)b", "(?=a)", "(?!a)", r"(a)\1", "(?P<n>a)(?P=n)", "[invalid", r"trailing\", "*"] {
             assert!(PyRegex::new(pattern).is_none(), "{pattern}");
         }
     }

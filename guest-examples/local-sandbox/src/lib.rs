@@ -61,13 +61,8 @@ impl Guest for LocalSandbox {
         };
         let env = plan::environment(&bundle.env, &config.env, &vars);
         let (program, args) = plan::command(&words);
-        let process = sandbox::spawn(&sandbox::Command {
-            program,
-            args,
-            env,
-            cwd: None,
-            time_limit_ms: ctx.timeout_ms,
-        })?;
+        let process =
+            sandbox::spawn(&sandbox::Command { program, args, env, cwd: None, time_limit_ms: ctx.timeout_ms })?;
         log(Level::Info, &format!("run {} started in {workspace} as process {process}", ctx.run_id));
         Ok(process)
     }
@@ -90,10 +85,11 @@ impl Guest for LocalSandbox {
             Err(e) => return Err(e),
         };
         let status = status_of(snapshot);
-        if !matches!(status, RunStatus::Running) && !config.keep_workspace {
-            if let Err(e) = sandbox::remove_workspace() {
-                log(Level::Warn, &format!("cannot remove the workspace of run {}: {e:?}", ctx.run_id));
-            }
+        if !matches!(status, RunStatus::Running)
+            && !config.keep_workspace
+            && let Err(e) = sandbox::remove_workspace()
+        {
+            log(Level::Warn, &format!("cannot remove the workspace of run {}: {e:?}", ctx.run_id));
         }
         Ok(status)
     }
@@ -114,7 +110,8 @@ impl Guest for LocalSandbox {
 }
 
 fn status_of(p: ProcessOutput) -> RunStatus {
-    let output = |exit_code| RunOutput { exit_code, stdout: p.stdout.clone(), stderr: p.stderr.clone(), truncated: p.truncated };
+    let output =
+        |exit_code| RunOutput { exit_code, stdout: p.stdout.clone(), stderr: p.stderr.clone(), truncated: p.truncated };
     match p.state {
         ProcessState::Running => RunStatus::Running,
         ProcessState::Exited(0) => RunStatus::Succeeded(output(Some(0))),

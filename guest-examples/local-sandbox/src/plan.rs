@@ -27,13 +27,15 @@ pub struct Config {
 impl Config {
     /// Parses the configuration JSON, refusing unknown fields.
     pub fn parse(json: &str) -> Result<Config, String> {
-        let value: serde_json::Value =
-            serde_json::from_str(if json.trim().is_empty() { "{}" } else { json }).map_err(|e| format!("executor config is not JSON: {e}"))?;
+        let value: serde_json::Value = serde_json::from_str(if json.trim().is_empty() { "{}" } else { json })
+            .map_err(|e| format!("executor config is not JSON: {e}"))?;
         let obj = value.as_object().ok_or("executor config must be a JSON object")?;
         let mut config = Config::default();
         for (k, v) in obj {
             match k.as_str() {
-                "keep_workspace" => config.keep_workspace = v.as_bool().ok_or("keep_workspace must be true or false")?,
+                "keep_workspace" => {
+                    config.keep_workspace = v.as_bool().ok_or("keep_workspace must be true or false")?
+                }
                 "env" => {
                     let env = v.as_object().ok_or("env must be an object of strings")?;
                     for (name, value) in env {
@@ -92,7 +94,11 @@ pub struct RunVars<'a> {
 
 /// The process environment: the bundle's variables, then the executor
 /// config's, then the run's own `AUTOMATION_*` variables (which win).
-pub fn environment(bundle: &[(String, String)], config: &[(String, String)], run: &RunVars<'_>) -> Vec<(String, String)> {
+pub fn environment(
+    bundle: &[(String, String)],
+    config: &[(String, String)],
+    run: &RunVars<'_>,
+) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = Vec::new();
     let mut set = |k: &str, v: &str| {
         env.retain(|(name, _)| name != k);

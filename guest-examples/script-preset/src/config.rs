@@ -39,12 +39,7 @@ pub enum Interpreter {
 
 impl Interpreter {
     /// Every interpreter, in the order the schema lists them.
-    pub const ALL: [Interpreter; 4] = [
-        Interpreter::Bash,
-        Interpreter::Sh,
-        Interpreter::Python3,
-        Interpreter::Node,
-    ];
+    pub const ALL: [Interpreter; 4] = [Interpreter::Bash, Interpreter::Sh, Interpreter::Python3, Interpreter::Node];
 
     /// The name used in the configuration and as the program in the
     /// entrypoint (looked up on the sandbox `PATH`).
@@ -179,10 +174,7 @@ pub fn parse(config: &str) -> Result<ScriptConfig, ConfigError> {
     let value: Value = serde_json::from_str(config)
         .map_err(|err| ConfigError::new(format!("the configuration is not valid JSON: {err}")))?;
     let Value::Object(fields) = value else {
-        return Err(ConfigError::new(format!(
-            "the configuration must be a JSON object, not {}",
-            type_name(&value)
-        )));
+        return Err(ConfigError::new(format!("the configuration must be a JSON object, not {}", type_name(&value))));
     };
     if let Some(unknown) = fields.keys().find(|key| !FIELDS.contains(&key.as_str())) {
         return Err(ConfigError::new(format!(
@@ -194,10 +186,7 @@ pub fn parse(config: &str) -> Result<ScriptConfig, ConfigError> {
     let interpreter = match fields.get("interpreter") {
         None => Interpreter::default(),
         Some(Value::String(name)) => Interpreter::from_name(name).ok_or_else(|| {
-            ConfigError::new(format!(
-                "`interpreter` must be one of {}, not \"{name}\"",
-                interpreter_list()
-            ))
+            ConfigError::new(format!("`interpreter` must be one of {}, not \"{name}\"", interpreter_list()))
         })?,
         Some(other) => {
             return Err(ConfigError::new(format!(
@@ -211,32 +200,17 @@ pub fn parse(config: &str) -> Result<ScriptConfig, ConfigError> {
         None => return Err(ConfigError::new("missing required field `script`")),
         Some(value) => script_text("script", value)?,
     };
-    let setup = fields
-        .get("setup")
-        .map(|value| script_text("setup", value))
-        .transpose()?;
-    let env = fields
-        .get("env")
-        .map(parse_env)
-        .transpose()?
-        .unwrap_or_default();
+    let setup = fields.get("setup").map(|value| script_text("setup", value)).transpose()?;
+    let env = fields.get("env").map(parse_env).transpose()?.unwrap_or_default();
 
-    Ok(ScriptConfig {
-        interpreter,
-        script,
-        env,
-        setup,
-    })
+    Ok(ScriptConfig { interpreter, script, env, setup })
 }
 
 /// Renders the bundle parts for a validated configuration.
 pub fn render(config: &ScriptConfig) -> Rendered {
     let main = format!("main.{}", config.interpreter.extension());
-    let mut files = vec![RenderedFile {
-        path: main.clone(),
-        mode: SCRIPT_MODE,
-        contents: config.script.clone().into_bytes(),
-    }];
+    let mut files =
+        vec![RenderedFile { path: main.clone(), mode: SCRIPT_MODE, contents: config.script.clone().into_bytes() }];
     if let Some(setup) = &config.setup {
         files.push(RenderedFile {
             path: "setup.sh".to_owned(),
@@ -247,30 +221,20 @@ pub fn render(config: &ScriptConfig) -> Rendered {
     Rendered {
         files,
         entrypoint: format!("{} {main}", config.interpreter.name()),
-        env: config
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
+        env: config.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
     }
 }
 
 /// Checks a script-valued field: a non-empty string within the byte limit.
 fn script_text(field: &str, value: &Value) -> Result<String, ConfigError> {
     let Value::String(text) = value else {
-        return Err(ConfigError::new(format!(
-            "`{field}` must be a string, not {}",
-            type_name(value)
-        )));
+        return Err(ConfigError::new(format!("`{field}` must be a string, not {}", type_name(value))));
     };
     if text.is_empty() {
         return Err(ConfigError::new(format!("`{field}` must not be empty")));
     }
     if text.len() > MAX_SCRIPT_BYTES {
-        return Err(ConfigError::new(format!(
-            "`{field}` is {} bytes; the limit is {MAX_SCRIPT_BYTES}",
-            text.len()
-        )));
+        return Err(ConfigError::new(format!("`{field}` is {} bytes; the limit is {MAX_SCRIPT_BYTES}", text.len())));
     }
     Ok(text.clone())
 }
@@ -280,10 +244,7 @@ fn script_text(field: &str, value: &Value) -> Result<String, ConfigError> {
 /// hold, and names a shell could not expand; values may hold anything but NUL.
 fn parse_env(value: &Value) -> Result<BTreeMap<String, String>, ConfigError> {
     let Value::Object(vars) = value else {
-        return Err(ConfigError::new(format!(
-            "`env` must be an object of strings, not {}",
-            type_name(value)
-        )));
+        return Err(ConfigError::new(format!("`env` must be an object of strings, not {}", type_name(value))));
     };
     let mut env = BTreeMap::new();
     for (name, value) in vars {
@@ -293,15 +254,10 @@ fn parse_env(value: &Value) -> Result<BTreeMap<String, String>, ConfigError> {
             )));
         }
         let Value::String(text) = value else {
-            return Err(ConfigError::new(format!(
-                "`env.{name}` must be a string, not {}",
-                type_name(value)
-            )));
+            return Err(ConfigError::new(format!("`env.{name}` must be a string, not {}", type_name(value))));
         };
         if text.contains('\0') {
-            return Err(ConfigError::new(format!(
-                "`env.{name}` must not contain a NUL character"
-            )));
+            return Err(ConfigError::new(format!("`env.{name}` must not contain a NUL character")));
         }
         env.insert(name.clone(), text.clone());
     }
@@ -310,16 +266,12 @@ fn parse_env(value: &Value) -> Result<BTreeMap<String, String>, ConfigError> {
 
 fn is_env_name(name: &str) -> bool {
     let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn interpreter_list() -> String {
-    Interpreter::ALL
-        .map(|i| format!("\"{}\"", i.name()))
-        .join(", ")
+    Interpreter::ALL.map(|i| format!("\"{}\"", i.name())).join(", ")
 }
 
 /// The JSON type of a value, for messages.
@@ -352,30 +304,20 @@ mod tests {
         assert_eq!(rendered.entrypoint, "bash main.sh");
         assert_eq!(
             rendered.files,
-            vec![RenderedFile {
-                path: "main.sh".into(),
-                mode: 0o755,
-                contents: b"echo hi".to_vec(),
-            }]
+            vec![RenderedFile { path: "main.sh".into(), mode: 0o755, contents: b"echo hi".to_vec() }]
         );
         assert!(rendered.env.is_empty());
     }
 
     #[test]
     fn each_interpreter_picks_its_extension() {
-        for (name, entrypoint) in [
-            ("bash", "bash main.sh"),
-            ("sh", "sh main.sh"),
-            ("python3", "python3 main.py"),
-            ("node", "node main.js"),
-        ] {
+        for (name, entrypoint) in
+            [("bash", "bash main.sh"), ("sh", "sh main.sh"), ("python3", "python3 main.py"), ("node", "node main.js")]
+        {
             let config = parse(&format!(r#"{{"interpreter": "{name}", "script": "x"}}"#)).unwrap();
             let rendered = render(&config);
             assert_eq!(rendered.entrypoint, entrypoint);
-            assert_eq!(
-                rendered.files[0].path,
-                entrypoint.split(' ').nth(1).unwrap()
-            );
+            assert_eq!(rendered.files[0].path, entrypoint.split(' ').nth(1).unwrap());
         }
     }
 
@@ -395,11 +337,7 @@ mod tests {
         assert_eq!(rendered.files[1].contents, b"pip install requests");
         assert_eq!(
             rendered.env,
-            vec![
-                ("ALPHA".into(), "a b".into()),
-                ("ZED".into(), "z".into()),
-                ("_x1".into(), String::new()),
-            ]
+            vec![("ALPHA".into(), "a b".into()), ("ZED".into(), "z".into()), ("_x1".into(), String::new()),]
         );
     }
 
@@ -482,15 +420,9 @@ mod tests {
         let mut fields = FIELDS.to_vec();
         fields.sort_unstable();
         assert_eq!(names, fields);
-        assert_eq!(
-            schema["properties"]["interpreter"]["enum"],
-            json!(["bash", "sh", "python3", "node"])
-        );
+        assert_eq!(schema["properties"]["interpreter"]["enum"], json!(["bash", "sh", "python3", "node"]));
         assert_eq!(schema["properties"]["interpreter"]["default"], "bash");
-        assert_eq!(
-            schema["properties"]["script"]["maxLength"],
-            MAX_SCRIPT_BYTES
-        );
+        assert_eq!(schema["properties"]["script"]["maxLength"], MAX_SCRIPT_BYTES);
         assert_eq!(schema["properties"]["script"]["minLength"], 1);
     }
 }

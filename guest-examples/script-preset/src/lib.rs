@@ -51,11 +51,7 @@ impl Guest for ScriptPreset {
             files: rendered
                 .files
                 .into_iter()
-                .map(|file| File {
-                    path: file.path,
-                    mode: file.mode,
-                    contents: file.contents,
-                })
+                .map(|file| File { path: file.path, mode: file.mode, contents: file.contents })
                 .collect(),
             entrypoint: rendered.entrypoint,
             env: rendered.env,

@@ -38,11 +38,7 @@ fn compliance_suite() {
         .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
         .collect();
     files.sort();
-    assert!(
-        files.len() >= 15,
-        "expected the whole suite in {}",
-        dir.display()
-    );
+    assert!(files.len() >= 15, "expected the whole suite in {}", dir.display());
 
     let engine = Engine::new();
     let mut passed = 0usize;
@@ -50,8 +46,8 @@ fn compliance_suite() {
     for path in &files {
         let file = path.file_name().unwrap().to_string_lossy().into_owned();
         let text = fs::read_to_string(path).unwrap();
-        let suites: Vec<Value> = serde_json::from_str(&text)
-            .unwrap_or_else(|err| panic!("{file} is not a JSON list: {err}"));
+        let suites: Vec<Value> =
+            serde_json::from_str(&text).unwrap_or_else(|err| panic!("{file} is not a JSON list: {err}"));
         for suite in &suites {
             let given = parse_payload(&suite["given"].to_string()).unwrap();
             for case in suite["cases"].as_array().expect("cases") {
@@ -63,33 +59,23 @@ fn compliance_suite() {
                 } else {
                     let bench = case.get("bench").and_then(Value::as_str);
                     assert!(bench.is_some(), "{file}: `{expression}` expects nothing");
-                    Expect::Runs {
-                        evaluate: bench != Some("parse"),
-                    }
+                    Expect::Runs { evaluate: bench != Some("parse") }
                 };
                 let outcome = engine.search(expression, &given);
                 let problem = match (&expect, &outcome) {
                     (Expect::Result(expected), Ok(actual)) => {
                         let actual = serde_json::to_value(&**actual).unwrap();
-                        (!json_eq(expected, &actual))
-                            .then(|| format!("expected {expected}, got {actual}"))
+                        (!json_eq(expected, &actual)).then(|| format!("expected {expected}, got {actual}"))
                     }
-                    (Expect::Result(expected), Err(err)) => {
-                        Some(format!("expected {expected}, got error: {err}"))
-                    }
+                    (Expect::Result(expected), Err(err)) => Some(format!("expected {expected}, got error: {err}")),
                     (Expect::Error(_), Err(_)) => None,
-                    (Expect::Error(kind), Ok(actual)) => {
-                        Some(format!("expected a {kind} error, got {actual:?}"))
-                    }
+                    (Expect::Error(kind), Ok(actual)) => Some(format!("expected a {kind} error, got {actual:?}")),
                     (Expect::Runs { .. }, Ok(_)) => None,
-                    (Expect::Runs { evaluate: true }, Err(err)) => {
-                        Some(format!("benchmark failed: {err}"))
-                    }
+                    (Expect::Runs { evaluate: true }, Err(err)) => Some(format!("benchmark failed: {err}")),
                     // A `parse` benchmark only has to compile.
-                    (Expect::Runs { evaluate: false }, Err(err)) => engine
-                        .compile(expression)
-                        .is_err()
-                        .then(|| format!("benchmark failed to compile: {err}")),
+                    (Expect::Runs { evaluate: false }, Err(err)) => {
+                        engine.compile(expression).is_err().then(|| format!("benchmark failed to compile: {err}"))
+                    }
                 };
                 match problem {
                     None => passed += 1,
@@ -99,37 +85,18 @@ fn compliance_suite() {
         }
     }
 
-    eprintln!(
-        "JMESPath compliance: {passed} of {} cases pass in {} files",
-        passed + failures.len(),
-        files.len()
-    );
+    eprintln!("JMESPath compliance: {passed} of {} cases pass in {} files", passed + failures.len(), files.len());
     let unexpected: Vec<_> = failures
         .iter()
-        .filter(|(file, expr, _)| {
-            !KNOWN_FAILURES
-                .iter()
-                .any(|(f, e, _)| f == file && e == expr)
-        })
+        .filter(|(file, expr, _)| !KNOWN_FAILURES.iter().any(|(f, e, _)| f == file && e == expr))
         .collect();
     let fixed: Vec<_> = KNOWN_FAILURES
         .iter()
-        .filter(|(f, e, _)| {
-            !failures
-                .iter()
-                .any(|(file, expr, _)| f == file && e == expr)
-        })
+        .filter(|(f, e, _)| !failures.iter().any(|(file, expr, _)| f == file && e == expr))
         .collect();
-    let report: Vec<String> = unexpected
-        .iter()
-        .map(|(file, expr, problem)| format!("{file}: `{expr}`: {problem}"))
-        .collect();
-    assert!(
-        unexpected.is_empty(),
-        "{} unexpected failures:\n{}",
-        unexpected.len(),
-        report.join("\n")
-    );
+    let report: Vec<String> =
+        unexpected.iter().map(|(file, expr, problem)| format!("{file}: `{expr}`: {problem}")).collect();
+    assert!(unexpected.is_empty(), "{} unexpected failures:\n{}", unexpected.len(), report.join("\n"));
     assert!(fixed.is_empty(), "these known failures now pass: {fixed:?}");
     assert!(passed > 800, "only {passed} cases ran");
 }
@@ -138,13 +105,9 @@ fn compliance_suite() {
 fn json_eq(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| json_eq(x, y))
-        }
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| json_eq(x, y)),
         (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(key, value)| y.get(key).is_some_and(|other| json_eq(value, other)))
+            x.len() == y.len() && x.iter().all(|(key, value)| y.get(key).is_some_and(|other| json_eq(value, other)))
         }
         _ => a == b,
     }

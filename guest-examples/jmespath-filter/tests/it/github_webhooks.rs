@@ -45,65 +45,29 @@ fn cases_for(event: &str, payload: &Value) -> Vec<(String, bool)> {
         ("this_field_does_not_exist".to_owned(), false),
         ("this.path.does.not.exist".to_owned(), false),
         ("!this_field_does_not_exist".to_owned(), true),
-        (
-            format!(
-                "length(keys(@)) == `{}`",
-                payload.as_object().map_or(0, |o| o.len())
-            ),
-            true,
-        ),
+        (format!("length(keys(@)) == `{}`", payload.as_object().map_or(0, |o| o.len())), true),
     ];
 
     match payload.get("action").and_then(Value::as_str) {
         Some(action) => {
             cases.push((format!("action == {}", lit(action)), true));
-            cases.push((
-                format!("action == {}", lit(&format!("not-{action}"))),
-                false,
-            ));
-            cases.push((
-                format!("glob(action, {})", lit(&format!("{}*", &action[..1]))),
-                true,
-            ));
+            cases.push((format!("action == {}", lit(&format!("not-{action}"))), false));
+            cases.push((format!("glob(action, {})", lit(&format!("{}*", &action[..1]))), true));
             cases.push((format!("regex(action, {})", lit("^[a-z_-]+$")), true));
         }
         None => cases.push(("action".to_owned(), false)),
     }
 
-    if let Some(full_name) = payload
-        .pointer("/repository/full_name")
-        .and_then(Value::as_str)
-    {
+    if let Some(full_name) = payload.pointer("/repository/full_name").and_then(Value::as_str) {
         let owner = full_name.split('/').next().unwrap();
         cases.extend([
             ("repository.full_name".to_owned(), true),
             (format!("repository.full_name == {}", lit(full_name)), true),
-            (
-                format!("glob(repository.full_name, {})", lit(&format!("{owner}/*"))),
-                true,
-            ),
-            (
-                format!("glob(repository.full_name, {})", lit("not-an-owner/*")),
-                false,
-            ),
-            (
-                format!(
-                    "starts_with(repository.full_name, {})",
-                    lit(&format!("{owner}/"))
-                ),
-                true,
-            ),
-            (
-                format!(
-                    "icontains(repository.full_name, {})",
-                    lit(&full_name.to_uppercase())
-                ),
-                true,
-            ),
-            (
-                format!("regex(repository.full_name, {})", lit("^[^/]+/[^/]+$")),
-                true,
-            ),
+            (format!("glob(repository.full_name, {})", lit(&format!("{owner}/*"))), true),
+            (format!("glob(repository.full_name, {})", lit("not-an-owner/*")), false),
+            (format!("starts_with(repository.full_name, {})", lit(&format!("{owner}/"))), true),
+            (format!("icontains(repository.full_name, {})", lit(&full_name.to_uppercase())), true),
+            (format!("regex(repository.full_name, {})", lit("^[^/]+/[^/]+$")), true),
         ]);
     } else {
         cases.push(("repository.full_name".to_owned(), false));
@@ -111,18 +75,9 @@ fn cases_for(event: &str, payload: &Value) -> Vec<(String, bool)> {
 
     if let Some(login) = payload.pointer("/sender/login").and_then(Value::as_str) {
         cases.extend([
-            (
-                format!("lower(sender.login) == {}", lit(&login.to_lowercase())),
-                true,
-            ),
-            (
-                format!("upper(sender.login) == {}", lit(&login.to_uppercase())),
-                true,
-            ),
-            (
-                "ends_with(sender.login, '[bot]')".to_owned(),
-                login.ends_with("[bot]"),
-            ),
+            (format!("lower(sender.login) == {}", lit(&login.to_lowercase())), true),
+            (format!("upper(sender.login) == {}", lit(&login.to_uppercase())), true),
+            ("ends_with(sender.login, '[bot]')".to_owned(), login.ends_with("[bot]")),
         ]);
     }
     if let Some(kind) = payload.pointer("/sender/type").and_then(Value::as_str) {
@@ -143,33 +98,19 @@ fn cases_for(event: &str, payload: &Value) -> Vec<(String, bool)> {
         if let Some(base) = pr.pointer("/base/ref").and_then(Value::as_str) {
             cases.push((format!("pull_request.base.ref == {}", lit(base)), true));
         }
-        let labels: Vec<&str> = pr["labels"]
-            .as_array()
-            .map(|l| l.iter().filter_map(|l| l["name"].as_str()).collect())
-            .unwrap_or_default();
+        let labels: Vec<&str> =
+            pr["labels"].as_array().map(|l| l.iter().filter_map(|l| l["name"].as_str()).collect()).unwrap_or_default();
         if let Some(first) = labels.first() {
-            cases.push((
-                format!("contains(pull_request.labels[].name, {})", lit(first)),
-                true,
-            ));
+            cases.push((format!("contains(pull_request.labels[].name, {})", lit(first)), true));
         }
-        cases.push((
-            "contains(pull_request.labels[].name, 'no-such-label')".to_owned(),
-            false,
-        ));
+        cases.push(("contains(pull_request.labels[].name, 'no-such-label')".to_owned(), false));
     }
 
     if let Some(number) = payload.pointer("/issue/number").and_then(Value::as_u64) {
         cases.push((format!("issue.number == `{number}`"), true));
     }
     if let Some(body) = payload.pointer("/comment/body").and_then(Value::as_str) {
-        cases.push((
-            format!(
-                "icontains(comment.body, {})",
-                lit(&body.chars().take(8).collect::<String>())
-            ),
-            true,
-        ));
+        cases.push((format!("icontains(comment.body, {})", lit(&body.chars().take(8).collect::<String>())), true));
     }
 
     if event == "push" {
@@ -180,10 +121,7 @@ fn cases_for(event: &str, payload: &Value) -> Vec<(String, bool)> {
             (format!("ref == {}", lit(reference)), true),
             ("regex(ref, '^refs/(heads|tags)/')".to_owned(), true),
             (format!("length(commits) == `{commits}`"), true),
-            (
-                "glob(ref, 'refs/heads/*') || glob(ref, 'refs/tags/*')".to_owned(),
-                true,
-            ),
+            ("glob(ref, 'refs/heads/*') || glob(ref, 'refs/tags/*')".to_owned(), true),
         ]);
     }
     cases
@@ -192,29 +130,17 @@ fn cases_for(event: &str, payload: &Value) -> Vec<(String, bool)> {
 #[test]
 fn every_payload_evaluates_as_expected() {
     let files = payload_files();
-    let events: std::collections::BTreeSet<&Path> =
-        files.iter().map(|f| f.parent().unwrap()).collect();
+    let events: std::collections::BTreeSet<&Path> = files.iter().map(|f| f.parent().unwrap()).collect();
     assert_eq!(events.len(), 60, "event directories");
     assert_eq!(files.len(), 273, "payload files");
 
     let engine = Engine::global();
     let mut checked = 0usize;
     for file in &files {
-        let event = file
-            .parent()
-            .unwrap()
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
-        let name = file
-            .strip_prefix(fixtures_dir())
-            .unwrap()
-            .display()
-            .to_string();
+        let event = file.parent().unwrap().file_name().unwrap().to_string_lossy().into_owned();
+        let name = file.strip_prefix(fixtures_dir()).unwrap().display().to_string();
         let text = fs::read_to_string(file).unwrap();
-        let payload: Value =
-            serde_json::from_str(&text).unwrap_or_else(|err| panic!("{name}: {err}"));
+        let payload: Value = serde_json::from_str(&text).unwrap_or_else(|err| panic!("{name}: {err}"));
         let cases = cases_for(&event, &payload);
         let expressions: Vec<&str> = cases.iter().map(|(e, _)| e.as_str()).collect();
         let results = engine.matches(&text, &expressions);
@@ -249,8 +175,5 @@ fn file_names_agree_with_actions() {
     }
     // 233 of the 273 files are named after their action; the others are
     // events without one (`push/payload.json`) or named after a variant.
-    assert!(
-        agreed >= 230,
-        "only {agreed} files named after their action"
-    );
+    assert!(agreed >= 230, "only {agreed} files named after their action");
 }

@@ -128,16 +128,8 @@ fn starts_and_ends_with() {
 // 15. `lower` and `upper`.
 #[test]
 fn lower_upper() {
-    check(
-        r#"{"login": "TestUser"}"#,
-        "lower(login) == 'testuser'",
-        true,
-    );
-    check(
-        r#"{"status": "pending"}"#,
-        "upper(status) == 'PENDING'",
-        true,
-    );
+    check(r#"{"login": "TestUser"}"#, "lower(login) == 'testuser'", true);
+    check(r#"{"status": "pending"}"#, "upper(status) == 'PENDING'", true);
 }
 
 // 16. `glob` and `icontains` combined.
@@ -156,8 +148,7 @@ fn combined_glob_icontains() {
 // 17. A pull request on main labelled `bug`.
 #[test]
 fn pull_request_base_and_label() {
-    let expression =
-        "pull_request.base.ref == 'main' && contains(pull_request.labels[].name, 'bug')";
+    let expression = "pull_request.base.ref == 'main' && contains(pull_request.labels[].name, 'bug')";
     let event = r#"{"pull_request": {"base": {"ref": "main"},
                     "labels": [{"name": "bug"}, {"name": "urgent"}]}}"#;
     check(event, expression, true);
@@ -198,11 +189,7 @@ fn main_release_or_tag() {
         ("refs/tags/v1.0.0", true),
         ("refs/heads/feature/test", false),
     ] {
-        check(
-            &format!(r#"{{"ref": "{reference}"}}"#),
-            expression,
-            expected,
-        );
+        check(&format!(r#"{{"ref": "{reference}"}}"#), expression, expected);
     }
 }
 
@@ -212,10 +199,7 @@ fn main_release_or_tag() {
 fn validation() {
     let engine = Engine::global();
     assert_eq!(engine.validate("name == 'test'"), Ok(()));
-    assert_eq!(
-        engine.validate("glob(repo, 'org/*') && icontains(body, '@bot')"),
-        Ok(())
-    );
+    assert_eq!(engine.validate("glob(repo, 'org/*') && icontains(body, '@bot')"), Ok(()));
 
     let err = engine.validate("invalid(((").unwrap_err();
     // The parser's message, with the position and a caret under it.
@@ -294,15 +278,8 @@ fn numbers_and_truthiness_quirk() {
 #[test]
 fn batch_results_in_order() {
     let payload = r#"{"action": "opened", "number": 7}"#;
-    let expressions = [
-        "action == 'opened'",
-        "invalid(((",
-        "number == `8`",
-        "action == 'opened'",
-        "",
-        "glob(number, '*')",
-        "number",
-    ];
+    let expressions =
+        ["action == 'opened'", "invalid(((", "number == `8`", "action == 'opened'", "", "glob(number, '*')", "number"];
     let results = Engine::global().matches(payload, &expressions);
     assert_eq!(results.len(), expressions.len());
     assert_eq!(results[0], Ok(true));

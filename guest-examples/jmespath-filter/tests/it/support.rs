@@ -30,10 +30,7 @@ pub(crate) fn matches(payload: &str, expression: &str) -> Result<bool, String> {
 #[track_caller]
 pub(crate) fn check(payload: &str, expression: &str, expected: bool) {
     match matches(payload, expression) {
-        Ok(actual) => assert_eq!(
-            actual, expected,
-            "`{expression}` against {payload}: expected {expected}"
-        ),
+        Ok(actual) => assert_eq!(actual, expected, "`{expression}` against {payload}: expected {expected}"),
         Err(err) => panic!("`{expression}` against {payload} failed: {err}"),
     }
 }

@@ -31,10 +31,7 @@ impl Guest for MembombFilter {
         // optimiser from proving the buffer unused and dropping it.
         let bomb = vec![1u8; BOMB_BYTES];
         let bomb = core::hint::black_box(bomb);
-        expressions
-            .iter()
-            .map(|_| Ok(bomb[bomb.len() - 1] == 0))
-            .collect()
+        expressions.iter().map(|_| Ok(bomb[bomb.len() - 1] == 0)).collect()
     }
 }
 

@@ -32,7 +32,12 @@ impl Guest for Noop {
     }
 
     fn poll(_ctx: RunContext, _handle: String) -> Result<RunStatus, Error> {
-        Ok(RunStatus::Succeeded(RunOutput { exit_code: Some(0), stdout: String::new(), stderr: String::new(), truncated: false }))
+        Ok(RunStatus::Succeeded(RunOutput {
+            exit_code: Some(0),
+            stdout: String::new(),
+            stderr: String::new(),
+            truncated: false,
+        }))
     }
 
     fn cancel(_ctx: RunContext, _handle: String) -> Result<(), Error> {

@@ -23,10 +23,7 @@ impl Guest for PanicFilter {
     }
 
     fn matches(event: Event, _expressions: Vec<String>) -> Vec<Result<bool, Error>> {
-        panic!(
-            "test-panic-filter: deliberate panic in matches (event {})",
-            event.id
-        );
+        panic!("test-panic-filter: deliberate panic in matches (event {})", event.id);
     }
 }
 

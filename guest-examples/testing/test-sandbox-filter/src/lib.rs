@@ -40,10 +40,7 @@ impl Guest for SandboxFilter {
 
     fn matches(_event: Event, expressions: Vec<String>) -> Vec<Result<bool, Error>> {
         let created = sandbox::create_workspace();
-        expressions
-            .iter()
-            .map(|_| created.clone().map(|_| false))
-            .collect()
+        expressions.iter().map(|_| created.clone().map(|_| false)).collect()
     }
 }
 
