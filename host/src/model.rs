@@ -305,6 +305,18 @@ pub struct RunOutput {
     pub truncated: bool,
 }
 
+/// One line an executor plugin logged while carrying out a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PluginLogLine {
+    /// The executor call: `start`, `poll` or `cancel`.
+    pub call: String,
+    /// `trace`, `debug`, `info`, `warn`, `error`, or `stderr` for what the
+    /// plugin itself wrote to standard error.
+    pub level: String,
+    /// The message.
+    pub message: String,
+}
+
 /// One firing of an automation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Run {
@@ -328,6 +340,8 @@ pub struct Run {
     pub output: Option<RunOutput>,
     /// Why it failed, for failed, timed-out and skipped runs.
     pub error: Option<String>,
+    /// What the executor plugin logged while carrying it out (bounded).
+    pub plugin_log: Vec<PluginLogLine>,
     /// When it was created.
     pub created_at: DateTime<Utc>,
     /// When an executor started it.
@@ -355,6 +369,7 @@ impl Run {
             executor_handle: None,
             output: None,
             error: None,
+            plugin_log: Vec::new(),
             created_at: now,
             started_at: None,
             finished_at: None,

@@ -23,6 +23,9 @@ create table cron_slots (
 
 create index runs_leases on runs (status, lease_expires_at);
 
+-- What the executor plugin logged while carrying out the run (bounded).
+alter table runs add column plugin_log text;
+
 -- A delivery creates at most one run per automation, even if two hosts
 -- (or a rescued matcher) match it twice.
 alter table runs add column event_id text;

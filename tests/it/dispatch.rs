@@ -36,6 +36,14 @@ async fn script_runs_to_succeeded_with_output(backend: Backend) {
     assert!(done["executor_handle"].is_string());
     assert_eq!(done["attempt"], 1);
     assert!(done["started_at"].is_string() && done["finished_at"].is_string());
+    // What the executor plugin logged is kept with the run.
+    let log = done["plugin_log"].as_array().unwrap();
+    assert!(
+        log.iter().any(|l| l["call"] == "start"
+            && l["level"] == "info"
+            && l["message"].as_str().unwrap().contains("started in")),
+        "{done}"
+    );
     // The workspace is gone once the run is over.
     assert!(!s.data_dir().join("workspaces").join(&run).exists());
 }

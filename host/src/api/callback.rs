@@ -85,7 +85,7 @@ async fn runs_complete(
         reason: format!("the run reported {}", to.as_str()),
         at: crate::model::now(),
     };
-    let changes = RunChanges { error, output: body.output };
+    let changes = RunChanges { error, output: body.output, plugin_log: None };
     match state.store.transition_run(id, &[RunStatus::Running], to, &detail, changes).await? {
         Some(run) => {
             state.metrics.runs_finished.add(to.as_str(), 1);

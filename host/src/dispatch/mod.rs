@@ -23,10 +23,40 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::metrics::Metrics;
-use crate::model::{Automation, Run, RunOutput, RunStatus, StatusDetail};
+use crate::model::{Automation, PluginLogLine, Run, RunOutput, RunStatus, StatusDetail};
 use crate::plugins::manifest::Kind;
-use crate::plugins::{Bundle, CallError, ExecStatus, Registry, RunContext};
+use crate::plugins::{Bundle, CallError, CallReport, ExecStatus, Registry, RunContext};
 use crate::store::{Dialect, RunChanges, Store};
+
+/// Most plugin log lines kept per run, and most bytes.
+const RUN_LOG_LINES: usize = 200;
+const RUN_LOG_BYTES: usize = 64 << 10;
+
+/// The executor plugin's log for one run, collected across its calls and
+/// stored with the run when it ends.
+#[derive(Default)]
+struct RunLog {
+    lines: Mutex<(Vec<PluginLogLine>, usize)>,
+}
+
+impl RunLog {
+    fn add(&self, call: &str, report: &CallReport) {
+        let mut guard = self.lines.lock().expect("run log");
+        let (lines, bytes) = &mut *guard;
+        let stderr = report.stderr.lines().filter(|l| !l.trim().is_empty()).map(|l| ("stderr", l.to_owned()));
+        for (level, message) in report.logs.iter().map(|l| (l.level, l.message.clone())).chain(stderr) {
+            if lines.len() >= RUN_LOG_LINES || *bytes + message.len() > RUN_LOG_BYTES {
+                return;
+            }
+            *bytes += message.len();
+            lines.push(PluginLogLine { call: call.to_owned(), level: level.to_owned(), message });
+        }
+    }
+
+    fn take(&self) -> Vec<PluginLogLine> {
+        std::mem::take(&mut self.lines.lock().expect("run log").0)
+    }
+}
 
 /// Dispatcher settings.
 #[derive(Debug, Clone)]
@@ -227,14 +257,16 @@ impl Dispatcher {
     async fn finish(
         &self,
         run: &Run,
+        log: &RunLog,
         to: RunStatus,
         reason: &str,
         output: Option<RunOutput>,
         error: Option<String>,
     ) -> bool {
         let detail = self.detail(RunStatus::Running, reason);
-        match self.store.transition_run(run.id, &[RunStatus::Running], to, &detail, RunChanges { error, output }).await
-        {
+        let lines = log.take();
+        let changes = RunChanges { error, output, plugin_log: (!lines.is_empty()).then_some(lines) };
+        match self.store.transition_run(run.id, &[RunStatus::Running], to, &detail, changes).await {
             Ok(Some(_)) => {
                 self.metrics.runs_finished.add(to.as_str(), 1);
                 tracing::info!(run.id = %run.id, automation.id = %run.automation_id, status = %to, reason, "run finished");
@@ -249,11 +281,13 @@ impl Dispatcher {
     }
 
     async fn drive(self: &Arc<Self>, run: Run, stop: CancellationToken, _permit: OwnedSemaphorePermit) {
+        let log = RunLog::default();
         let automation = match self.store.get_automation_any(run.automation_id).await {
             Ok(Some((a, _deleted))) => a,
             Ok(None) => {
                 self.finish(
                     &run,
+                    &log,
                     RunStatus::Failed,
                     "its automation does not exist",
                     None,
@@ -272,7 +306,7 @@ impl Dispatcher {
             Ok(p) => p,
             Err(e) => {
                 let msg = format!("executor: {e}");
-                self.finish(&run, RunStatus::Failed, &msg, None, Some(msg.clone())).await;
+                self.finish(&run, &log, RunStatus::Failed, &msg, None, Some(msg.clone())).await;
                 return;
             }
         };
@@ -283,12 +317,12 @@ impl Dispatcher {
 
         let handle = match run.executor_handle.clone() {
             Some(h) => h,
-            None => match self.start(&run, &automation, &executor, &ctx, deadline, &stop).await {
+            None => match self.start(&run, &log, &automation, &executor, &ctx, deadline, &stop).await {
                 Some(h) => h,
                 None => return,
             },
         };
-        self.poll_until_final(&run, &executor, &ctx, &handle, deadline, &stop).await;
+        self.poll_until_final(&run, &log, &executor, &ctx, &handle, deadline, &stop).await;
     }
 
     fn context(&self, run: &Run, automation: &Automation, timeout: Duration) -> RunContext {
@@ -310,9 +344,11 @@ impl Dispatcher {
 
     /// Renders the bundle and starts the run; returns the handle, or `None`
     /// when the run ended (failed, cancelled) or is no longer ours.
+    #[allow(clippy::too_many_arguments)]
     async fn start(
         &self,
         run: &Run,
+        log: &RunLog,
         automation: &Automation,
         executor: &Arc<crate::plugins::Plugin>,
         ctx: &RunContext,
@@ -322,7 +358,7 @@ impl Dispatcher {
         let bundle = match self.bundle(automation).await {
             Ok(b) => b,
             Err(msg) => {
-                self.finish(run, RunStatus::Failed, &msg, None, Some(msg.clone())).await;
+                self.finish(run, log, RunStatus::Failed, &msg, None, Some(msg.clone())).await;
                 return None;
             }
         };
@@ -332,6 +368,7 @@ impl Dispatcher {
             let (plugin, c, b) = (executor.clone(), ctx.clone(), bundle.clone());
             let (result, report) = self.plugins.blocking(move |rt| rt.executor_start(&plugin, &c, &b)).await;
             log_report(run.id, executor.name(), "start", &report);
+            log.add("start", &report);
             match result {
                 Ok(h) => break h,
                 Err(e) if e.is_transient() && attempt < self.settings.start_attempts && Utc::now() < deadline => {
@@ -345,7 +382,7 @@ impl Dispatcher {
                 }
                 Err(e) => {
                     let msg = format!("the executor could not start the run: {e}");
-                    self.finish(run, RunStatus::Failed, &msg, None, Some(msg.clone())).await;
+                    self.finish(run, log, RunStatus::Failed, &msg, None, Some(msg.clone())).await;
                     return None;
                 }
             }
@@ -354,7 +391,7 @@ impl Dispatcher {
             Ok(true) => Some(handle),
             Ok(false) => {
                 // Cancelled (or taken) while starting: stop what we started.
-                self.cancel_on_executor(run, executor, ctx, &handle).await;
+                self.cancel_on_executor(run, log, executor, ctx, &handle).await;
                 None
             }
             Err(e) => {
@@ -388,9 +425,11 @@ impl Dispatcher {
         Ok(bundle)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn poll_until_final(
         &self,
         run: &Run,
+        log: &RunLog,
         executor: &Arc<crate::plugins::Plugin>,
         ctx: &RunContext,
         handle: &str,
@@ -404,7 +443,7 @@ impl Dispatcher {
             match self.store.get_run(run.id).await {
                 Ok(Some(current)) if current.status != RunStatus::Running => {
                     tracing::info!(run.id = %run.id, status = %current.status, "run ended elsewhere; stopping it on the executor");
-                    self.cancel_on_executor(run, executor, ctx, handle).await;
+                    self.cancel_on_executor(run, log, executor, ctx, handle).await;
                     return;
                 }
                 Ok(None) => return,
@@ -415,28 +454,30 @@ impl Dispatcher {
                 let still_ours =
                     matches!(self.store.get_run(run.id).await, Ok(Some(r)) if r.status == RunStatus::Running);
                 if !still_ours {
-                    self.cancel_on_executor(run, executor, ctx, handle).await;
+                    self.cancel_on_executor(run, log, executor, ctx, handle).await;
                 }
                 return;
             }
             if Utc::now() > deadline + chrono::Duration::seconds(2) {
-                self.cancel_on_executor(run, executor, ctx, handle).await;
+                self.cancel_on_executor(run, log, executor, ctx, handle).await;
                 let msg = format!("timed out after {} s", ctx.timeout.as_secs());
-                self.finish(run, RunStatus::TimedOut, &msg, None, Some(msg.clone())).await;
+                self.finish(run, log, RunStatus::TimedOut, &msg, None, Some(msg.clone())).await;
                 return;
             }
             let (plugin, c, h) = (executor.clone(), ctx.clone(), handle.to_owned());
             let (result, report) = self.plugins.blocking(move |rt| rt.executor_poll(&plugin, &c, &h)).await;
             log_report(run.id, executor.name(), "poll", &report);
+            log.add("poll", &report);
             match result {
                 Ok(ExecStatus::Running) => errors = 0,
                 Ok(ExecStatus::Succeeded(out)) => {
-                    self.finish(run, RunStatus::Succeeded, "the executor reported success", Some(out), None).await;
+                    self.finish(run, log, RunStatus::Succeeded, "the executor reported success", Some(out), None).await;
                     return;
                 }
                 Ok(ExecStatus::Failed(why, out)) => {
                     self.finish(
                         run,
+                        log,
                         RunStatus::Failed,
                         &format!("the executor reported failure: {why}"),
                         Some(out),
@@ -447,11 +488,12 @@ impl Dispatcher {
                 }
                 Ok(ExecStatus::TimedOut(out)) => {
                     let msg = format!("timed out after {} s", ctx.timeout.as_secs());
-                    self.finish(run, RunStatus::TimedOut, &msg, Some(out), Some(msg.clone())).await;
+                    self.finish(run, log, RunStatus::TimedOut, &msg, Some(out), Some(msg.clone())).await;
                     return;
                 }
                 Ok(ExecStatus::Cancelled(out)) => {
-                    self.finish(run, RunStatus::Cancelled, "the executor reported it cancelled", Some(out), None).await;
+                    self.finish(run, log, RunStatus::Cancelled, "the executor reported it cancelled", Some(out), None)
+                        .await;
                     return;
                 }
                 Err(e) if e.is_transient() || matches!(e, CallError::Timeout { .. }) => {
@@ -460,7 +502,7 @@ impl Dispatcher {
                 }
                 Err(e) => {
                     let msg = format!("polling the executor failed: {e}");
-                    self.finish(run, RunStatus::Failed, &msg, None, Some(msg.clone())).await;
+                    self.finish(run, log, RunStatus::Failed, &msg, None, Some(msg.clone())).await;
                     return;
                 }
             }
@@ -479,6 +521,7 @@ impl Dispatcher {
     async fn cancel_on_executor(
         &self,
         run: &Run,
+        log: &RunLog,
         executor: &Arc<crate::plugins::Plugin>,
         ctx: &RunContext,
         handle: &str,
@@ -486,6 +529,7 @@ impl Dispatcher {
         let (plugin, c, h) = (executor.clone(), ctx.clone(), handle.to_owned());
         let (result, report) = self.plugins.blocking(move |rt| rt.executor_cancel(&plugin, &c, &h)).await;
         log_report(run.id, executor.name(), "cancel", &report);
+        log.add("cancel", &report);
         if let Err(e) = result {
             tracing::warn!(run.id = %run.id, error = %e, "the executor could not cancel the run");
         }

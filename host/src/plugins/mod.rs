@@ -37,6 +37,10 @@ use crate::model::RunOutput;
 
 pub use registry::Registry;
 
+/// The fuel a metered store starts with: effectively unlimited (deadlines
+/// come from epochs); what is left tells what the call used.
+const FUEL: u64 = u64::MAX / 2;
+
 /// Limits for one kind of call.
 #[derive(Debug, Clone, Copy)]
 pub struct CallLimits {
@@ -438,15 +442,9 @@ impl Runtime {
         Ok(imports)
     }
 
-    /// Runs one call on a fresh store. `f` instantiates and calls.
-    fn call<R>(
-        &self,
-        plugin: &Plugin,
-        run_id: Option<Uuid>,
-        limits: CallLimits,
-        f: impl FnOnce(&mut Store<HostState>, &Pre) -> wasmtime::Result<R>,
-    ) -> (Result<R, CallError>, CallReport) {
-        let started = Instant::now();
+    /// A fresh store for one call: its host state, memory limiter, an epoch
+    /// deadline `ticks` away, and (when metering) a full fuel tank.
+    fn new_store(&self, plugin: &Plugin, run_id: Option<Uuid>, limits: CallLimits, ticks: u64) -> Store<HostState> {
         let state = HostState::new(
             plugin.name.clone(),
             plugin.grant.clone(),
@@ -457,12 +455,24 @@ impl Runtime {
         );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        let ticks = (limits.deadline.as_millis() / engine::EPOCH_TICK.as_millis()).max(1) as u64 + 1;
         store.set_epoch_deadline(ticks);
-        const FUEL: u64 = u64::MAX / 2;
         if self.fuel {
             let _ = store.set_fuel(FUEL);
         }
+        store
+    }
+
+    /// Runs one call on a fresh store. `f` instantiates and calls.
+    fn call<R>(
+        &self,
+        plugin: &Plugin,
+        run_id: Option<Uuid>,
+        limits: CallLimits,
+        f: impl FnOnce(&mut Store<HostState>, &Pre) -> wasmtime::Result<R>,
+    ) -> (Result<R, CallError>, CallReport) {
+        let started = Instant::now();
+        let ticks = (limits.deadline.as_millis() / engine::EPOCH_TICK.as_millis()).max(1) as u64 + 1;
+        let mut store = self.new_store(plugin, run_id, limits, ticks);
         let result = f(&mut store, &plugin.pre);
         let fuel = if self.fuel { store.get_fuel().ok().map(|left| FUEL - left) } else { None };
         let state = store.into_data();
@@ -614,22 +624,7 @@ impl Runtime {
 #[doc(hidden)]
 impl Runtime {
     fn bench_store(&self, plugin: &Plugin) -> Store<HostState> {
-        let limits = CallLimits::for_kind(plugin.kind());
-        let state = HostState::new(
-            plugin.name.clone(),
-            plugin.grant.clone(),
-            None,
-            self.services.clone(),
-            limits.memory,
-            limits.output,
-        );
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(u64::MAX / 2);
-        if self.fuel {
-            let _ = store.set_fuel(u64::MAX / 2);
-        }
-        store
+        self.new_store(plugin, None, CallLimits::for_kind(plugin.kind()), u64::MAX / 2)
     }
 
     /// Total time of `n` instantiations from the `InstancePre`; each store

@@ -9,11 +9,11 @@ use uuid::Uuid;
 
 use super::types::{DbId, DbTime};
 use super::{Result, Store, status_list, to_u32, with_db};
-use crate::model::{Run, RunOutput, RunStatus, RunTrigger, StatusDetail};
+use crate::model::{PluginLogLine, Run, RunOutput, RunStatus, RunTrigger, StatusDetail};
 
 pub(super) const COLUMNS: &str = "id, automation_id, status, status_detail, trigger, attempt, \
-    executor, executor_handle, output, error, created_at, started_at, finished_at, timeout_at, \
-    updated_at";
+    executor, executor_handle, output, error, plugin_log, created_at, started_at, finished_at, \
+    timeout_at, updated_at";
 
 #[derive(FromRow)]
 pub(super) struct Row {
@@ -27,6 +27,7 @@ pub(super) struct Row {
     executor_handle: Option<String>,
     output: Option<Json<RunOutput>>,
     error: Option<String>,
+    plugin_log: Option<Json<Vec<PluginLogLine>>>,
     created_at: DbTime,
     started_at: Option<DbTime>,
     finished_at: Option<DbTime>,
@@ -50,6 +51,7 @@ impl TryFrom<Row> for Run {
             executor_handle: r.executor_handle,
             output: r.output.map(|o| o.0),
             error: r.error,
+            plugin_log: r.plugin_log.map(|l| l.0).unwrap_or_default(),
             created_at: r.created_at.0,
             started_at: r.started_at.map(|t| t.0),
             finished_at: r.finished_at.map(|t| t.0),
@@ -75,6 +77,8 @@ pub struct RunChanges {
     pub error: Option<String>,
     /// Sets `output`.
     pub output: Option<RunOutput>,
+    /// Sets `plugin_log`.
+    pub plugin_log: Option<Vec<PluginLogLine>>,
 }
 
 impl Store {
@@ -161,7 +165,7 @@ impl Store {
         let sql = format!(
             "update runs set status = $2, status_detail = $3, updated_at = $4, \
              finished_at = case when $5 then $4 else finished_at end, \
-             error = coalesce($6, error), output = coalesce($7, output) \
+             error = coalesce($6, error), output = coalesce($7, output), plugin_log = coalesce($8, plugin_log) \
              where id = $1 and status in ({}) returning {COLUMNS}",
             status_list(from)
         );
@@ -174,6 +178,7 @@ impl Store {
                 .bind(to.is_final())
                 .bind(changes.error)
                 .bind(changes.output.map(Json))
+                .bind(changes.plugin_log.map(Json))
                 .fetch_optional(db)
                 .await?
         });
