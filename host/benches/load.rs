@@ -584,6 +584,17 @@ fn fmt_ns(ns: f64) -> String {
     }
 }
 
+/// The table rows under a heading of an earlier BENCHMARKS.md.
+fn previous_rows(md: &str, heading: &str) -> Option<String> {
+    let start = md.find(heading)?;
+    let rest = &md[start..];
+    let table = rest.find("|---")?;
+    let after_sep = &rest[table..];
+    let first_row = after_sep.find('\n')? + 1;
+    let rows: Vec<&str> = after_sep[first_row..].lines().take_while(|l| l.starts_with('|')).collect();
+    (!rows.is_empty()).then(|| rows.join("\n"))
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -600,7 +611,7 @@ fn machine() -> String {
     )
 }
 
-fn write_markdown(report: &Report, machine: &str) {
+fn write_markdown(report: &Report, machine: &str, ran: &str) {
     let date = chrono::Utc::now().format("%Y-%m-%d");
     let micro = |path: &str, what: &str, target: &str| -> String {
         match criterion_estimate(path) {
@@ -608,11 +619,26 @@ fn write_markdown(report: &Report, machine: &str) {
             None => format!("| {what} | not measured (run `cargo bench --bench micro`) | | {target} |"),
         }
     };
-    let rows = |s: &str| report.rows.get(s).map(|r| r.join("\n")).unwrap_or_else(|| "| not run | | | | |".into());
+    // Scenarios not run this time keep the rows BENCHMARKS.md already has.
+    let old = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../BENCHMARKS.md")).unwrap_or_default();
+    let headings = [
+        ("ingest", "## Event ingestion"),
+        ("e2e", "## Event to run"),
+        ("scheduler", "## Scheduler"),
+        ("dispatch", "## Dispatch"),
+        ("startup", "## Start-up"),
+    ];
+    let rows = |s: &str| {
+        report.rows.get(s).map(|r| r.join("\n")).unwrap_or_else(|| {
+            let heading = headings.iter().find(|(k, _)| *k == s).map(|(_, h)| *h).unwrap_or("");
+            previous_rows(&old, heading).unwrap_or_else(|| "| not run | | | | |".into())
+        })
+    };
     let md = format!(
         "<!-- Written by `cargo bench --bench load` (host/benches/load.rs); `just bench` runs it after the micro benchmarks. -->\n\
 # Benchmarks\n\n\
 Measured {date} on {machine}. Debug assertions off (`cargo bench`, release profile).\n\
+{ran}\n\
 Every figure below was produced by the command in its section, in one run; nothing is copied from elsewhere.\n\n\
 ## Micro (criterion): `cargo bench --bench micro`\n\n\
 Median of the samples and the median absolute deviation.\n\n\
@@ -698,6 +724,11 @@ fn main() {
             scheduler(&mut report, Db::Sqlite).await;
             scheduler(&mut report, Db::Postgres).await;
         }
-        write_markdown(&report, &machine);
+        let ran = if only.is_empty() {
+            "This run measured every load scenario.".to_owned()
+        } else {
+            format!("This run measured LOAD_ONLY={only}; the other load tables keep the figures of an earlier run.")
+        };
+        write_markdown(&report, &machine, &ran);
     });
 }
