@@ -164,14 +164,15 @@ async fn two_hosts_fire_each_slot_once_postgres() {
         eprintln!("AUTOMATION_TEST_SKIP_POSTGRES=1: not run");
         return;
     }
-    // Four runs at a time per host: one host cannot drain the ~400 runs
-    // before the other's claim loop (a 1 s poll at worst) takes some.
-    let env = [("AUTOMATION_MAX_CONCURRENT_RUNS", "4")];
+    // Two runs at a time per host, each taking 0.2 s: one host alone would
+    // need 40 s for the ~400 runs, so the other host's claim loop (a 1 s
+    // poll at worst) certainly takes part, and the two really race.
+    let env = [("AUTOMATION_MAX_CONCURRENT_RUNS", "2")];
     let a = TestServer::start_with(Backend::Postgres, &env).await;
     let b = a.start_peer(&env).await;
     let mut ids = Vec::new();
     for i in 0..200 {
-        let body = cron(&format!("a{i}"), "*/5 * * * * *", "true", json!({}));
+        let body = cron(&format!("a{i}"), "*/5 * * * * *", "sleep 0.2", json!({}));
         let server = if i % 2 == 0 { &a } else { &b };
         ids.push(server.post("/v1/automations", body).await.expect(201).id());
     }
@@ -191,7 +192,7 @@ async fn two_hosts_fire_each_slot_once_postgres() {
         assert!(items.len() >= 2, "{id} fired {} times in 11 s", items.len());
         total_runs += items.len();
         for r in items {
-            let run = wait_final(&a, r["id"].as_str().unwrap(), 60).await;
+            let run = wait_final(&a, r["id"].as_str().unwrap(), 120).await;
             assert_eq!(run["status"], "succeeded", "{run}");
             assert_eq!(run["attempt"], 1, "a run was claimed more than once: {run}");
         }
