@@ -152,7 +152,7 @@ fn invoke(rt: &Runtime, plugin: &Plugin, export: &str, input: &Value) -> anyhow:
             let key = input["key"].as_str().unwrap_or("");
             let source = input["source"].as_str().unwrap_or("cli");
             let event = event_to_wit(uuid::Uuid::now_v7(), source, key, &payload, crate::model::now());
-            let (r, report) = rt.filter_matches(plugin, &event, &exprs);
+            let (r, report) = rt.filter_matches_fresh(plugin, &event, &exprs);
             let r = r.map(|v| {
                 v.into_iter()
                     .map(|x| match x {

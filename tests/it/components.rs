@@ -124,3 +124,99 @@ async fn github_fixtures_through_the_component() {
     }
     assert!(count > 1500, "only {count} checks ran");
 }
+
+/// Every GitHub fixture's payload file, sorted.
+fn github_fixture_files() -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for event_dir in std::fs::read_dir(fixtures().join("github-webhooks")).unwrap() {
+        let event_dir = event_dir.unwrap().path();
+        if event_dir.is_dir() {
+            files.extend(std::fs::read_dir(&event_dir).unwrap().map(|f| f.unwrap().path()));
+        }
+    }
+    files.sort();
+    files
+}
+
+/// The server keeps filter instances between calls (so each expression is
+/// compiled once): a kept instance must answer exactly as a new one does,
+/// event after event, errors included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_filter_instance_answers_like_a_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path());
+    let plugin = jmespath(&rt);
+    let exprs: Vec<String> = [
+        "action",
+        "contains(keys(@), 'pull_request')",
+        "regex(sender.login, '^[a-m]')",
+        "length(repository.topics || `[]`) > `0`",
+        "glob(repository.full_name, '*/*')",
+        "sender.login == 'octocat' || action == 'opened'",
+        "upper(action) == 'CREATED'",
+        "bad ==",
+    ]
+    .map(String::from)
+    .to_vec();
+    let files = github_fixture_files();
+    assert!(files.len() > 250, "only {} fixtures", files.len());
+    let (mut reused, mut matched, mut errors) = (0, 0, 0);
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let event = event_to_wit(uuid::Uuid::nil(), "github", "x", &text, chrono::Utc::now());
+        let (kept, report) = rt.filter_matches(&plugin, &event, &exprs);
+        let (fresh, fresh_report) = rt.filter_matches_fresh(&plugin, &event, &exprs);
+        let kept = kept.unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        assert_eq!(kept, fresh.unwrap(), "{}", file.display());
+        assert!(!fresh_report.reused);
+        reused += usize::from(report.reused);
+        matched += kept.iter().filter(|v| v.as_ref() == Ok(&true)).count();
+        errors += kept.iter().filter(|v| v.is_err()).count();
+    }
+    assert_eq!(reused, files.len() - 1, "every call after the first ran on the kept instance");
+    // The expressions really discriminate: some match, some do not, and
+    // the broken one (plus type errors on payloads without those fields)
+    // fails on every payload.
+    assert!(matched > files.len() && matched < files.len() * 5, "{matched} matches");
+    assert!(errors >= files.len(), "{errors} errors");
+}
+
+/// A filter call that traps or runs out of memory does not leave its
+/// instance for the next call, which starts afresh and fails (or succeeds)
+/// on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_instance_that_failed_is_not_kept() {
+    use automation_host::plugins::manifest::{Kind, Manifest, WIT_VERSION};
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path());
+    let event = event_to_wit(uuid::Uuid::nil(), "test", "x", r#"{"a": 1}"#, chrono::Utc::now());
+    let exprs = vec!["a".to_owned()];
+    for (file, needle) in [("test_panic_filter.wasm", "crashed"), ("test_membomb_filter.wasm", "memory limit")] {
+        let wasm = std::fs::read(Path::new(env!("GUEST_WASM_DIR")).join(file)).unwrap();
+        let manifest = Manifest {
+            name: file.trim_end_matches(".wasm").into(),
+            kind: Kind::Filter,
+            wit: WIT_VERSION.into(),
+            version: "0".into(),
+            description: String::new(),
+            capabilities: Default::default(),
+            allowed_hosts: Default::default(),
+        };
+        let broken = rt.load(manifest, &wasm, Source::Directory).expect("loads");
+        for attempt in 0..3 {
+            // Guest output goes through WASI streams that block on the
+            // runtime: the server makes plugin calls on blocking threads.
+            let (r, report) = tokio::task::block_in_place(|| rt.filter_matches(&broken, &event, &exprs));
+            let err = r.expect_err("the broken filter fails").to_string();
+            assert!(err.contains(needle), "{file} attempt {attempt}: {err}");
+            assert!(!report.reused, "{file} attempt {attempt} ran on an instance that had failed");
+        }
+    }
+    // The good filter is unaffected and keeps its own instance.
+    let plugin = jmespath(&rt);
+    let first = rt.filter_matches(&plugin, &event, &exprs);
+    let second = rt.filter_matches(&plugin, &event, &exprs);
+    assert_eq!(first.0.unwrap(), vec![Ok(true)]);
+    assert_eq!(second.0.unwrap(), vec![Ok(true)]);
+    assert!(!first.1.reused && second.1.reused);
+}

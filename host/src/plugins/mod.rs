@@ -41,6 +41,57 @@ pub use registry::Registry;
 /// come from epochs); what is left tells what the call used.
 const FUEL: u64 = u64::MAX / 2;
 
+/// Most calls one kept filter instance serves before it is replaced by a
+/// fresh one, so whatever a filter accumulates is bounded in time too.
+const WARM_CALLS: u32 = 10_000;
+
+/// Most idle instances kept per filter plugin. The matcher calls one at a
+/// time; the rest serve `POST /v1/filters/evaluate` and validation.
+const WARM_PER_PLUGIN: usize = 2;
+
+/// Most instances kept across all filter plugins: kept instances hold slots
+/// of the pooling allocator, which every other call needs too.
+const WARM_BUDGET: usize = 32;
+
+/// A filter instance kept between calls, with its store.
+struct WarmFilter {
+    store: Store<HostState>,
+    instance: bindings::filter::FilterPlugin,
+    calls: u32,
+    /// Its share of [`WARM_BUDGET`]; `None` until it is first kept.
+    _slot: Option<WarmSlot>,
+}
+
+/// One unit of [`WARM_BUDGET`], given back when dropped.
+struct WarmSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl WarmSlot {
+    fn take(budget: &Arc<std::sync::atomic::AtomicUsize>) -> Option<WarmSlot> {
+        use std::sync::atomic::Ordering::SeqCst;
+        budget.fetch_update(SeqCst, SeqCst, |used| (used < WARM_BUDGET).then_some(used + 1)).ok()?;
+        Some(WarmSlot(budget.clone()))
+    }
+}
+
+impl Drop for WarmSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A call's epoch deadline in ticks from now (a tick more than the limit, so
+/// a call is never cut short by the tick already under way).
+fn deadline_ticks(limits: CallLimits) -> u64 {
+    (limits.deadline.as_millis() / engine::EPOCH_TICK.as_millis()).max(1) as u64 + 1
+}
+
+/// A `matches` call's limits: a filter's, plus 5 ms per expression.
+fn filter_matches_limits(expressions: &[String]) -> CallLimits {
+    let mut limits = CallLimits::for_kind(Kind::Filter);
+    limits.deadline += Duration::from_millis(5) * expressions.len().min(2000) as u32;
+    limits
+}
+
 /// Limits for one kind of call.
 #[derive(Debug, Clone, Copy)]
 pub struct CallLimits {
@@ -165,6 +216,9 @@ pub struct CallReport {
     pub peak_memory: usize,
     /// Fuel consumed, when the engine meters fuel.
     pub fuel: Option<u64>,
+    /// Whether the call ran on an instance kept from an earlier call
+    /// (filters only; see `Runtime::filter_call`).
+    pub reused: bool,
 }
 
 /// A bundle: the code a run executes.
@@ -270,6 +324,9 @@ pub struct Plugin {
     pub imports: Vec<String>,
     name: Arc<str>,
     pre: Pre,
+    /// Idle filter instances (see `Runtime::filter_call`); dropped with the
+    /// plugin, so a replaced plugin's instances go with it.
+    warm: std::sync::Mutex<Vec<WarmFilter>>,
 }
 
 enum Pre {
@@ -298,6 +355,8 @@ pub struct Runtime {
     services: Arc<Services>,
     grants: Grants,
     fuel: bool,
+    /// Filter instances kept, out of [`WARM_BUDGET`].
+    warm_budget: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Runtime {
@@ -312,7 +371,7 @@ impl Runtime {
         engine::spawn_ticker(&engine);
         let linker = build_linker(&engine).map_err(|e| anyhow::anyhow!("cannot build the plugin linker: {e:#}"))?;
         let cache = CompileCache::new(&engine, cache_dir);
-        Ok(Runtime { engine, linker, cache, services, grants, fuel })
+        Ok(Runtime { engine, linker, cache, services, grants, fuel, warm_budget: Default::default() })
     }
 
     /// A runtime outside the server (the `plugin call` command, tests and
@@ -380,6 +439,7 @@ impl Runtime {
             imports,
             name: Arc::from(name.as_str()),
             pre,
+            warm: Default::default(),
             manifest,
         };
         if plugin.kind() != Kind::Filter {
@@ -471,20 +531,90 @@ impl Runtime {
         f: impl FnOnce(&mut Store<HostState>, &Pre) -> wasmtime::Result<R>,
     ) -> (Result<R, CallError>, CallReport) {
         let started = Instant::now();
-        let ticks = (limits.deadline.as_millis() / engine::EPOCH_TICK.as_millis()).max(1) as u64 + 1;
-        let mut store = self.new_store(plugin, run_id, limits, ticks);
+        let mut store = self.new_store(plugin, run_id, limits, deadline_ticks(limits));
         let result = f(&mut store, &plugin.pre);
+        self.finish(plugin, limits, started, result, &mut store)
+    }
+
+    /// Runs one filter call on a kept instance of `plugin` if one is idle,
+    /// else on a new one, and keeps the instance afterwards unless the call
+    /// trapped, ran out of time or memory, or the instance has served
+    /// [`WARM_CALLS`] calls or grown past half its memory limit.
+    ///
+    /// Filters are pure functions of their input, and instantiating is cheap
+    /// (4 µs), but what a filter builds on first use is not: the jmespath
+    /// plugin spends most of a fresh call compiling expressions it compiled
+    /// for the previous event (see BENCHMARKS.md). A kept instance keeps that
+    /// work. A trap poisons a store, so a store that trapped is dropped.
+    fn filter_call<R>(
+        &self,
+        plugin: &Plugin,
+        limits: CallLimits,
+        f: impl FnOnce(&mut Store<HostState>, &bindings::filter::FilterPlugin) -> wasmtime::Result<R>,
+    ) -> (Result<R, CallError>, CallReport) {
+        let Pre::Filter(pre) = &plugin.pre else {
+            return self.call(plugin, None, limits, |_, _| wasmtime::bail!("{} is not a filter", plugin.name()));
+        };
+        let started = Instant::now();
+        let ticks = deadline_ticks(limits);
+        let kept = plugin.warm.lock().expect("warm filters").pop();
+        let mut warm = match kept {
+            Some(mut warm) => {
+                warm.store.data_mut().begin_call();
+                warm.store.set_epoch_deadline(ticks);
+                if self.fuel {
+                    let _ = warm.store.set_fuel(FUEL);
+                }
+                warm
+            }
+            None => {
+                let mut store = self.new_store(plugin, None, limits, ticks);
+                match pre.instantiate(&mut store) {
+                    Ok(instance) => WarmFilter { store, instance, calls: 0, _slot: None },
+                    Err(e) => return self.finish(plugin, limits, started, Err(e), &mut store),
+                }
+            }
+        };
+        let result = f(&mut warm.store, &warm.instance);
+        let (result, mut report) = self.finish(plugin, limits, started, result, &mut warm.store);
+        report.reused = warm.calls > 0;
+        warm.calls += 1;
+        let healthy =
+            result.is_ok() && warm.calls < WARM_CALLS && warm.store.data().limiter.peak_memory <= limits.memory / 2;
+        if healthy {
+            if warm._slot.is_none() {
+                warm._slot = WarmSlot::take(&self.warm_budget);
+            }
+            let mut kept = plugin.warm.lock().expect("warm filters");
+            if warm._slot.is_some() && kept.len() < WARM_PER_PLUGIN {
+                kept.push(warm);
+            }
+        }
+        (result, report)
+    }
+
+    /// Collects a call's logs, output and figures from its store, and names
+    /// its failure.
+    fn finish<R>(
+        &self,
+        plugin: &Plugin,
+        limits: CallLimits,
+        started: Instant,
+        result: wasmtime::Result<R>,
+        store: &mut Store<HostState>,
+    ) -> (Result<R, CallError>, CallReport) {
         let fuel = if self.fuel { store.get_fuel().ok().map(|left| FUEL - left) } else { None };
-        let state = store.into_data();
-        let (stdout, _) = state.stdout.contents();
-        let (stderr, _) = state.stderr.contents();
+        let state = store.data_mut();
+        let (stdout, _) = state.stdout.take();
+        let (stderr, _) = state.stderr.take();
         let report = CallReport {
-            logs: state.logs,
+            logs: std::mem::take(&mut state.logs),
             stdout,
             stderr: stderr.clone(),
             elapsed: started.elapsed(),
             peak_memory: state.limiter.peak_memory,
             fuel,
+            reused: false,
         };
         let result = result.map_err(|e| {
             let name = plugin.name().to_owned();
@@ -523,11 +653,8 @@ impl Runtime {
 
     /// Checks a filter expression's syntax.
     pub fn filter_validate(&self, plugin: &Plugin, expression: &str) -> (Result<(), CallError>, CallReport) {
-        let (r, report) = self.call(plugin, None, CallLimits::for_kind(Kind::Filter), |store, pre| match pre {
-            Pre::Filter(p) => {
-                p.instantiate(&mut *store)?.automation_plugin_filter().call_validate(&mut *store, expression)
-            }
-            _ => wasmtime::bail!("{} is not a filter", plugin.name()),
+        let (r, report) = self.filter_call(plugin, CallLimits::for_kind(Kind::Filter), |store, filter| {
+            filter.automation_plugin_filter().call_validate(store, expression)
         });
         (r.and_then(|r| Self::guest(plugin, r)), report)
     }
@@ -540,9 +667,23 @@ impl Runtime {
         event: &types::Event,
         expressions: &[String],
     ) -> (Result<Vec<Result<bool, GuestError>>, CallError>, CallReport) {
-        let mut limits = CallLimits::for_kind(Kind::Filter);
-        limits.deadline += Duration::from_millis(5) * expressions.len().min(2000) as u32;
-        let (r, report) = self.call(plugin, None, limits, |store, pre| match pre {
+        let (r, report) = self.filter_call(plugin, filter_matches_limits(expressions), |store, filter| {
+            filter.automation_plugin_filter().call_matches(store, event, expressions)
+        });
+        (r.map(|v| v.into_iter().map(|x| x.map_err(GuestError::from)).collect()), report)
+    }
+
+    /// [`Runtime::filter_matches`] on a new instance, dropped afterwards:
+    /// a filter's first call, before anything it builds is kept. The
+    /// `plugin call` command uses it, so its memory and fuel figures are
+    /// those of one call.
+    pub fn filter_matches_fresh(
+        &self,
+        plugin: &Plugin,
+        event: &types::Event,
+        expressions: &[String],
+    ) -> (Result<Vec<Result<bool, GuestError>>, CallError>, CallReport) {
+        let (r, report) = self.call(plugin, None, filter_matches_limits(expressions), |store, pre| match pre {
             Pre::Filter(p) => {
                 p.instantiate(&mut *store)?.automation_plugin_filter().call_matches(&mut *store, event, expressions)
             }
