@@ -13,7 +13,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use automation_host::plugins::manifest::{Grants, Kind, Manifest, WIT_VERSION};
+use automation_host::plugins::manifest::{Grants, Kind, Manifest};
 use automation_host::plugins::{Plugin, Runtime, Source, bundled, event_to_wit};
 use automation_host::scheduler::cron::Schedule;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
@@ -35,16 +35,7 @@ fn setup() -> Setup {
     let jmespath = Arc::new(runtime.load(manifest, wasm, Source::Bundled).unwrap());
     // The spin test filter's `validate` returns at once: a no-op call.
     let spin = std::fs::read(format!("{}/test_spin_filter.wasm", env!("GUEST_WASM_DIR"))).unwrap();
-    let manifest = Manifest {
-        name: "noop".into(),
-        kind: Kind::Filter,
-        wit: WIT_VERSION.into(),
-        version: "0".into(),
-        description: String::new(),
-        capabilities: Default::default(),
-        allowed_hosts: Default::default(),
-    };
-    let noop_filter = Arc::new(runtime.load(manifest, &spin, Source::Directory).unwrap());
+    let noop_filter = Arc::new(runtime.load(Manifest::new("noop", Kind::Filter), &spin, Source::Directory).unwrap());
     drop(_enter);
     Setup { _rt_guard: tokio, _dir: dir, runtime, jmespath, noop_filter }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use serde_json::{Value, json};
 
-use crate::plugins::manifest::{Capability, Grant, Grants, Kind, Manifest, WIT_VERSION};
+use crate::plugins::manifest::{Capability, Grant, Grants, Kind, Manifest};
 use crate::plugins::{Bundle, CallReport, ExecStatus, Plugin, RunContext, Runtime, Source, event_to_wit};
 
 /// What to call.
@@ -67,15 +67,7 @@ pub async fn call(args: CallArgs, cache_dir: PathBuf) -> anyhow::Result<i32> {
         Some(k) => Kind::parse(k).ok_or_else(|| anyhow!("--kind must be filter, preset or executor"))?,
         None => detect_kind(&runtime, &wasm)?,
     };
-    let manifest = Manifest {
-        name,
-        kind,
-        wit: WIT_VERSION.to_owned(),
-        version: "0.0.0".to_owned(),
-        description: String::new(),
-        capabilities,
-        allowed_hosts: hosts,
-    };
+    let manifest = Manifest { capabilities, allowed_hosts: hosts, ..Manifest::new(name, kind) };
     let started = std::time::Instant::now();
     let plugin =
         tokio::task::block_in_place(|| runtime.load(manifest, &wasm, Source::Directory)).map_err(|e| anyhow!("{e}"))?;

@@ -186,22 +186,14 @@ async fn a_kept_filter_instance_answers_like_a_new_one() {
 /// on its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_filter_instance_that_failed_is_not_kept() {
-    use automation_host::plugins::manifest::{Kind, Manifest, WIT_VERSION};
+    use automation_host::plugins::manifest::{Kind, Manifest};
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime(dir.path());
     let event = event_to_wit(uuid::Uuid::nil(), "test", "x", r#"{"a": 1}"#, chrono::Utc::now());
     let exprs = vec!["a".to_owned()];
     for (file, needle) in [("test_panic_filter.wasm", "crashed"), ("test_membomb_filter.wasm", "memory limit")] {
         let wasm = std::fs::read(Path::new(env!("GUEST_WASM_DIR")).join(file)).unwrap();
-        let manifest = Manifest {
-            name: file.trim_end_matches(".wasm").into(),
-            kind: Kind::Filter,
-            wit: WIT_VERSION.into(),
-            version: "0".into(),
-            description: String::new(),
-            capabilities: Default::default(),
-            allowed_hosts: Default::default(),
-        };
+        let manifest = Manifest::new(file.trim_end_matches(".wasm"), Kind::Filter);
         let broken = rt.load(manifest, &wasm, Source::Directory).expect("loads");
         for attempt in 0..3 {
             // Guest output goes through WASI streams that block on the

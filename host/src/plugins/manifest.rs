@@ -160,6 +160,20 @@ fn default_version() -> String {
 }
 
 impl Manifest {
+    /// A manifest for `name` of `kind`, at this host's WIT version, version
+    /// 0.0.0, asking for nothing: set the fields that differ.
+    pub fn new(name: impl Into<String>, kind: Kind) -> Manifest {
+        Manifest {
+            name: name.into(),
+            kind,
+            wit: default_wit(),
+            version: default_version(),
+            description: String::new(),
+            capabilities: BTreeSet::new(),
+            allowed_hosts: BTreeSet::new(),
+        }
+    }
+
     /// Checks the manifest on its own: kind-appropriate capabilities and a
     /// WIT version this host implements.
     pub fn check(&self) -> Result<(), String> {
@@ -287,13 +301,10 @@ mod tests {
 
     fn manifest(name: &str, kind: Kind, caps: &[Capability], hosts: &[&str]) -> Manifest {
         Manifest {
-            name: name.into(),
-            kind,
-            wit: WIT_VERSION.into(),
             version: "1.0.0".into(),
-            description: String::new(),
             capabilities: caps.iter().copied().collect(),
             allowed_hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            ..Manifest::new(name, kind)
         }
     }
 

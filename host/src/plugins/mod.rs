@@ -59,7 +59,7 @@ struct WarmFilter {
     instance: bindings::filter::FilterPlugin,
     calls: u32,
     /// Its share of [`WARM_BUDGET`]; `None` until it is first kept.
-    _slot: Option<WarmSlot>,
+    slot: Option<WarmSlot>,
 }
 
 /// One unit of [`WARM_BUDGET`], given back when dropped.
@@ -570,7 +570,7 @@ impl Runtime {
             None => {
                 let mut store = self.new_store(plugin, None, limits, ticks);
                 match pre.instantiate(&mut store) {
-                    Ok(instance) => WarmFilter { store, instance, calls: 0, _slot: None },
+                    Ok(instance) => WarmFilter { store, instance, calls: 0, slot: None },
                     Err(e) => return self.finish(plugin, limits, started, Err(e), &mut store),
                 }
             }
@@ -582,11 +582,11 @@ impl Runtime {
         let healthy =
             result.is_ok() && warm.calls < WARM_CALLS && warm.store.data().limiter.peak_memory <= limits.memory / 2;
         if healthy {
-            if warm._slot.is_none() {
-                warm._slot = WarmSlot::take(&self.warm_budget);
+            if warm.slot.is_none() {
+                warm.slot = WarmSlot::take(&self.warm_budget);
             }
             let mut kept = plugin.warm.lock().expect("warm filters");
-            if warm._slot.is_some() && kept.len() < WARM_PER_PLUGIN {
+            if warm.slot.is_some() && kept.len() < WARM_PER_PLUGIN {
                 kept.push(warm);
             }
         }
