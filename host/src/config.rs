@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::sandbox::{CgroupSetting, IsolationSetting, Network};
+
 /// A WebAssembly-extensible automation host: cron, signed events and manual
 /// triggers, runs carried out by sandboxed executor plugins.
 #[derive(Debug, Parser)]
@@ -196,9 +198,74 @@ pub struct Config {
     #[arg(long, env = "AUTOMATION_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
 
-    /// Seconds to let in-flight requests finish after SIGTERM or Ctrl-C.
+    /// Seconds to let in-flight requests and local runs finish after SIGTERM
+    /// or Ctrl-C; local runs still going then are cancelled.
     #[arg(long, env = "AUTOMATION_SHUTDOWN_GRACE_SECONDS", default_value_t = 10, global = true)]
     pub shutdown_grace_seconds: u64,
+
+    /// How the local sandbox confines runs: `auto` (the strongest level this
+    /// machine allows: `full`, else `restricted`; runs are refused if neither
+    /// works), `full` (namespaces, Landlock, seccomp, or refuse), `restricted`
+    /// (Landlock and seccomp without namespaces, or refuse), `none`
+    /// (unconfined; every run's status says so).
+    #[arg(long, env = "AUTOMATION_SANDBOX_ISOLATION", value_enum, default_value_t = IsolationSetting::Auto, global = true)]
+    pub sandbox_isolation: IsolationSetting,
+
+    /// Network of sandboxed runs: `none` (an empty network namespace) or
+    /// `host` (the host's network, loopback and local services included).
+    #[arg(long, env = "AUTOMATION_SANDBOX_NETWORK", value_enum, default_value_t = Network::None, global = true)]
+    pub sandbox_network: Network,
+
+    /// Let an automation choose its sandbox network (`executor.config.network`).
+    #[arg(long, env = "AUTOMATION_SANDBOX_NETWORK_PER_AUTOMATION", global = true)]
+    pub sandbox_network_per_automation: bool,
+
+    /// Memory of one sandboxed run, MiB.
+    #[arg(long, env = "AUTOMATION_SANDBOX_MEMORY_MB", default_value_t = 1024, global = true)]
+    pub sandbox_memory_mb: u64,
+
+    /// Processes and threads of one sandboxed run.
+    #[arg(long, env = "AUTOMATION_SANDBOX_PROCESSES", default_value_t = 256, global = true)]
+    pub sandbox_processes: u64,
+
+    /// Open files per sandboxed process.
+    #[arg(long, env = "AUTOMATION_SANDBOX_OPEN_FILES", default_value_t = 1024, global = true)]
+    pub sandbox_open_files: u64,
+
+    /// Largest file a sandboxed process may write, MiB.
+    #[arg(long, env = "AUTOMATION_SANDBOX_FILE_SIZE_MB", default_value_t = 1024, global = true)]
+    pub sandbox_file_size_mb: u64,
+
+    /// CPU seconds per sandboxed process (on top of the run's wall-clock timeout).
+    #[arg(long, env = "AUTOMATION_SANDBOX_CPU_SECONDS", default_value_t = 3600, global = true)]
+    pub sandbox_cpu_seconds: u64,
+
+    /// Disk a run's workspace may use, MiB; a run past it is stopped.
+    #[arg(long, env = "AUTOMATION_SANDBOX_WORKSPACE_MB", default_value_t = 1024, global = true)]
+    pub sandbox_workspace_mb: u64,
+
+    /// Size of a sandboxed run's private /tmp (and /dev/shm), MiB.
+    #[arg(long, env = "AUTOMATION_SANDBOX_TMP_MB", default_value_t = 256, global = true)]
+    pub sandbox_tmp_mb: u64,
+
+    /// Extra host paths sandboxed runs may read and execute (`:`-separated,
+    /// absolute), such as `/opt/tools`.
+    #[arg(long, env = "AUTOMATION_SANDBOX_READ_ONLY_PATHS", value_delimiter = ':', global = true)]
+    pub sandbox_read_only_paths: Vec<PathBuf>,
+
+    /// Host user id sandboxed runs become when the host runs as root.
+    #[arg(long, env = "AUTOMATION_SANDBOX_UID", default_value_t = 65534, global = true)]
+    pub sandbox_uid: u32,
+
+    /// Host group id sandboxed runs become when the host runs as root.
+    #[arg(long, env = "AUTOMATION_SANDBOX_GID", default_value_t = 65534, global = true)]
+    pub sandbox_gid: u32,
+
+    /// Cgroups for runs' memory and process limits: `auto` (cgroup v2
+    /// delegated to the host, else v1 where writable), `off`, or a cgroup v2
+    /// directory that delegates `memory` and `pids`.
+    #[arg(long, env = "AUTOMATION_SANDBOX_CGROUP", default_value = "auto", global = true)]
+    pub sandbox_cgroup: String,
 }
 
 impl Config {
@@ -243,6 +310,13 @@ impl Config {
             ("AUTOMATION_MAX_CONCURRENT_RUNS", self.max_concurrent_runs as u64),
             ("AUTOMATION_LEASE_SECONDS", self.lease_seconds),
             ("AUTOMATION_START_ATTEMPTS", u64::from(self.start_attempts)),
+            ("AUTOMATION_SANDBOX_MEMORY_MB", self.sandbox_memory_mb),
+            ("AUTOMATION_SANDBOX_PROCESSES", self.sandbox_processes),
+            ("AUTOMATION_SANDBOX_OPEN_FILES", self.sandbox_open_files),
+            ("AUTOMATION_SANDBOX_FILE_SIZE_MB", self.sandbox_file_size_mb),
+            ("AUTOMATION_SANDBOX_CPU_SECONDS", self.sandbox_cpu_seconds),
+            ("AUTOMATION_SANDBOX_WORKSPACE_MB", self.sandbox_workspace_mb),
+            ("AUTOMATION_SANDBOX_TMP_MB", self.sandbox_tmp_mb),
         ] {
             if value == 0 {
                 problems.push(format!("{name} must be greater than 0"));
@@ -256,6 +330,20 @@ impl Config {
         }
         if let Err(e) = crate::plugins::manifest::Grants::parse(&self.plugin_grants) {
             problems.push(format!("AUTOMATION_PLUGIN_GRANTS: {e}"));
+        }
+        for p in &self.sandbox_read_only_paths {
+            if !p.is_absolute() {
+                problems
+                    .push(format!("AUTOMATION_SANDBOX_READ_ONLY_PATHS must hold absolute paths (got {})", p.display()));
+            }
+        }
+        if let CgroupSetting::Dir(d) = self.sandbox_cgroup()
+            && !d.is_absolute()
+        {
+            problems.push(format!(
+                "AUTOMATION_SANDBOX_CGROUP must be auto, off or an absolute cgroup v2 directory (got {})",
+                d.display()
+            ));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log).is_err() {
             problems.push(format!("AUTOMATION_LOG is not a valid filter: {:?}", self.log));
@@ -276,6 +364,42 @@ impl Config {
     pub fn grants(&self) -> crate::plugins::manifest::Grants {
         let overrides = crate::plugins::manifest::Grants::parse(&self.plugin_grants).unwrap_or_default();
         crate::plugins::manifest::Grants::bundled_defaults().with_overrides(overrides)
+    }
+
+    /// The cgroup setting.
+    pub fn sandbox_cgroup(&self) -> CgroupSetting {
+        match self.sandbox_cgroup.trim() {
+            "" | "auto" => CgroupSetting::Auto,
+            "off" => CgroupSetting::Off,
+            dir => CgroupSetting::Dir(PathBuf::from(dir)),
+        }
+    }
+
+    /// The local sandbox's settings.
+    pub fn sandbox_settings(&self) -> crate::sandbox::Settings {
+        let mb = |v: u64| v.saturating_mul(1 << 20);
+        crate::sandbox::Settings {
+            isolation: self.sandbox_isolation,
+            network: self.sandbox_network,
+            network_per_automation: self.sandbox_network_per_automation,
+            limits: crate::sandbox::Limits {
+                memory_bytes: mb(self.sandbox_memory_mb),
+                processes: self.sandbox_processes,
+                open_files: self.sandbox_open_files,
+                file_size_bytes: mb(self.sandbox_file_size_mb),
+                cpu_seconds: self.sandbox_cpu_seconds,
+                workspace_bytes: mb(self.sandbox_workspace_mb),
+                tmp_bytes: mb(self.sandbox_tmp_mb),
+            },
+            read_only: self.sandbox_read_only_paths.clone(),
+            identity: crate::sandbox::Identity { uid: self.sandbox_uid, gid: self.sandbox_gid },
+            cgroup: self.sandbox_cgroup(),
+            output_limit: self.run_output_bytes,
+            archive_limits: crate::archive::Limits {
+                max_unpacked_bytes: self.max_unpacked_bytes,
+                max_entries: self.max_upload_entries,
+            },
+        }
     }
 
     /// The listen address (call after `validate`).

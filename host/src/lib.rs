@@ -25,10 +25,11 @@ pub mod metrics;
 pub mod model;
 pub mod plugin_cli;
 pub mod plugins;
+pub mod sandbox;
 pub mod scheduler;
 pub mod store;
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,20 +60,38 @@ pub async fn open_store(config: &Config, migrate: bool) -> anyhow::Result<Store>
 /// plugins directory, and uploaded (from the database).
 pub async fn start_plugins(config: &Config, store: Option<&Store>) -> anyhow::Result<Arc<plugins::Registry>> {
     let started = std::time::Instant::now();
+    let sandbox = Arc::new(sandbox::Sandbox::new(
+        config.data_dir.join("workspaces"),
+        config.sandbox_settings(),
+        tokio::runtime::Handle::current(),
+    ));
+    // Probe the machine's isolation once (it starts a few sandboxed `true`
+    // processes) and end whatever an earlier process of this host left.
+    let probe = {
+        let sandbox = sandbox.clone();
+        tokio::task::spawn_blocking(move || {
+            let summary = sandbox.isolation().summary();
+            let leftovers = sandbox.sweep_leftovers();
+            (summary, leftovers, sandbox.isolation().level.is_none())
+        })
+    };
     let services = Arc::new(plugins::host::Services {
         store: store.cloned(),
-        sandbox: Arc::new(plugins::sandbox::Sandbox::new(
-            config.data_dir.join("workspaces"),
-            config.run_output_bytes,
-            archive::Limits { max_unpacked_bytes: config.max_unpacked_bytes, max_entries: config.max_upload_entries },
-            tokio::runtime::Handle::current(),
-        )),
+        sandbox,
         runtime: tokio::runtime::Handle::current(),
     });
     let cache_dir = config.plugin_cache_dir.clone().unwrap_or_else(|| config.data_dir.join("plugin-cache"));
     let runtime = Arc::new(plugins::Runtime::new(cache_dir, services, config.grants(), false)?);
     let registry = Arc::new(plugins::Registry::new(runtime));
     registry.load_all(Some(&config.effective_plugins_dir()), store).await?;
+    let (summary, _, refused) = probe.await.context("the sandbox probe failed")?;
+    if refused {
+        tracing::error!(
+            "{summary}; local-sandbox runs will fail until this is fixed or AUTOMATION_SANDBOX_ISOLATION=none"
+        );
+    } else {
+        tracing::info!("{summary}");
+    }
     let loaded = registry.list();
     let cached = loaded.iter().filter(|p| p.load.1 == plugins::engine::CacheOutcome::Hit).count();
     tracing::info!(
@@ -171,7 +190,7 @@ pub async fn serve(
         store.clone(),
         config.clone(),
         plugins.clone(),
-        dispatcher,
+        dispatcher.clone(),
         scheduler,
         metrics,
         ingest,
@@ -180,24 +199,34 @@ pub async fn serve(
     tokio::spawn(follow_uploaded_plugins(store.clone(), plugins.clone(), background.clone()));
     let app = api::router(state);
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
-    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!("shutting down: no new connections; letting in-flight requests finish");
-        let _ = stopping_tx.send(());
+    let stopping = tokio_util::sync::CancellationToken::new();
+    let server = axum::serve(listener, app).with_graceful_shutdown({
+        let stopping = stopping.clone();
+        async move {
+            shutdown.await;
+            tracing::info!(
+                grace_seconds = grace.as_secs(),
+                "shutting down: no new connections or runs; letting requests and local runs finish"
+            );
+            stopping.cancel();
+        }
     });
-    let drained = async {
-        if stopping_rx.await.is_ok() {
-            tokio::time::sleep(grace).await;
+    let mut server = tokio::spawn(server.into_future());
+    tokio::select! {
+        res = &mut server => {
+            res.context("the HTTP server task failed")?.context("the HTTP server failed")?;
+        }
+        () = stopping.cancelled() => {}
+    }
+    // In-flight requests and this host's runs share the grace period.
+    let deadline = tokio::time::Instant::now() + grace;
+    let requests = async {
+        if !server.is_finished() && tokio::time::timeout_at(deadline, &mut server).await.is_err() {
             tracing::warn!(grace_seconds = grace.as_secs(), "in-flight requests did not finish in time; closing");
-        } else {
-            std::future::pending::<()>().await;
+            server.abort();
         }
     };
-    tokio::select! {
-        res = server => res.context("the HTTP server failed")?,
-        () = drained => {}
-    }
+    tokio::join!(requests, dispatcher.shutdown(deadline));
     background.cancel();
     plugins.runtime().sandbox().kill_all();
     // Let the background loops see the cancellation and finish the query

@@ -12,6 +12,11 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    // The sandbox launcher is this binary in a helper mode: it must start
+    // before anything else (no runtime, no threads, no configuration).
+    if std::env::args_os().nth(1).is_some_and(|a| a == automation_host::sandbox::policy::LAUNCHER_ARG) {
+        automation_host::sandbox::launcher::main();
+    }
     let cli = Cli::parse();
     if let Err(problems) = cli.config.validate() {
         eprintln!("automation-host: {problems}");

@@ -14,6 +14,10 @@ use super::{AppState, Error, ErrorBody};
 pub(crate) struct Status {
     /// `ok` or `ready`.
     pub status: &'static str,
+    /// On `/ready`: how the local sandbox confines runs here (`full`,
+    /// `restricted`, `none`, or `unavailable` when it refuses to run them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
 }
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
@@ -23,7 +27,7 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 /// The process is up.
 #[utoipa::path(get, path = "/health", tag = "health", responses((status = 200, body = Status)))]
 async fn health() -> Json<Status> {
-    Json(Status { status: "ok" })
+    Json(Status { status: "ok", sandbox: None })
 }
 
 /// The process can serve: the database answers.
@@ -35,7 +39,8 @@ async fn health() -> Json<Status> {
 )]
 async fn ready(State(state): State<AppState>) -> Result<Json<Status>, Error> {
     if state.store.ping().await {
-        Ok(Json(Status { status: "ready" }))
+        let sandbox = state.plugins.runtime().sandbox().isolation().summary();
+        Ok(Json(Status { status: "ready", sandbox: Some(sandbox) }))
     } else {
         Err(Error::Unavailable("the database does not answer".into()))
     }

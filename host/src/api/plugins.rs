@@ -54,6 +54,23 @@ pub(crate) struct PluginView {
     load_ms: f64,
     /// True if loading was served by the compile cache.
     from_cache: bool,
+    /// For plugins granted `sandbox`: how this machine confines their runs
+    /// (`level`: `full`, `restricted`, `none` or `unavailable`; the layers a
+    /// probe process got; network; limits; problems found).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    isolation: Option<crate::sandbox::Isolation>,
+}
+
+impl PluginView {
+    /// The view of `p`, with the sandbox's isolation when `p` may use it.
+    fn of(p: &Plugin, state: &AppState) -> PluginView {
+        let mut view = PluginView::from(p);
+        if p.grant.capabilities.contains(&Capability::Sandbox) {
+            view.isolation = Some(state.plugins.runtime().sandbox().isolation().clone());
+        }
+        view
+    }
 }
 
 impl From<&Plugin> for PluginView {
@@ -75,6 +92,7 @@ impl From<&Plugin> for PluginView {
             config_schema: d.and_then(|d| d.config_schema.clone()),
             load_ms: p.load.0.as_secs_f64() * 1000.0,
             from_cache: p.load.1 == crate::plugins::engine::CacheOutcome::Hit,
+            isolation: None,
         }
     }
 }
@@ -100,7 +118,7 @@ pub(crate) struct PutQuery {
 /// Lists the loaded plugins.
 #[utoipa::path(get, path = "/v1/plugins", tag = "plugins", security(("api_key" = [])), responses((status = 200, body = Vec<PluginView>)))]
 async fn plugins_list(State(state): State<AppState>) -> Json<Vec<PluginView>> {
-    Json(state.plugins.list().iter().map(|p| PluginView::from(p.as_ref())).collect())
+    Json(state.plugins.list().iter().map(|p| PluginView::of(p, &state)).collect())
 }
 
 /// Shows one plugin.
@@ -114,7 +132,7 @@ async fn plugins_list(State(state): State<AppState>) -> Json<Vec<PluginView>> {
 )]
 async fn plugins_get(State(state): State<AppState>, ApiPath(name): ApiPath<String>) -> Result<Json<PluginView>, Error> {
     let p = state.plugins.get(&name).ok_or_else(|| Error::not_found("plugin", &name))?;
-    Ok(Json(PluginView::from(p.as_ref())))
+    Ok(Json(PluginView::of(&p, &state)))
 }
 
 /// Uploads a plugin (the body is the `.wasm` component) or replaces one of

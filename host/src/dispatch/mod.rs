@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use crate::metrics::Metrics;
 use crate::model::{Automation, PluginLogLine, Run, RunOutput, RunStatus, StatusDetail};
-use crate::plugins::manifest::Kind;
+use crate::plugins::manifest::{Capability, Kind};
 use crate::plugins::{Bundle, CallError, CallReport, ExecStatus, Registry, RunContext};
 use crate::store::{Dialect, RunChanges, Store};
 
@@ -84,8 +84,21 @@ pub struct Dispatcher {
     wake: Notify,
     permits: Arc<Semaphore>,
     /// Runs this host drives, with a token that stops their task.
-    active: Mutex<HashMap<Uuid, CancellationToken>>,
+    active: Mutex<HashMap<Uuid, Active>>,
+    /// Wakes whoever waits for the active runs to finish.
+    finished: Notify,
+    /// Set at shutdown: no more claims or rescues.
+    draining: std::sync::atomic::AtomicBool,
     callback_secret: Vec<u8>,
+}
+
+/// A run this host is driving.
+struct Active {
+    /// Stops its task.
+    token: CancellationToken,
+    /// True once its executor is known to run it on this machine (it is
+    /// granted `sandbox`): such a run cannot outlive this host process.
+    local: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Dispatcher {
@@ -106,6 +119,8 @@ impl Dispatcher {
             wake: Notify::new(),
             permits,
             active: Mutex::default(),
+            finished: Notify::new(),
+            draining: std::sync::atomic::AtomicBool::new(false),
             callback_secret,
         }
     }
@@ -132,9 +147,13 @@ impl Dispatcher {
         tokio::spawn(self.clone().rescue_loop(stop));
     }
 
+    fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
     async fn claim_loop(self: Arc<Self>, stop: CancellationToken) {
         loop {
-            let budget = self.permits.available_permits();
+            let budget = if self.draining() { 0 } else { self.permits.available_permits() };
             let mut claimed_all = false;
             if budget > 0 {
                 let lease_until = Utc::now() + self.settings.lease;
@@ -177,12 +196,15 @@ impl Dispatcher {
             return;
         };
         let token = CancellationToken::new();
-        self.active.lock().expect("active runs").insert(run.id, token.clone());
+        let local = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        self.active.lock().expect("active runs").insert(run.id, Active { token: token.clone(), local: local.clone() });
         let this = self.clone();
         tokio::spawn(async move {
             let id = run.id;
-            this.drive(run, token, permit).await;
+            this.drive(run, token, local, permit).await;
+            this.plugins.runtime().sandbox().release_run(id);
             this.active.lock().expect("active runs").remove(&id);
+            this.finished.notify_waiters();
             this.wake();
         });
     }
@@ -204,8 +226,8 @@ impl Dispatcher {
                     // callback or taken over: its task checks and stops.
                     let active = self.active.lock().expect("active runs");
                     for id in ids.iter().filter(|id| !held.contains(id)) {
-                        if let Some(t) = active.get(id) {
-                            t.cancel();
+                        if let Some(a) = active.get(id) {
+                            a.token.cancel();
                         }
                     }
                 }
@@ -219,7 +241,7 @@ impl Dispatcher {
         // left by a previous process of this host, so take it all over now.
         let mut first = self.store.dialect() == Dialect::Sqlite;
         loop {
-            let budget = self.permits.available_permits().min(100) as u32;
+            let budget = if self.draining() { 0 } else { self.permits.available_permits().min(100) as u32 };
             if budget > 0 {
                 match self
                     .store
@@ -244,6 +266,79 @@ impl Dispatcher {
         }
     }
 
+    /// Shuts dispatch down: no more claims or rescues; runs on this machine
+    /// (local sandbox) get until `deadline` to finish, then are cancelled
+    /// with `shutdown` as the reason and their processes ended; runs on
+    /// remote executors are left running and their leases released, so the
+    /// next host to look takes them over at once. Returns once this host
+    /// drives no run any more (or 10 s after the deadline).
+    pub async fn shutdown(&self, deadline: tokio::time::Instant) {
+        self.draining.store(true, Ordering::Relaxed);
+        let local_left =
+            || self.active.lock().expect("active runs").values().filter(|a| a.local.load(Ordering::Relaxed)).count();
+        loop {
+            let notified = self.finished.notified();
+            if local_left() == 0 {
+                break;
+            }
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        let (local, remote): (Vec<_>, Vec<_>) = {
+            let active = self.active.lock().expect("active runs");
+            active
+                .iter()
+                .map(|(id, a)| (*id, a.token.clone(), a.local.load(Ordering::Relaxed)))
+                .partition(|(_, _, local)| *local)
+        };
+        if !local.is_empty() {
+            tracing::warn!(runs = local.len(), "shutting down: cancelling the local runs that did not finish in time");
+        }
+        let detail = StatusDetail {
+            from: Some(RunStatus::Running),
+            by: "shutdown".into(),
+            reason: format!(
+                "the host ({}) shut down before the run finished within the shutdown grace period",
+                self.settings.host_id
+            ),
+            at: crate::model::now(),
+        };
+        for (id, token, _) in &local {
+            let changes =
+                RunChanges { error: Some("cancelled: the host shut down".into()), output: None, plugin_log: None };
+            match self.store.transition_run(*id, &[RunStatus::Running], RunStatus::Cancelled, &detail, changes).await {
+                Ok(Some(_)) => self.metrics.runs_finished.add("cancelled", 1),
+                Ok(None) => {}
+                Err(e) => tracing::error!(run.id = %id, error = %e, "cannot record the cancel of a run at shutdown"),
+            }
+            // Its task sees the run is no longer running and stops it on
+            // the executor (which ends its processes).
+            token.cancel();
+        }
+        if !remote.is_empty() {
+            let ids: Vec<Uuid> = remote.iter().map(|(id, _, _)| *id).collect();
+            if let Err(e) = self.store.renew_leases(&self.settings.host_id, &ids, Utc::now()).await {
+                tracing::warn!(error = %e, "cannot release run leases at shutdown");
+            }
+            for (_, token, _) in &remote {
+                token.cancel();
+            }
+        }
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let notified = self.finished.notified();
+            if self.active.lock().expect("active runs").is_empty() {
+                return;
+            }
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep_until(until) => return,
+            }
+        }
+    }
+
     fn detail(&self, from: RunStatus, reason: impl Into<String>) -> StatusDetail {
         StatusDetail {
             from: Some(from),
@@ -263,6 +358,16 @@ impl Dispatcher {
         output: Option<RunOutput>,
         error: Option<String>,
     ) -> bool {
+        // What the sandbox saw (a limit the run hit, how it was confined)
+        // belongs in the run's own account of how it ended.
+        let notes = self.plugins.runtime().sandbox().settled_notes(run.id, Duration::from_secs(5)).await;
+        let (reason, error) = if notes.is_empty() {
+            (reason.to_owned(), error)
+        } else {
+            let notes = notes.join("; ");
+            (format!("{reason}; {notes}"), error.map(|e| format!("{e}; {notes}")))
+        };
+        let reason = reason.as_str();
         let detail = self.detail(RunStatus::Running, reason);
         let lines = log.take();
         let changes = RunChanges { error, output, plugin_log: (!lines.is_empty()).then_some(lines) };
@@ -280,7 +385,13 @@ impl Dispatcher {
         }
     }
 
-    async fn drive(self: &Arc<Self>, run: Run, stop: CancellationToken, _permit: OwnedSemaphorePermit) {
+    async fn drive(
+        self: &Arc<Self>,
+        run: Run,
+        stop: CancellationToken,
+        local: Arc<std::sync::atomic::AtomicBool>,
+        _permit: OwnedSemaphorePermit,
+    ) {
         let log = RunLog::default();
         let automation = match self.store.get_automation_any(run.automation_id).await {
             Ok(Some((a, _deleted))) => a,
@@ -303,7 +414,10 @@ impl Dispatcher {
         };
         let plugin_name = run.executor.clone().unwrap_or_else(|| automation.executor.plugin.clone());
         let executor = match self.plugins.require(&plugin_name, Kind::Executor) {
-            Ok(p) => p,
+            Ok(p) => {
+                local.store(p.grant.capabilities.contains(&Capability::Sandbox), Ordering::Relaxed);
+                p
+            }
             Err(e) => {
                 let msg = format!("executor: {e}");
                 self.finish(&run, &log, RunStatus::Failed, &msg, None, Some(msg.clone())).await;

@@ -22,7 +22,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpVi
 
 use super::bindings::{clock, kv, log, sandbox, types};
 use super::manifest::{Capability, Grant};
-use super::sandbox::{CommandSpec, ProcessOutput, ProcessState, Sandbox, SandboxError};
+use crate::sandbox::{CommandSpec, Network, ProcessOutput, ProcessState, Sandbox, SandboxError};
 use crate::store::Store;
 
 /// Most log lines kept per call.
@@ -91,6 +91,9 @@ pub struct HostState {
     plugin: Arc<str>,
     grant: Arc<Grant>,
     run_id: Option<Uuid>,
+    /// The network the run's automation asks its sandbox for
+    /// (`executor.config.network`), if any.
+    run_network: Option<Network>,
     services: Arc<Services>,
     wasi: WasiCtx,
     table: ResourceTable,
@@ -127,6 +130,7 @@ impl HostState {
             plugin,
             grant,
             run_id,
+            run_network: None,
             services,
             wasi,
             table: ResourceTable::new(),
@@ -138,6 +142,16 @@ impl HostState {
             stdout,
             stderr,
         }
+    }
+
+    /// Notes the network the run's executor configuration asks for: its
+    /// `network` field (`none` or `host`), which the sandbox grants only as
+    /// the operator allows.
+    pub fn with_run_config(mut self, config: &str) -> HostState {
+        self.run_network = serde_json::from_str::<serde_json::Value>(config)
+            .ok()
+            .and_then(|v| v.get("network").and_then(|n| n.as_str()).and_then(Network::parse));
+        self
     }
 
     /// Readies a kept store for its next call: the log and output caps and
@@ -273,6 +287,7 @@ fn sandbox_error(e: SandboxError) -> types::Error {
     match e {
         SandboxError::Invalid(m) => types::Error::InvalidInput(m),
         SandboxError::NotFound(m) => types::Error::NotFound(m),
+        SandboxError::Denied(m) => types::Error::Denied(m),
         SandboxError::Io(m) => types::Error::Internal(m),
     }
 }
@@ -293,9 +308,7 @@ fn process_output(o: ProcessOutput) -> sandbox::ProcessOutput {
 
 impl sandbox::Host for HostState {
     fn create_workspace(&mut self) -> wasmtime::Result<Result<String, types::Error>> {
-        Ok(self.sandbox_run().and_then(|run| {
-            self.services.sandbox.create_workspace(run).map(|p| p.display().to_string()).map_err(sandbox_error)
-        }))
+        Ok(self.sandbox_run().and_then(|run| self.services.sandbox.create_workspace(run).map_err(sandbox_error)))
     }
 
     fn unpack(&mut self, bundle: types::Bundle) -> wasmtime::Result<Result<(), types::Error>> {
@@ -313,6 +326,7 @@ impl sandbox::Host for HostState {
                 env: cmd.env,
                 cwd: cmd.cwd,
                 time_limit: Duration::from_millis(cmd.time_limit_ms),
+                network: self.run_network,
             };
             self.services.sandbox.spawn(run, spec).map_err(sandbox_error)
         }))

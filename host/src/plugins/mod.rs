@@ -6,7 +6,6 @@
 //! - `bindings`: host bindings generated from the WIT worlds;
 //! - `host`: per-call state and the host side of every import;
 //! - `manifest`: what a plugin asks for and what the operator grants;
-//! - `sandbox`: workspaces and processes for the local sandbox;
 //! - `registry`: loaded plugins by name, replaced atomically.
 //!
 //! WIT types stop here: callers use the plain Rust types in this module
@@ -18,7 +17,6 @@ pub mod engine;
 pub mod host;
 pub mod manifest;
 pub mod registry;
-pub mod sandbox;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -387,10 +385,12 @@ impl Runtime {
             .map_err(|_| anyhow::anyhow!("a plugin runtime needs a tokio runtime"))?;
         let services = Arc::new(Services {
             store: None,
-            sandbox: Arc::new(sandbox::Sandbox::new(
+            sandbox: Arc::new(crate::sandbox::Sandbox::new(
                 work_dir.join("workspaces"),
-                256 << 10,
-                crate::archive::Limits { max_unpacked_bytes: 100 << 20, max_entries: 10_000 },
+                crate::sandbox::Settings::new(
+                    256 << 10,
+                    crate::archive::Limits { max_unpacked_bytes: 100 << 20, max_entries: 10_000 },
+                ),
                 handle.clone(),
             )),
             runtime: handle,
@@ -504,15 +504,18 @@ impl Runtime {
 
     /// A fresh store for one call: its host state, memory limiter, an epoch
     /// deadline `ticks` away, and (when metering) a full fuel tank.
-    fn new_store(&self, plugin: &Plugin, run_id: Option<Uuid>, limits: CallLimits, ticks: u64) -> Store<HostState> {
-        let state = HostState::new(
+    fn new_store(&self, plugin: &Plugin, run: Option<&RunContext>, limits: CallLimits, ticks: u64) -> Store<HostState> {
+        let mut state = HostState::new(
             plugin.name.clone(),
             plugin.grant.clone(),
-            run_id,
+            run.map(|r| r.run_id),
             self.services.clone(),
             limits.memory,
             limits.output,
         );
+        if let Some(r) = run {
+            state = state.with_run_config(&r.config);
+        }
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(ticks);
@@ -526,12 +529,12 @@ impl Runtime {
     fn call<R>(
         &self,
         plugin: &Plugin,
-        run_id: Option<Uuid>,
+        run: Option<&RunContext>,
         limits: CallLimits,
         f: impl FnOnce(&mut Store<HostState>, &Pre) -> wasmtime::Result<R>,
     ) -> (Result<R, CallError>, CallReport) {
         let started = Instant::now();
-        let mut store = self.new_store(plugin, run_id, limits, deadline_ticks(limits));
+        let mut store = self.new_store(plugin, run, limits, deadline_ticks(limits));
         let result = f(&mut store, &plugin.pre);
         self.finish(plugin, limits, started, result, &mut store)
     }
@@ -709,13 +712,12 @@ impl Runtime {
         bundle: &Bundle,
     ) -> (Result<String, CallError>, CallReport) {
         let (wctx, wbundle) = (context_to_wit(ctx), bundle_to_wit(bundle));
-        let (r, report) =
-            self.call(plugin, Some(ctx.run_id), CallLimits::for_kind(Kind::Executor), |store, pre| match pre {
-                Pre::Executor(p) => {
-                    p.instantiate(&mut *store)?.automation_plugin_executor().call_start(&mut *store, &wctx, &wbundle)
-                }
-                _ => wasmtime::bail!("{} is not an executor", plugin.name()),
-            });
+        let (r, report) = self.call(plugin, Some(ctx), CallLimits::for_kind(Kind::Executor), |store, pre| match pre {
+            Pre::Executor(p) => {
+                p.instantiate(&mut *store)?.automation_plugin_executor().call_start(&mut *store, &wctx, &wbundle)
+            }
+            _ => wasmtime::bail!("{} is not an executor", plugin.name()),
+        });
         (r.and_then(|r| Self::guest(plugin, r)), report)
     }
 
@@ -727,13 +729,12 @@ impl Runtime {
         handle: &str,
     ) -> (Result<ExecStatus, CallError>, CallReport) {
         let wctx = context_to_wit(ctx);
-        let (r, report) =
-            self.call(plugin, Some(ctx.run_id), CallLimits::for_kind(Kind::Executor), |store, pre| match pre {
-                Pre::Executor(p) => {
-                    p.instantiate(&mut *store)?.automation_plugin_executor().call_poll(&mut *store, &wctx, handle)
-                }
-                _ => wasmtime::bail!("{} is not an executor", plugin.name()),
-            });
+        let (r, report) = self.call(plugin, Some(ctx), CallLimits::for_kind(Kind::Executor), |store, pre| match pre {
+            Pre::Executor(p) => {
+                p.instantiate(&mut *store)?.automation_plugin_executor().call_poll(&mut *store, &wctx, handle)
+            }
+            _ => wasmtime::bail!("{} is not an executor", plugin.name()),
+        });
         (r.and_then(|r| Self::guest(plugin, r)).map(status_from_wit), report)
     }
 
@@ -745,18 +746,17 @@ impl Runtime {
         handle: &str,
     ) -> (Result<(), CallError>, CallReport) {
         let wctx = context_to_wit(ctx);
-        let (r, report) =
-            self.call(plugin, Some(ctx.run_id), CallLimits::for_kind(Kind::Executor), |store, pre| match pre {
-                Pre::Executor(p) => {
-                    p.instantiate(&mut *store)?.automation_plugin_executor().call_cancel(&mut *store, &wctx, handle)
-                }
-                _ => wasmtime::bail!("{} is not an executor", plugin.name()),
-            });
+        let (r, report) = self.call(plugin, Some(ctx), CallLimits::for_kind(Kind::Executor), |store, pre| match pre {
+            Pre::Executor(p) => {
+                p.instantiate(&mut *store)?.automation_plugin_executor().call_cancel(&mut *store, &wctx, handle)
+            }
+            _ => wasmtime::bail!("{} is not an executor", plugin.name()),
+        });
         (r.and_then(|r| Self::guest(plugin, r)), report)
     }
 
     /// The local sandbox (for cleanup at shutdown).
-    pub fn sandbox(&self) -> &sandbox::Sandbox {
+    pub fn sandbox(&self) -> &crate::sandbox::Sandbox {
         &self.services.sandbox
     }
 }
