@@ -23,7 +23,7 @@ mod bindings {
 
 use bindings::automation::plugin::log::{Level, log};
 use bindings::automation::plugin::sandbox::{self, ProcessOutput, ProcessState};
-use bindings::automation::plugin::types::{Bundle, Error, PluginInfo, RunContext, RunOutput, RunStatus};
+use bindings::automation::plugin::types::{Bundle, Error, File, PluginInfo, RunContext, RunOutput, RunStatus};
 use bindings::exports::automation::plugin::executor::Guest;
 
 /// The exported `executor` interface.
@@ -35,9 +35,10 @@ impl Guest for LocalSandbox {
         PluginInfo {
             name: "local-sandbox".to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            description: "Runs the bundle on this machine in a fresh per-run workspace: \
-                          optional setup.sh, then the entrypoint, with a scrubbed environment, \
-                          the run's time limit and bounded output."
+            description: "Runs the bundle on this machine in a fresh per-run workspace, confined \
+                          by the host's sandbox (namespaces, Landlock, seccomp, limits): optional \
+                          setup.sh, then the entrypoint, with a scrubbed environment, the run's \
+                          time limit and bounded output."
                 .to_owned(),
             config_schema: Some(plan::CONFIG_SCHEMA.to_owned()),
         }
@@ -47,7 +48,15 @@ impl Guest for LocalSandbox {
         let config = plan::Config::parse(&ctx.config).map_err(Error::InvalidInput)?;
         let words = plan::entrypoint_words(&bundle.entrypoint).map_err(Error::InvalidInput)?;
         let workspace = sandbox::create_workspace()?;
+        // The payload goes as a file (no size limit), beside the bundle.
+        let mut bundle = bundle;
+        bundle.files.push(File {
+            path: plan::PAYLOAD_FILE.to_owned(),
+            mode: 0o600,
+            contents: ctx.trigger.payload.as_bytes().to_vec(),
+        });
         sandbox::unpack(&bundle)?;
+        let payload_file = format!("{}/{}", workspace.trim_end_matches('/'), plan::PAYLOAD_FILE);
         let vars = plan::RunVars {
             run_id: &ctx.run_id,
             automation_id: &ctx.automation_id,
@@ -55,6 +64,7 @@ impl Guest for LocalSandbox {
             attempt: ctx.attempt,
             trigger_kind: &ctx.trigger.kind,
             trigger_payload: &ctx.trigger.payload,
+            payload_file: &payload_file,
             event_key: ctx.trigger.event_key.as_deref(),
             callback_url: &ctx.callback_url,
             callback_token: &ctx.callback_token,

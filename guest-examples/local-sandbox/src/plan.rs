@@ -4,6 +4,13 @@
 /// How long one `poll` waits for the process before answering `running`.
 pub const POLL_WAIT_MS: u64 = 250;
 
+/// Where the trigger payload is written, relative to the workspace.
+pub const PAYLOAD_FILE: &str = ".automation/event.json";
+
+/// Payloads up to this size are also passed in `AUTOMATION_EVENT_PAYLOAD`
+/// (the kernel refuses a single variable over 128 KiB).
+pub const PAYLOAD_ENV_MAX: usize = 64 << 10;
+
 /// JSON Schema of the executor configuration.
 pub const CONFIG_SCHEMA: &str = r#"{
   "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -11,7 +18,8 @@ pub const CONFIG_SCHEMA: &str = r#"{
   "additionalProperties": false,
   "properties": {
     "keep_workspace": {"type": "boolean", "default": false, "description": "Keep the run's workspace after it ends (for debugging)."},
-    "env": {"type": "object", "additionalProperties": {"type": "string"}, "description": "Extra environment variables for every run."}
+    "env": {"type": "object", "additionalProperties": {"type": "string"}, "description": "Extra environment variables for every run."},
+    "network": {"enum": ["none", "host"], "description": "The run's network, where the host lets automations choose (AUTOMATION_SANDBOX_NETWORK_PER_AUTOMATION); default: the host's AUTOMATION_SANDBOX_NETWORK."}
   }
 }"#;
 
@@ -22,6 +30,8 @@ pub struct Config {
     pub keep_workspace: bool,
     /// Extra environment variables.
     pub env: Vec<(String, String)>,
+    /// The network asked for (`none` or `host`); the host decides.
+    pub network: Option<String>,
 }
 
 impl Config {
@@ -43,7 +53,13 @@ impl Config {
                         config.env.push((name.clone(), value.to_owned()));
                     }
                 }
-                other => return Err(format!("unknown executor config field {other:?} (known: keep_workspace, env)")),
+                "network" => match v.as_str() {
+                    Some(n @ ("none" | "host")) => config.network = Some(n.to_owned()),
+                    _ => return Err("network must be \"none\" or \"host\"".to_owned()),
+                },
+                other => {
+                    return Err(format!("unknown executor config field {other:?} (known: keep_workspace, env, network)"));
+                }
             }
         }
         Ok(config)
@@ -84,6 +100,8 @@ pub struct RunVars<'a> {
     pub trigger_kind: &'a str,
     /// Trigger payload JSON.
     pub trigger_payload: &'a str,
+    /// Where the payload file is, as the process sees it.
+    pub payload_file: &'a str,
     /// Event key, for events.
     pub event_key: Option<&'a str>,
     /// Completion callback URL.
@@ -112,7 +130,10 @@ pub fn environment(
     set("AUTOMATION_AUTOMATION_NAME", run.automation_name);
     set("AUTOMATION_ATTEMPT", &run.attempt.to_string());
     set("AUTOMATION_TRIGGER", run.trigger_kind);
-    set("AUTOMATION_EVENT_PAYLOAD", run.trigger_payload);
+    set("AUTOMATION_EVENT_PAYLOAD_FILE", run.payload_file);
+    if run.trigger_payload.len() <= PAYLOAD_ENV_MAX {
+        set("AUTOMATION_EVENT_PAYLOAD", run.trigger_payload);
+    }
     if let Some(key) = run.event_key {
         set("AUTOMATION_EVENT_KEY", key);
     }
@@ -132,6 +153,8 @@ mod tests {
         assert!(c.keep_workspace);
         assert_eq!(c.env, [("A".to_owned(), "1".to_owned())]);
         assert!(Config::parse(r#"{"shell": "zsh"}"#).unwrap_err().contains("shell"));
+        assert_eq!(Config::parse(r#"{"network": "host"}"#).unwrap().network.as_deref(), Some("host"));
+        assert!(Config::parse(r#"{"network": "internet"}"#).is_err());
         assert!(Config::parse(r#"{"env": {"A": 1}}"#).is_err());
         assert!(Config::parse("[]").is_err());
     }
@@ -155,6 +178,7 @@ mod tests {
             attempt: 2,
             trigger_kind: "event",
             trigger_payload: "{}",
+            payload_file: "/workspace/.automation/event.json",
             event_key: Some("push"),
             callback_url: "http://cb",
             callback_token: "t",
@@ -168,5 +192,27 @@ mod tests {
         assert_eq!(get("AUTOMATION_EVENT_KEY"), Some("push"));
         assert_eq!(get("AUTOMATION_ATTEMPT"), Some("2"));
         assert_eq!(env.iter().filter(|(n, _)| n == "AUTOMATION_RUN_ID").count(), 1);
+        assert_eq!(get("AUTOMATION_EVENT_PAYLOAD"), Some("{}"));
+        assert_eq!(get("AUTOMATION_EVENT_PAYLOAD_FILE"), Some("/workspace/.automation/event.json"));
+    }
+
+    #[test]
+    fn a_large_payload_is_only_a_file() {
+        let big = "x".repeat(PAYLOAD_ENV_MAX + 1);
+        let vars = RunVars {
+            run_id: "r",
+            automation_id: "a",
+            automation_name: "n",
+            attempt: 1,
+            trigger_kind: "event",
+            trigger_payload: &big,
+            payload_file: "/w/.automation/event.json",
+            event_key: None,
+            callback_url: "http://cb",
+            callback_token: "t",
+        };
+        let env = environment(&[], &[], &vars);
+        assert!(!env.iter().any(|(n, _)| n == "AUTOMATION_EVENT_PAYLOAD"));
+        assert!(env.iter().any(|(n, v)| n == "AUTOMATION_EVENT_PAYLOAD_FILE" && v == "/w/.automation/event.json"));
     }
 }
