@@ -1,6 +1,6 @@
 use crate::db_tests;
 use crate::support::{
-    Backend, TestServer, process_alive, script_automation, tgz, wait_final, wait_for_file, wait_for_run,
+    Backend, TestServer, script_automation, tgz, token, wait_final, wait_for_pids, wait_for_run, wait_gone,
 };
 use reqwest::Method;
 use serde_json::json;
@@ -87,54 +87,32 @@ async fn bundle_exit_code_fails_the_run_and_payload_reaches_it(backend: Backend)
 
 async fn timeout_kills_the_process_group(backend: Backend) {
     let s = TestServer::start(backend).await;
-    let script = "sleep 300 & echo $! > child.pid; echo $$ > main.pid; wait";
-    let body = script_automation(
-        "slow",
-        script,
-        json!({"timeout_seconds": 2, "executor": {"plugin": "local-sandbox", "config": {"keep_workspace": true}}}),
-    );
+    let t = token();
+    let script = format!("sleep 300.{t}1 & sleep 300.{t}2; wait");
+    let body = script_automation("slow", &script, json!({"timeout_seconds": 2}));
     let a = s.post("/v1/automations", body).await.expect(201);
     let run = s.post(&format!("/v1/automations/{}/dispatch", a.id()), json!({})).await.expect(201).id();
-    let ws = s.data_dir().join("workspaces").join(&run);
-    let main_pid: i32 = wait_for_file(&ws.join("main.pid"), 20).await.parse().unwrap();
-    let child_pid: i32 = wait_for_file(&ws.join("child.pid"), 20).await.parse().unwrap();
-    assert!(process_alive(main_pid) && process_alive(child_pid));
+    wait_for_pids(&format!("300.{t}1"), 20).await;
+    wait_for_pids(&format!("300.{t}2"), 20).await;
     let done = wait_final(&s, &run, 30).await;
     assert_eq!(done["status"], "timed_out", "{done}");
     assert!(done["error"].as_str().unwrap().contains("timed out"), "{done}");
-    // Both the script and its child are gone: the whole group was killed.
-    for _ in 0..50 {
-        if !process_alive(main_pid) && !process_alive(child_pid) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(!process_alive(main_pid), "the script survived its timeout");
-    assert!(!process_alive(child_pid), "the script's child survived its timeout");
+    // Both the script's foreground and background children are gone.
+    assert_eq!(wait_gone(&format!("300.{t}"), 5).await, Vec::<i32>::new(), "a process survived its run's timeout");
 }
 
 async fn cancel_kills_a_running_process(backend: Backend) {
     let s = TestServer::start(backend).await;
-    let body = script_automation(
-        "long",
-        "echo $$ > main.pid; sleep 300",
-        json!({"executor": {"plugin": "local-sandbox", "config": {"keep_workspace": true}}}),
-    );
+    let t = token();
+    let body = script_automation("long", &format!("sleep 300.{t}"), json!({}));
     let a = s.post("/v1/automations", body).await.expect(201);
     let run = s.post(&format!("/v1/automations/{}/dispatch", a.id()), json!({})).await.expect(201).id();
-    let pid: i32 =
-        wait_for_file(&s.data_dir().join("workspaces").join(&run).join("main.pid"), 20).await.parse().unwrap();
+    wait_for_pids(&format!("300.{t}"), 20).await;
     wait_for_run(&s, &run, 20, |r| r["status"] == "running").await;
     let c = s.post(&format!("/v1/runs/{run}/cancel"), json!({})).await.expect(200);
     assert_eq!(c.body["status"], "cancelled");
     assert_eq!(c.body["status_detail"]["from"], "running");
-    for _ in 0..100 {
-        if !process_alive(pid) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(!process_alive(pid), "cancel did not stop the process");
+    assert_eq!(wait_gone(&format!("300.{t}"), 10).await, Vec::<i32>::new(), "cancel did not stop the process");
     assert_eq!(s.get(&format!("/v1/runs/{run}")).await.expect(200).body["status"], "cancelled");
 }
 
@@ -181,7 +159,8 @@ async fn concurrency_queue_and_skip(backend: Backend) {
 }
 
 async fn completion_callback_finishes_the_run(backend: Backend) {
-    let s = TestServer::start(backend).await;
+    // The callback is the host's own API: the run needs the host's network.
+    let s = TestServer::start_with(backend, &[("AUTOMATION_SANDBOX_NETWORK", "host")]).await;
     let script = r#"curl -sf -X POST -H "Authorization: Bearer $AUTOMATION_CALLBACK_TOKEN" -d '{"status": "succeeded", "output": {"exit_code": null, "stdout": "reported", "stderr": "", "truncated": false}}' "$AUTOMATION_CALLBACK_URL" > /dev/null; sleep 300"#;
     let a = s.post("/v1/automations", script_automation("reporter", script, json!({}))).await.expect(201);
     let run = s.post(&format!("/v1/automations/{}/dispatch", a.id()), json!({})).await.expect(201).id();
@@ -199,29 +178,20 @@ async fn completion_callback_finishes_the_run(backend: Backend) {
 
 async fn a_killed_host_rescues_its_running_run(backend: Backend) {
     let mut s = TestServer::start_with(backend, &[("AUTOMATION_LEASE_SECONDS", "3")]).await;
-    let body = script_automation(
-        "orphan",
-        "echo $$ > main.pid; sleep 300",
-        json!({"executor": {"plugin": "local-sandbox", "config": {}}}),
-    );
+    let t = token();
+    let body = script_automation("orphan", &format!("sleep 300.{t}"), json!({}));
     let a = s.post("/v1/automations", body).await.expect(201);
     let run = s.post(&format!("/v1/automations/{}/dispatch", a.id()), json!({})).await.expect(201).id();
-    let pid: i32 =
-        wait_for_file(&s.data_dir().join("workspaces").join(&run).join("main.pid"), 20).await.parse().unwrap();
+    wait_for_pids(&format!("300.{t}"), 20).await;
     wait_for_run(&s, &run, 20, |r| r["status"] == "running" && r["executor_handle"].is_string()).await;
     s.kill();
+    // The run's processes do not outlive their host, even before a restart.
+    assert_eq!(wait_gone(&format!("300.{t}"), 5).await, Vec::<i32>::new(), "the run outlived its killed host");
     s.spawn_again();
     let done = wait_final(&s, &run, 30).await;
     assert_eq!(done["status"], "failed", "{done}");
     assert!(done["error"].as_str().unwrap().contains("process is gone"), "{done}");
     assert!(done["status_detail"]["reason"].as_str().unwrap().contains("gone"), "{done}");
-    for _ in 0..50 {
-        if !process_alive(pid) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(!process_alive(pid), "the orphaned process was not killed by the rescue");
 }
 
 /// An executor that cannot reach its server says `unavailable`: the host

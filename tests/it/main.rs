@@ -16,6 +16,8 @@ mod automations;
 mod runs;
 // Runs carried out by executor plugins: output, timeouts, cancel, rescue.
 mod dispatch;
+// The local sandbox against hostile bundles: every escape blocked.
+mod sandbox;
 // The agent-server executor against a real OpenHands agent-server.
 mod agent_server;
 // Bundled components in-process: JMESPath compliance, GitHub fixtures.

@@ -266,6 +266,16 @@ impl TestServer {
         self.child = Some(child);
     }
 
+    /// The server process's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server not running").id()
+    }
+
+    /// The port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.base.rsplit(':').next().and_then(|p| p.parse().ok()).expect("a port in the base URL")
+    }
+
     /// The server's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -446,6 +456,57 @@ pub fn script_automation(name: &str, script: &str, extra: Value) -> Value {
         }
     }
     a
+}
+
+/// A token unique to a test, to tell its processes apart by command line
+/// (sandboxed processes have pids of their own namespace, so the tests find
+/// them from the host by what they run instead: `sleep 1000.<token>`).
+pub fn token() -> String {
+    format!("{}", 100_000 + (uuid::Uuid::new_v4().as_u128() % 900_000))
+}
+
+/// Host pids of live processes whose command line contains `needle`.
+pub fn pids_with(needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    let me = std::process::id() as i32;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        if pid == me {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) && process_alive(pid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Waits until some process runs `needle`; returns their pids.
+pub async fn wait_for_pids(needle: &str, secs: u64) -> Vec<i32> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let pids = pids_with(needle);
+        if !pids.is_empty() {
+            return pids;
+        }
+        assert!(std::time::Instant::now() < deadline, "no process running {needle:?} appeared within {secs} s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits up to `secs` for every process running `needle` to be gone;
+/// returns the pids still alive then (empty when all are gone).
+pub async fn wait_gone(needle: &str, secs: u64) -> Vec<i32> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let pids = pids_with(needle);
+        if pids.is_empty() || std::time::Instant::now() > deadline {
+            return pids;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// True while a process with this pid exists (and is not a zombie).
