@@ -3,13 +3,18 @@
 //! BENCHMARKS.md with these figures and the micro benchmarks' (run `cargo
 //! bench --bench micro` first; `just bench` does both).
 //!
-//! Scenarios (set `LOAD_ONLY=ingest,e2e,scheduler,dispatch,startup` to pick):
+//! Scenarios (set `LOAD_ONLY=ingest,e2e,sandbox,scheduler,dispatch,startup` to pick):
 //! - ingest: signed 14 KB GitHub deliveries, 100 filtered automations, 1/16/64
 //!   senders, SQLite and Postgres: throughput, p50/p99 acknowledgement, non-2xx;
-//! - e2e: event -> run `succeeded` through the local-sandbox executor;
+//! - e2e: event -> run `succeeded` through the local-sandbox executor, with the
+//!   sandbox's full isolation and unconfined (`AUTOMATION_SANDBOX_ISOLATION=none`);
+//! - sandbox: runs per second through the local sandbox with a no-op bundle;
 //! - scheduler: 10,000 automations due in the same second; steady fire lag;
 //! - dispatch: runs per second with a no-op executor, one and two hosts;
 //! - startup: time to /ready with cached plugins, idle RSS.
+//!
+//! `LOAD_HOST_BINARY=/path/to/automation-host` runs the scenarios against
+//! another build (an interleaved A/B against older code, for example).
 
 #![allow(missing_docs)]
 
@@ -88,8 +93,13 @@ fn start(db_url: Option<&str>, env: &[(&str, &str)]) -> Server {
     server
 }
 
+/// The binary under test: this build's, or `LOAD_HOST_BINARY`.
+fn host_binary() -> String {
+    std::env::var("LOAD_HOST_BINARY").unwrap_or_else(|_| env!("CARGO_BIN_EXE_automation-host").to_owned())
+}
+
 fn start_at(data_dir: &Path, db_url: Option<&str>, env: &[(&str, &str)]) -> Server {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_automation-host"));
+    let mut cmd = Command::new(host_binary());
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("HOME", std::env::var("HOME").unwrap_or_default())
@@ -262,10 +272,15 @@ async fn ingest(report: &mut Report, db: Db, senders: usize) {
 
 // --- end to end --------------------------------------------------------------
 
-async fn e2e(report: &mut Report) {
-    let server = start(None, &[]);
+async fn e2e(report: &mut Report, isolation: &str) {
+    let server = start(None, &[("AUTOMATION_SANDBOX_ISOLATION", isolation)]);
     let c = client();
     let base = server.base.clone();
+    let level =
+        api(&c, reqwest::Method::GET, format!("{base}/v1/plugins/local-sandbox"), None).await["isolation"]["level"]
+            .as_str()
+            .unwrap_or("(not reported: an older build)")
+            .to_owned();
     let a = api(
         &c,
         reqwest::Method::POST,
@@ -280,7 +295,7 @@ async fn e2e(report: &mut Report) {
     .await;
     let id = a["id"].as_str().unwrap().to_owned();
     let mut lat = Vec::new();
-    for i in 0..40 {
+    for i in 0..65 {
         let body = json!({"ref": "refs/heads/main", "commits": [], "n": i}).to_string();
         let t = Instant::now();
         let r = c
@@ -314,12 +329,63 @@ async fn e2e(report: &mut Report) {
     report.add(
         "e2e",
         format!(
-            "| SQLite | local-sandbox | {} | {:.0} ms | {:.0} ms | {:.0} ms |",
+            "| SQLite | local-sandbox | {level} | {} | {:.1} ms | {:.1} ms | {:.1} ms |",
             lat.len(),
             pct(&lat, 0.5),
             pct(&lat, 0.99),
             lat.last().unwrap()
         ),
+    );
+}
+
+// --- sandbox throughput ----------------------------------------------------------
+
+async fn sandbox(report: &mut Report, isolation: &str) {
+    let server = start(None, &[("AUTOMATION_SANDBOX_ISOLATION", isolation), ("AUTOMATION_MAX_CONCURRENT_RUNS", "32")]);
+    let c = client();
+    let base = server.base.clone();
+    let level =
+        api(&c, reqwest::Method::GET, format!("{base}/v1/plugins/local-sandbox"), None).await["isolation"]["level"]
+            .as_str()
+            .unwrap_or("(not reported: an older build)")
+            .to_owned();
+    let body = json!({
+        "name": "noop",
+        "trigger": {"type": "manual"},
+        "preset": {"name": "script", "config": {"interpreter": "sh", "script": "true"}},
+        "executor": {"plugin": "local-sandbox"},
+        "concurrency": 1000,
+    });
+    let id = api(&c, reqwest::Method::POST, format!("{base}/v1/automations"), Some(body)).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let n = 1000;
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for chunk in 0..8 {
+        let (c, base, id) = (c.clone(), base.clone(), id.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in (chunk..n).step_by(8) {
+                api(&c, reqwest::Method::POST, format!("{base}/v1/automations/{id}/dispatch"), None).await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let done_at = loop {
+        let runs = api(&c, reqwest::Method::GET, format!("{base}/v1/runs?status=succeeded&limit=1"), None).await;
+        if runs["total"].as_u64().unwrap() >= n as u64 {
+            break t.elapsed().as_secs_f64();
+        }
+        let failed = api(&c, reqwest::Method::GET, format!("{base}/v1/runs?status=failed&limit=1"), None).await;
+        assert_eq!(failed["total"], 0, "a no-op run failed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    report.add(
+        "sandbox",
+        format!("| SQLite | {level} | {n} | {:.0} runs/s | {done_at:.2} s | failed: 0 |", n as f64 / done_at),
     );
 }
 
@@ -625,6 +691,7 @@ fn write_markdown(report: &Report, machine: &str, ran: &str) {
     let headings = [
         ("ingest", "## Event ingestion"),
         ("e2e", "## Event to run"),
+        ("sandbox", "## Local sandbox throughput"),
         ("scheduler", "## Scheduler"),
         ("dispatch", "## Dispatch"),
         ("startup", "## Start-up"),
@@ -651,8 +718,12 @@ each sender sending its next request as soon as the previous is acknowledged. La
 committed; matching runs at the same time on the same 2 cores. *Matched* is deliveries per second until the last acknowledged one was matched.\n\n\
 | database | senders | deliveries | acknowledged | p50 | p99 | max | non-2xx | matched |\n|---|---|---|---|---|---|---|---|---|\n{}\n\n\
 ## Event to run `succeeded`: (LOAD_ONLY=e2e)\n\n\
-One delivery at a time (35 measured after 5 warm-up), time from sending it to its run being `succeeded` through the local-sandbox executor (`echo done`).\n\n\
-| database | executor | samples | p50 | p99 | max |\n|---|---|---|---|---|---|\n{}\n\n\
+One delivery at a time (60 measured after 5 warm-up), time from sending it to its run being `succeeded` through the local-sandbox executor (`echo done`), \
+with the sandbox's isolation as probed (`full` here: namespaces, Landlock, seccomp, cgroup) and unconfined (`AUTOMATION_SANDBOX_ISOLATION=none`).\n\n\
+| database | executor | isolation | samples | p50 | p99 | max |\n|---|---|---|---|---|---|---|\n{}\n\n\
+## Local sandbox throughput: (LOAD_ONLY=sandbox)\n\n\
+1,000 manual runs of a no-op bundle (`true`) through local-sandbox, dispatched by 8 clients, up to 32 runs at once; time from the first dispatch until all succeeded.\n\n\
+| database | isolation | runs | throughput | time | |\n|---|---|---|---|---|---|\n{}\n\n\
 ## Scheduler: (LOAD_ONLY=scheduler)\n\n\
 | database | what | result |\n|---|---|---|\n{}\n\n\
 ## Dispatch: (LOAD_ONLY=dispatch)\n\n\
@@ -688,6 +759,7 @@ Ten starts, time from spawning the process to `GET /ready` answering 200, and re
         micro("cron_next_fire/every_15_minutes_across_dst", "cron next fire across a DST change (slow path)", ""),
         rows("ingest"),
         rows("e2e"),
+        rows("sandbox"),
         rows("scheduler"),
         rows("dispatch"),
         rows("startup"),
@@ -722,7 +794,12 @@ fn main() {
             }
         }
         if want("e2e") {
-            e2e(&mut report).await;
+            e2e(&mut report, "auto").await;
+            e2e(&mut report, "none").await;
+        }
+        if want("sandbox") {
+            sandbox(&mut report, "auto").await;
+            sandbox(&mut report, "none").await;
         }
         if want("dispatch") {
             dispatch(&mut report, Db::Sqlite, 1).await;

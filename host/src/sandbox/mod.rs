@@ -791,7 +791,7 @@ fn launch(
 ) -> Result<(std::os::unix::net::UnixStream, tokio::process::Child), SandboxError> {
     let io = |what: &str, e: std::io::Error| SandboxError::Io(format!("{what}: {e}"));
     let (sock, stdin) = std::os::unix::net::UnixStream::pair().map_err(|e| io("socketpair", e))?;
-    let mut cmd = tokio::process::Command::new("/proc/self/exe");
+    let mut cmd = tokio::process::Command::new(launcher_path());
     cmd.arg(LAUNCHER_ARG)
         .arg(marker)
         .env_clear()
@@ -810,6 +810,24 @@ fn launch(
     line.push(b'\n');
     (&sock).write_all(&line).map_err(|e| io("cannot hand the policy to the sandbox launcher", e))?;
     Ok((sock, child))
+}
+
+/// The launcher binary: `automation-sandbox` next to this executable (small,
+/// so it starts in about a millisecond), else this executable itself, which
+/// has the same mode (`__sandbox-exec`) but takes a few milliseconds more to
+/// load. `/proc/self/exe` still works when the file was replaced on disk.
+fn launcher_path() -> &'static std::ffi::OsStr {
+    static PATH: OnceLock<std::ffi::OsString> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let own = std::env::current_exe().ok().and_then(|exe| {
+            let small = exe.with_file_name("automation-sandbox");
+            (small != exe && small.is_file()).then_some(small)
+        });
+        match own {
+            Some(p) => p.into_os_string(),
+            None => "/proc/self/exe".into(),
+        }
+    })
 }
 
 /// Reads the launcher's first report; returns it and any bytes after it.
@@ -838,7 +856,7 @@ fn read_first_report(sock: &std::os::unix::net::UnixStream) -> Result<(Report, V
 /// what was applied and how the command ended.
 fn run_blocking(policy: &Policy) -> Result<(Applied, Exit), String> {
     let (sock, child_sock) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
-    let child = std::process::Command::new("/proc/self/exe")
+    let child = std::process::Command::new(launcher_path())
         .arg(LAUNCHER_ARG)
         .arg("probe")
         .env_clear()
@@ -943,12 +961,9 @@ impl Supervisor {
             }
         }
         drop(wr);
-        if tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await.is_err() {
-            let _ = self.child.start_kill();
-            let _ = self.child.wait().await;
-        }
         // The run's processes are gone, so the pipes close; never wait
-        // forever on them all the same.
+        // forever on them all the same. The launcher itself may still be
+        // tidying up (its cgroup); it is reaped after the state is known.
         let _ = tokio::time::timeout(Duration::from_secs(5), readers).await;
         let (final_state, notes) = match ended {
             _ if timed_out => (ProcessState::TimedOut, ended.map(|e| e.1).unwrap_or_default()),
@@ -967,6 +982,10 @@ impl Supervisor {
             self.notes.lock().expect("notes").entry(self.run_id).or_default().extend(notes);
         }
         let _ = self.state.send(final_state);
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await.is_err() {
+            let _ = self.child.start_kill();
+            let _ = self.child.wait().await;
+        }
     }
 }
 

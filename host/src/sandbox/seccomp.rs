@@ -9,8 +9,9 @@
 //!
 //! The filters are built by `seccompiler` (Firecracker's compiler), which
 //! also kills a process that makes system calls of another architecture
-//! (the i386 `int 0x80` bypass). One filter per errno, since a seccompiler
-//! filter has one action; seccomp evaluates all installed filters.
+//! (the i386 `int 0x80` bypass). A seccompiler filter has one action, so
+//! what must fail as unknown (ENOSYS) is a second, small filter; seccomp
+//! evaluates both.
 
 use std::collections::BTreeMap;
 
@@ -137,10 +138,9 @@ pub(crate) fn filters(network: Network, namespaces: bool) -> Result<Vec<BpfProgr
         .collect::<Result<Vec<_>, String>>()?;
     eperm.insert(libc::SYS_ioctl, ioctl_rules);
 
-    // clone3 passes its flags in memory a filter cannot read: refuse it as
-    // unknown, and C libraries fall back to clone (checked above).
-    let enosys: BTreeMap<i64, Vec<SeccompRule>> = [(libc::SYS_clone3, Vec::new())].into_iter().collect();
-
+    // Sockets of other families: refused as not permitted (a program sees
+    // EPERM, as from a firewall). Every filter installed costs a JIT compile
+    // per run and a pass per system call, so the deny list is one filter.
     let socket_rules = match allowed_families(network, namespaces) {
         None => Vec::new(),
         Some(families) => {
@@ -148,29 +148,30 @@ pub(crate) fn filters(network: Network, namespaces: bool) -> Result<Vec<BpfProgr
             vec![SeccompRule::new(conditions).map_err(|e| e.to_string())?]
         }
     };
-    let eafnosupport: BTreeMap<i64, Vec<SeccompRule>> = [(libc::SYS_socket, socket_rules)].into_iter().collect();
-
-    Ok(vec![
-        x32_guard(),
-        compile(eperm, libc::EPERM)?,
-        compile(enosys, libc::ENOSYS)?,
-        compile(eafnosupport, libc::EAFNOSUPPORT)?,
-    ])
+    eperm.insert(libc::SYS_socket, socket_rules);
+    Ok(vec![unknown_calls(), compile(eperm, libc::EPERM)?])
 }
 
-/// A three-instruction filter refusing x32 system call numbers with ENOSYS.
-/// seccompiler cannot match on the call number itself, so this one is
-/// written out; the instruction encodings are those of `linux/filter.h`.
-fn x32_guard() -> BpfProgram {
-    // BPF_LD | BPF_W | BPF_ABS, BPF_JMP | BPF_JGE | BPF_K, BPF_RET | BPF_K.
+/// A filter refusing with ENOSYS what must look unknown rather than
+/// forbidden: `clone3`, whose flags live in memory a filter cannot read (C
+/// libraries fall back to `clone`, whose flags are checked), and x32 system
+/// call numbers, a second table a deny list would miss. seccompiler cannot
+/// match on the call number's range, so this one is written out; the
+/// encodings are those of `linux/filter.h`.
+fn unknown_calls() -> BpfProgram {
+    // BPF_LD | BPF_W | BPF_ABS, BPF_JMP | BPF_JGE | BPF_K, BPF_JMP | BPF_JEQ |
+    // BPF_K, BPF_RET | BPF_K.
     const BPF_LD_W_ABS: u16 = 0x20;
     const BPF_JMP_JGE_K: u16 = 0x35;
+    const BPF_JMP_JEQ_K: u16 = 0x15;
     const BPF_RET_K: u16 = 0x06;
     vec![
         // A = seccomp_data.nr (offset 0)
         sock_filter { code: BPF_LD_W_ABS, jt: 0, jf: 0, k: 0 },
-        // if A >= X32_SYSCALL_BIT, go to the next instruction, else skip it
-        sock_filter { code: BPF_JMP_JGE_K, jt: 0, jf: 1, k: X32_SYSCALL_BIT },
+        // x32 numbers: to ENOSYS
+        sock_filter { code: BPF_JMP_JGE_K, jt: 1, jf: 0, k: X32_SYSCALL_BIT },
+        // clone3: to ENOSYS; anything else: allowed here (the deny list decides)
+        sock_filter { code: BPF_JMP_JEQ_K, jt: 0, jf: 1, k: libc::SYS_clone3 as u32 },
         sock_filter { code: BPF_RET_K, jt: 0, jf: 0, k: libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32 },
         sock_filter { code: BPF_RET_K, jt: 0, jf: 0, k: libc::SECCOMP_RET_ALLOW },
     ]
@@ -193,7 +194,7 @@ mod tests {
         for network in [Network::None, Network::Host] {
             for namespaces in [true, false] {
                 let f = filters(network, namespaces).unwrap();
-                assert_eq!(f.len(), 4);
+                assert_eq!(f.len(), 2);
                 assert!(f.iter().all(|p| !p.is_empty() && p.len() < 4096));
             }
         }
@@ -207,18 +208,23 @@ mod tests {
     }
 
     #[test]
-    fn the_x32_guard_refuses_only_x32_numbers() {
-        // A tiny interpreter for the three instruction kinds the guard uses.
+    fn x32_numbers_and_clone3_look_unknown_and_the_rest_passes() {
+        // A tiny interpreter for the instruction kinds the filter uses.
         let run = |nr: u32| {
-            let prog = x32_guard();
+            let prog = unknown_calls();
             let mut pc = 0;
             let mut a = 0u32;
             loop {
                 let i = &prog[pc];
+                let jump = |taken: bool| 1 + usize::from(if taken { i.jt } else { i.jf });
                 match i.code {
                     0x20 => a = nr,
                     0x35 => {
-                        pc += 1 + usize::from(if a >= i.k { i.jt } else { i.jf });
+                        pc += jump(a >= i.k);
+                        continue;
+                    }
+                    0x15 => {
+                        pc += jump(a == i.k);
                         continue;
                     }
                     0x06 => return i.k,
@@ -227,7 +233,10 @@ mod tests {
                 pc += 1;
             }
         };
-        assert_eq!(run(libc::SYS_ptrace as u32), libc::SECCOMP_RET_ALLOW);
-        assert_eq!(run(0x4000_0000 | 521), libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32);
+        let enosys = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
+        assert_eq!(run(libc::SYS_ptrace as u32), libc::SECCOMP_RET_ALLOW, "the deny list decides");
+        assert_eq!(run(libc::SYS_clone as u32), libc::SECCOMP_RET_ALLOW);
+        assert_eq!(run(libc::SYS_clone3 as u32), enosys);
+        assert_eq!(run(0x4000_0000 | 521), enosys);
     }
 }
