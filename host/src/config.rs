@@ -182,6 +182,12 @@ pub struct Config {
     #[arg(long, env = "AUTOMATION_DB_CONNECTIONS", default_value_t = 10, global = true)]
     pub db_connections: u32,
 
+    /// Largest size the SQLite database may grow to, MiB (unset: no cap but
+    /// the disk). Past it, writes fail as on a full disk: deliveries get 503,
+    /// `/ready` says why, and nothing acknowledged is lost.
+    #[arg(long, env = "AUTOMATION_SQLITE_MAX_SIZE_MB", global = true)]
+    pub sqlite_max_size_mb: Option<u64>,
+
     /// Do not apply migrations at start-up (run `migrate` separately).
     #[arg(long, env = "AUTOMATION_NO_MIGRATE", global = true)]
     pub no_migrate: bool,

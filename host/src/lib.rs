@@ -9,6 +9,9 @@
 //!   Postgres (for teams and several replicas).
 //! - `scheduler/`: cron maths (pure) and, later, the loop that turns due slots
 //!   into runs.
+//! - `sandbox`: the local sandbox: per-run workspaces and processes confined
+//!   by namespaces, Landlock, seccomp and limits (a launcher re-executes this
+//!   binary in a helper mode).
 //! - `archive`: checks bundle archives before they are accepted.
 //! - `auth`: API key generation and hashing.
 //!
@@ -18,6 +21,7 @@
 pub mod api;
 pub mod archive;
 pub mod auth;
+pub mod backoff;
 pub mod config;
 pub mod dispatch;
 pub mod events;
@@ -47,7 +51,7 @@ pub async fn open_store(config: &Config, migrate: bool) -> anyhow::Result<Store>
             .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
     }
     let url = config.effective_database_url();
-    let store = Store::connect(&url, config.db_connections)
+    let store = Store::connect_with(&url, config.db_connections, config.sqlite_max_size_mb.map(|mb| mb << 20))
         .await
         .with_context(|| format!("cannot open the database {}", redact(&url)))?;
     if migrate {
@@ -181,6 +185,7 @@ pub async fn serve(
     ));
     matcher.spawn(background.clone());
     let ingest = Arc::new(events::Ingest::start(store.clone(), matcher.clone(), metrics.clone()));
+    tokio::spawn(probe_storage(store.clone(), background.clone()));
     tokio::spawn(purge_deliveries(
         store.clone(),
         chrono::Duration::hours(config.delivery_retention_hours as i64),
@@ -235,6 +240,23 @@ pub async fn serve(
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Probes whether the database takes writes: every second while it does
+/// not (so readiness and ingestion come back by themselves), every 5 s
+/// otherwise (to notice a problem no write has met yet, such as a deleted
+/// database file).
+async fn probe_storage(store: Store, stop: tokio_util::sync::CancellationToken) {
+    loop {
+        let every = if store.health().failing().is_some() { 1 } else { 5 };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(every)) => {}
+        }
+        if let Err(e) = store.probe_write().await {
+            tracing::debug!(error = %e, "the storage probe failed");
+        }
+    }
 }
 
 /// Deletes deliveries older than the retention (hourly).

@@ -96,6 +96,9 @@ pub struct Metrics {
     pub start_retries: AtomicU64,
     /// Seconds from delivery acknowledgement to matching done.
     pub match_lag: Histogram,
+    /// Iterations of background loops that failed and were retried later,
+    /// by loop (`ingest`, `matcher`, `dispatcher`, `scheduler`, ...).
+    pub background_errors: LabeledCounter,
 }
 
 impl Default for Metrics {
@@ -110,6 +113,7 @@ impl Default for Metrics {
             rescues: AtomicU64::new(0),
             start_retries: AtomicU64::new(0),
             match_lag: Histogram::new(LATENCY_BUCKETS),
+            background_errors: LabeledCounter::default(),
         }
     }
 }
@@ -147,6 +151,12 @@ impl Metrics {
             "Time runs waited between creation and start.",
         );
         self.runs_finished.render(&mut out, "automation_runs_finished_total", "status", "Runs by final status.");
+        self.background_errors.render(
+            &mut out,
+            "automation_background_errors_total",
+            "loop",
+            "Background loop iterations that failed (mostly storage errors) and were retried after a backoff.",
+        );
         let _ = writeln!(
             out,
             "# HELP automation_run_rescues_total Runs taken over from hosts that stopped heartbeating.\n\

@@ -18,6 +18,9 @@ mod runs;
 mod dispatch;
 // The local sandbox against hostile bundles: every escape blocked.
 mod sandbox;
+// Storage faults under load: full disk, read-only or vanished files,
+// Postgres stopped or locked; nothing acknowledged is lost.
+mod faults;
 // The agent-server executor against a real OpenHands agent-server.
 mod agent_server;
 // Bundled components in-process: JMESPath compliance, GitHub fixtures.

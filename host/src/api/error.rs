@@ -75,7 +75,15 @@ impl Error {
 
 impl From<crate::store::Error> for Error {
     fn from(e: crate::store::Error) -> Error {
-        Error::Internal(anyhow::Error::new(e))
+        match e.unavailable() {
+            // Nothing was changed; the client may simply retry. The database's
+            // own text goes to the log, not to the client.
+            Some(reason) => {
+                tracing::warn!(error = %e, "a request could not use the database");
+                Error::Unavailable(format!("the host cannot use its database right now ({reason}); retry shortly"))
+            }
+            None => Error::Internal(anyhow::Error::new(e)),
+        }
     }
 }
 
@@ -92,6 +100,9 @@ impl IntoResponse for Error {
             self.to_string()
         };
         let mut response = (status, Json(ErrorBody { code: code.to_owned(), detail })).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("5"));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

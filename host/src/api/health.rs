@@ -30,7 +30,9 @@ async fn health() -> Json<Status> {
     Json(Status { status: "ok", sandbox: None })
 }
 
-/// The process can serve: the database answers.
+/// The process can serve: the database answers and takes writes (a write
+/// probe runs in the background, so this turns 200 again by itself once
+/// writes work). 503 names what is wrong, without the database's own text.
 #[utoipa::path(
     get,
     path = "/ready",
@@ -38,10 +40,16 @@ async fn health() -> Json<Status> {
     responses((status = 200, body = Status), (status = 503, body = ErrorBody))
 )]
 async fn ready(State(state): State<AppState>) -> Result<Json<Status>, Error> {
-    if state.store.ping().await {
-        let sandbox = state.plugins.runtime().sandbox().isolation().summary();
-        Ok(Json(Status { status: "ready", sandbox: Some(sandbox) }))
-    } else {
-        Err(Error::Unavailable("the database does not answer".into()))
+    if let Some(f) = state.store.health().failing() {
+        return Err(Error::Unavailable(format!(
+            "the host cannot write to its database: {} (since {}); deliveries get 503 until it can",
+            f.reason,
+            f.since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )));
     }
+    if !state.store.ping().await {
+        return Err(Error::Unavailable("the database does not answer".into()));
+    }
+    let sandbox = state.plugins.runtime().sandbox().isolation().summary();
+    Ok(Json(Status { status: "ready", sandbox: Some(sandbox) }))
 }

@@ -152,6 +152,7 @@ impl Dispatcher {
     }
 
     async fn claim_loop(self: Arc<Self>, stop: CancellationToken) {
+        let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         loop {
             let budget = if self.draining() { 0 } else { self.permits.available_permits() };
             let mut claimed_all = false;
@@ -159,6 +160,7 @@ impl Dispatcher {
                 let lease_until = Utc::now() + self.settings.lease;
                 match self.store.claim_runs(&self.settings.host_id, budget, lease_until).await {
                     Ok(claim) => {
+                        backoff.reset();
                         for _ in &claim.skipped {
                             self.metrics.runs_finished.add("skipped", 1);
                         }
@@ -174,7 +176,18 @@ impl Dispatcher {
                             self.start_task(run);
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "claiming runs failed; retrying"),
+                    Err(e) => {
+                        // Nothing was claimed (the claim is one transaction):
+                        // the runs stay pending for the next attempt.
+                        self.metrics.background_errors.add("dispatcher", 1);
+                        let delay = backoff.next_delay();
+                        tracing::warn!(error = %e, retry_ms = delay.as_millis() as u64, "claiming runs failed; backing off");
+                        tokio::select! {
+                            () = stop.cancelled() => return,
+                            () = tokio::time::sleep(delay) => {}
+                        }
+                        continue;
+                    }
                 }
             }
             if claimed_all {
@@ -231,7 +244,10 @@ impl Dispatcher {
                         }
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "renewing run leases failed"),
+                Err(e) => {
+                    self.metrics.background_errors.add("heartbeat", 1);
+                    tracing::warn!(error = %e, "renewing run leases failed");
+                }
             }
         }
     }
@@ -256,7 +272,10 @@ impl Dispatcher {
                         }
                         first = false;
                     }
-                    Err(e) => tracing::warn!(error = %e, "rescuing runs failed"),
+                    Err(e) => {
+                        self.metrics.background_errors.add("rescue", 1);
+                        tracing::warn!(error = %e, "rescuing runs failed");
+                    }
                 }
             }
             tokio::select! {
@@ -371,16 +390,27 @@ impl Dispatcher {
         let detail = self.detail(RunStatus::Running, reason);
         let lines = log.take();
         let changes = RunChanges { error, output, plugin_log: (!lines.is_empty()).then_some(lines) };
-        match self.store.transition_run(run.id, &[RunStatus::Running], to, &detail, changes).await {
-            Ok(Some(_)) => {
-                self.metrics.runs_finished.add(to.as_str(), 1);
-                tracing::info!(run.id = %run.id, automation.id = %run.automation_id, status = %to, reason, "run finished");
-                true
-            }
-            Ok(None) => false,
-            Err(e) => {
-                tracing::error!(run.id = %run.id, error = %e, "cannot record the end of a run; it will be rescued");
-                false
+        // The end of a run is retried until it is written: a run reported
+        // done must not stay `running`, nor be forgotten.
+        let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        let mut attempts = 0u32;
+        loop {
+            match self.store.transition_run(run.id, &[RunStatus::Running], to, &detail, changes.clone()).await {
+                Ok(Some(_)) => {
+                    self.metrics.runs_finished.add(to.as_str(), 1);
+                    tracing::info!(run.id = %run.id, automation.id = %run.automation_id, status = %to, reason, attempts, "run finished");
+                    return true;
+                }
+                Ok(None) => return false,
+                Err(e) => {
+                    attempts += 1;
+                    self.metrics.background_errors.add("run_finish", 1);
+                    let delay = backoff.next_delay();
+                    if attempts == 1 {
+                        tracing::error!(run.id = %run.id, error = %e, status = %to, "cannot record the end of a run; retrying until it is");
+                    }
+                    tokio::time::sleep(delay).await;
+                }
             }
         }
     }
@@ -486,7 +516,10 @@ impl Dispatcher {
             match result {
                 Ok(h) => break h,
                 Err(e) if e.is_transient() && attempt < self.settings.start_attempts && Utc::now() < deadline => {
-                    let delay = (self.settings.retry_base * 2u32.pow(attempt - 1)).min(Duration::from_secs(30));
+                    // Doubling from the base, with up to a quarter of jitter
+                    // so runs that failed together do not retry together.
+                    let base = (self.settings.retry_base * 2u32.pow(attempt - 1)).min(Duration::from_secs(30));
+                    let delay = base + base.mul_f64(rand::random::<f64>() / 4.0);
                     tracing::warn!(run.id = %run.id, attempt, delay_ms = delay.as_millis() as u64, error = %e, "executor start failed; retrying");
                     self.metrics.start_retries.fetch_add(1, Ordering::Relaxed);
                     tokio::select! {

@@ -81,13 +81,16 @@ impl Matcher {
         // On SQLite there is one host: deliveries left `matching` at start-up
         // belong to a previous process of this host, so retake them at once.
         let mut first = self.store.dialect() == crate::store::Dialect::Sqlite;
+        let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         loop {
             let stale =
                 if std::mem::take(&mut first) { crate::model::now() } else { crate::model::now() - self.stale_after };
+            let mut failed = false;
             let claimed = match self.store.claim_deliveries(&self.host, BATCH, stale).await {
                 Ok(d) => d,
                 Err(e) => {
-                    tracing::warn!(error = %e, "claiming deliveries failed; retrying");
+                    tracing::warn!(error = %e, "claiming deliveries failed; backing off");
+                    failed = true;
                     Vec::new()
                 }
             };
@@ -132,10 +135,22 @@ impl Matcher {
                         if stop.is_cancelled() {
                             return;
                         }
+                        // The deliveries stay claimed by this host, which
+                        // takes them again on its next claim.
                         tracing::warn!(error = %e, "recording matches failed; they will be retried");
+                        failed = true;
                     }
                 }
             }
+            if failed {
+                self.metrics.background_errors.add("matcher", 1);
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(backoff.next_delay()) => {}
+                }
+                continue;
+            }
+            backoff.reset();
             if full {
                 continue;
             }

@@ -28,6 +28,9 @@ use crate::store::{NewDelivery, Store, Stored};
 /// Most deliveries in one commit.
 const MAX_GROUP: usize = 512;
 
+/// What a sender is told when its delivery could not be stored.
+const UNSTORED: &str = "this host cannot store deliveries right now; nothing was stored, retry later";
+
 type Pending = (NewDelivery, oneshot::Sender<Result<Stored, String>>);
 
 /// The ingestion front: hands deliveries to the group committer.
@@ -77,10 +80,14 @@ async fn commit_loop(
                 matcher.wake();
             }
             Err(e) => {
-                tracing::error!(error = %e, deliveries = batch.len(), "storing deliveries failed");
+                // Nothing of the batch is acknowledged; senders retry (GitHub
+                // and most providers do on a 5xx). What went wrong is logged,
+                // not sent to unauthenticated senders.
+                tracing::error!(error = %e, deliveries = batch.len(), "storing deliveries failed; answering 503");
+                metrics.background_errors.add("ingest", 1);
                 for (_, reply) in batch.drain(..) {
                     metrics.deliveries.add("store_failed", 1);
-                    let _ = reply.send(Err(format!("the delivery could not be stored: {e}")));
+                    let _ = reply.send(Err(UNSTORED.to_owned()));
                 }
             }
         }

@@ -65,12 +65,24 @@ impl Scheduler {
     }
 
     async fn run(&self, stop: CancellationToken) {
+        let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         loop {
             let fired = match self.fire_due().await {
-                Ok(n) => n,
+                Ok(n) => {
+                    backoff.reset();
+                    n
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "firing cron slots failed; retrying");
-                    0
+                    // Slots stay due; they fire (or follow their misfire
+                    // policy) once the database takes writes again.
+                    self.metrics.background_errors.add("scheduler", 1);
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_ms = delay.as_millis() as u64, "firing cron slots failed; backing off");
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    continue;
                 }
             };
             if fired > 0 {

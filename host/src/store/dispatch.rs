@@ -41,120 +41,123 @@ impl Store {
     /// each automation's `concurrency`; runs over a limit whose automation
     /// says `skip` are skipped, the others keep waiting.
     pub async fn claim_runs(&self, host: &str, budget: usize, lease_until: DateTime<Utc>) -> Result<Claim> {
-        let now = crate::model::now();
-        let dialect = self.dialect();
-        with_db!(self, write, |db| {
-            let mut tx = db.begin().await?;
-            let lock = if dialect == Dialect::Postgres { " for update skip locked" } else { "" };
-            // The automations with the oldest pending runs, locked.
-            let autos: Vec<(DbId, i64, String, Option<DbTime>)> = sqlx::query_as(&format!(
-                "select id, concurrency, concurrency_policy, deleted_at from automations where id in (\
-                   select automation_id from runs where status = 'pending' \
-                   group by automation_id order by min(created_at) limit {CLAIM_AUTOMATIONS}){lock}"
-            ))
-            .fetch_all(&mut *tx)
-            .await?;
-            if autos.is_empty() {
-                return Ok(Claim::default());
-            }
-            let in_list = placeholders(1, autos.len());
-            let running_sql = format!(
-                "select automation_id, count(*) from runs where status = 'running' \
-                 and automation_id in ({in_list}) group by automation_id"
-            );
-            let mut running_q = sqlx::query_as::<_, (DbId, i64)>(&running_sql);
-            for a in &autos {
-                running_q = running_q.bind(a.0);
-            }
-            let running: HashMap<Uuid, i64> =
-                running_q.fetch_all(&mut *tx).await?.into_iter().map(|(id, n)| (id.0, n)).collect();
-            let pending_sql = format!(
-                "select id, automation_id from runs where status = 'pending' and automation_id in ({in_list}) \
-                 order by id limit 5000"
-            );
-            let mut pending_q = sqlx::query_as::<_, (DbId, DbId)>(&pending_sql);
-            for a in &autos {
-                pending_q = pending_q.bind(a.0);
-            }
-            let pending = pending_q.fetch_all(&mut *tx).await?;
-
-            let mut free: HashMap<Uuid, (i64, ConcurrencyPolicy, bool)> = autos
-                .iter()
-                .map(|(id, conc, policy, deleted)| {
-                    let busy = running.get(&id.0).copied().unwrap_or(0);
-                    let policy = ConcurrencyPolicy::parse(policy).unwrap_or_default();
-                    (id.0, (conc - busy, policy, deleted.is_some()))
-                })
-                .collect();
-            let (mut claim_ids, mut skip_ids, mut cancel_ids) = (Vec::new(), Vec::new(), Vec::new());
-            for (run, auto) in pending {
-                let Some(slot) = free.get_mut(&auto.0) else { continue };
-                if slot.2 {
-                    cancel_ids.push(run.0);
-                } else if slot.0 > 0 && claim_ids.len() < budget {
-                    slot.0 -= 1;
-                    claim_ids.push(run.0);
-                } else if slot.0 <= 0 && slot.1 == ConcurrencyPolicy::Skip {
-                    skip_ids.push(run.0);
+        self.noted(async {
+            let now = crate::model::now();
+            let dialect = self.dialect();
+            with_db!(self, write, |db| {
+                let mut tx = db.begin().await?;
+                let lock = if dialect == Dialect::Postgres { " for update skip locked" } else { "" };
+                // The automations with the oldest pending runs, locked.
+                let autos: Vec<(DbId, i64, String, Option<DbTime>)> = sqlx::query_as(&format!(
+                    "select id, concurrency, concurrency_policy, deleted_at from automations where id in (\
+                       select automation_id from runs where status = 'pending' \
+                       group by automation_id order by min(created_at) limit {CLAIM_AUTOMATIONS}){lock}"
+                ))
+                .fetch_all(&mut *tx)
+                .await?;
+                if autos.is_empty() {
+                    return Ok(Claim::default());
                 }
-            }
-
-            let mut claim = Claim::default();
-            if !claim_ids.is_empty() {
-                let detail = StatusDetail {
-                    from: Some(RunStatus::Pending),
-                    by: format!("dispatcher:{host}"),
-                    reason: "claimed".into(),
-                    at: now,
-                };
-                let sql = format!(
-                    "update runs set status = 'running', lease_owner = $1, lease_expires_at = $2, started_at = $3, \
-                     updated_at = $3, attempt = attempt + 1, status_detail = $4 \
-                     where status = 'pending' and id in ({}) returning {COLUMNS}",
-                    placeholders(5, claim_ids.len())
+                let in_list = placeholders(1, autos.len());
+                let running_sql = format!(
+                    "select automation_id, count(*) from runs where status = 'running' \
+                     and automation_id in ({in_list}) group by automation_id"
                 );
-                let mut q = sqlx::query_as::<_, Row>(&sql)
-                    .bind(host)
-                    .bind(DbTime::new(lease_until))
-                    .bind(DbTime::new(now))
-                    .bind(Json(&detail));
-                for id in &claim_ids {
-                    q = q.bind(DbId(*id));
+                let mut running_q = sqlx::query_as::<_, (DbId, i64)>(&running_sql);
+                for a in &autos {
+                    running_q = running_q.bind(a.0);
                 }
-                let rows = q.fetch_all(&mut *tx).await?;
-                claim.claimed = rows.into_iter().map(Run::try_from).collect::<Result<Vec<_>>>()?;
-                claim.claimed.sort_by_key(|r| r.id);
-            }
-            for (ids, status, reason) in [
-                (&skip_ids, RunStatus::Skipped, "the automation already has `concurrency` runs going (policy: skip)"),
-                (&cancel_ids, RunStatus::Cancelled, "automation deleted"),
-            ] {
-                if ids.is_empty() {
-                    continue;
-                }
-                let detail = StatusDetail {
-                    from: Some(RunStatus::Pending),
-                    by: format!("dispatcher:{host}"),
-                    reason: reason.into(),
-                    at: now,
-                };
-                let sql = format!(
-                    "update runs set status = $1, status_detail = $2, finished_at = $3, updated_at = $3, error = $4 \
-                     where status = 'pending' and id in ({})",
-                    placeholders(5, ids.len())
+                let running: HashMap<Uuid, i64> =
+                    running_q.fetch_all(&mut *tx).await?.into_iter().map(|(id, n)| (id.0, n)).collect();
+                let pending_sql = format!(
+                    "select id, automation_id from runs where status = 'pending' and automation_id in ({in_list}) \
+                     order by id limit 5000"
                 );
-                let mut q =
-                    sqlx::query(&sql).bind(status.as_str()).bind(Json(&detail)).bind(DbTime::new(now)).bind(reason);
-                for id in ids {
-                    q = q.bind(DbId(*id));
+                let mut pending_q = sqlx::query_as::<_, (DbId, DbId)>(&pending_sql);
+                for a in &autos {
+                    pending_q = pending_q.bind(a.0);
                 }
-                q.execute(&mut *tx).await?;
-            }
-            claim.skipped = skip_ids;
-            claim.cancelled = cancel_ids;
-            tx.commit().await?;
-            Ok(claim)
-        })
+                let pending = pending_q.fetch_all(&mut *tx).await?;
+
+                let mut free: HashMap<Uuid, (i64, ConcurrencyPolicy, bool)> = autos
+                    .iter()
+                    .map(|(id, conc, policy, deleted)| {
+                        let busy = running.get(&id.0).copied().unwrap_or(0);
+                        let policy = ConcurrencyPolicy::parse(policy).unwrap_or_default();
+                        (id.0, (conc - busy, policy, deleted.is_some()))
+                    })
+                    .collect();
+                let (mut claim_ids, mut skip_ids, mut cancel_ids) = (Vec::new(), Vec::new(), Vec::new());
+                for (run, auto) in pending {
+                    let Some(slot) = free.get_mut(&auto.0) else { continue };
+                    if slot.2 {
+                        cancel_ids.push(run.0);
+                    } else if slot.0 > 0 && claim_ids.len() < budget {
+                        slot.0 -= 1;
+                        claim_ids.push(run.0);
+                    } else if slot.0 <= 0 && slot.1 == ConcurrencyPolicy::Skip {
+                        skip_ids.push(run.0);
+                    }
+                }
+
+                let mut claim = Claim::default();
+                if !claim_ids.is_empty() {
+                    let detail = StatusDetail {
+                        from: Some(RunStatus::Pending),
+                        by: format!("dispatcher:{host}"),
+                        reason: "claimed".into(),
+                        at: now,
+                    };
+                    let sql = format!(
+                        "update runs set status = 'running', lease_owner = $1, lease_expires_at = $2, started_at = $3, \
+                         updated_at = $3, attempt = attempt + 1, status_detail = $4 \
+                         where status = 'pending' and id in ({}) returning {COLUMNS}",
+                        placeholders(5, claim_ids.len())
+                    );
+                    let mut q = sqlx::query_as::<_, Row>(&sql)
+                        .bind(host)
+                        .bind(DbTime::new(lease_until))
+                        .bind(DbTime::new(now))
+                        .bind(Json(&detail));
+                    for id in &claim_ids {
+                        q = q.bind(DbId(*id));
+                    }
+                    let rows = q.fetch_all(&mut *tx).await?;
+                    claim.claimed = rows.into_iter().map(Run::try_from).collect::<Result<Vec<_>>>()?;
+                    claim.claimed.sort_by_key(|r| r.id);
+                }
+                for (ids, status, reason) in [
+                    (&skip_ids, RunStatus::Skipped, "the automation already has `concurrency` runs going (policy: skip)"),
+                    (&cancel_ids, RunStatus::Cancelled, "automation deleted"),
+                ] {
+                    if ids.is_empty() {
+                        continue;
+                    }
+                    let detail = StatusDetail {
+                        from: Some(RunStatus::Pending),
+                        by: format!("dispatcher:{host}"),
+                        reason: reason.into(),
+                        at: now,
+                    };
+                    let sql = format!(
+                        "update runs set status = $1, status_detail = $2, finished_at = $3, updated_at = $3, error = $4 \
+                         where status = 'pending' and id in ({})",
+                        placeholders(5, ids.len())
+                    );
+                    let mut q =
+                        sqlx::query(&sql).bind(status.as_str()).bind(Json(&detail)).bind(DbTime::new(now)).bind(reason);
+                    for id in ids {
+                        q = q.bind(DbId(*id));
+                    }
+                    q.execute(&mut *tx).await?;
+                }
+                claim.skipped = skip_ids;
+                claim.cancelled = cancel_ids;
+                tx.commit().await?;
+                Ok(claim)
+            })
+        }
+        .await)
     }
 
     /// Records that an executor started a run: its plugin, handle, deadline
@@ -167,22 +170,27 @@ impl Store {
         handle: &str,
         timeout_at: DateTime<Utc>,
     ) -> Result<bool> {
-        let n = with_db!(self, write, |db| {
-            sqlx::query(
-                "update runs set executor = $3, executor_handle = $4, timeout_at = $5, updated_at = $6 \
-                 where id = $1 and lease_owner = $2 and status = 'running'",
-            )
-            .bind(DbId(run_id))
-            .bind(host)
-            .bind(executor)
-            .bind(handle)
-            .bind(DbTime::new(timeout_at))
-            .bind(DbTime::new(crate::model::now()))
-            .execute(db)
-            .await?
-            .rows_affected()
-        });
-        Ok(n == 1)
+        self.noted(
+            async {
+                let n = with_db!(self, write, |db| {
+                    sqlx::query(
+                        "update runs set executor = $3, executor_handle = $4, timeout_at = $5, updated_at = $6 \
+                     where id = $1 and lease_owner = $2 and status = 'running'",
+                    )
+                    .bind(DbId(run_id))
+                    .bind(host)
+                    .bind(executor)
+                    .bind(handle)
+                    .bind(DbTime::new(timeout_at))
+                    .bind(DbTime::new(crate::model::now()))
+                    .execute(db)
+                    .await?
+                    .rows_affected()
+                });
+                Ok(n == 1)
+            }
+            .await,
+        )
     }
 
     /// Stores the hash of a run's completion-callback token.
@@ -211,67 +219,77 @@ impl Store {
     /// Extends the leases of this host's running runs (one statement for all
     /// of them); returns the ids it still holds.
     pub async fn renew_leases(&self, host: &str, ids: &[Uuid], until: DateTime<Utc>) -> Result<Vec<Uuid>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let sql = format!(
-            "update runs set lease_expires_at = $2 where lease_owner = $1 and status = 'running' \
-             and id in ({}) returning id",
-            placeholders(3, ids.len())
-        );
-        let held: Vec<DbId> = with_db!(self, write, |db| {
-            let mut q = sqlx::query_scalar(&sql).bind(host).bind(DbTime::new(until));
-            for id in ids {
-                q = q.bind(DbId(*id));
+        self.noted(
+            async {
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let sql = format!(
+                    "update runs set lease_expires_at = $2 where lease_owner = $1 and status = 'running' \
+                 and id in ({}) returning id",
+                    placeholders(3, ids.len())
+                );
+                let held: Vec<DbId> = with_db!(self, write, |db| {
+                    let mut q = sqlx::query_scalar(&sql).bind(host).bind(DbTime::new(until));
+                    for id in ids {
+                        q = q.bind(DbId(*id));
+                    }
+                    q.fetch_all(db).await?
+                });
+                Ok(held.into_iter().map(|i| i.0).collect())
             }
-            q.fetch_all(db).await?
-        });
-        Ok(held.into_iter().map(|i| i.0).collect())
+            .await,
+        )
     }
 
     /// Takes over running runs whose lease expired (their host stopped
     /// heartbeating), or every running run when `all` (a single-host SQLite
     /// start-up: whoever held them is gone). Returns them, now leased to `host`.
     pub async fn take_over_runs(&self, host: &str, until: DateTime<Utc>, all: bool, limit: u32) -> Result<Vec<Run>> {
-        let now = crate::model::now();
-        let dialect = self.dialect();
-        let detail_for = |from: &str| StatusDetail {
-            from: Some(RunStatus::Running),
-            by: format!("rescue:{host}"),
-            reason: format!("taken over from {from}, which stopped heartbeating"),
-            at: now,
-        };
-        with_db!(self, write, |db| {
-            let mut tx = db.begin().await?;
-            let lock = if dialect == Dialect::Postgres { " for update skip locked" } else { "" };
-            let expired = if all { "" } else { " and (lease_expires_at is null or lease_expires_at < $1)" };
-            let stale: Vec<(DbId, Option<String>)> = sqlx::query_as(&format!(
-                "select id, lease_owner from runs where status = 'running'{expired} order by id limit {limit}{lock}"
-            ))
-            .bind(DbTime::new(now))
-            .fetch_all(&mut *tx)
-            .await?;
-            let mut taken = Vec::new();
-            for (id, owner) in stale {
-                let detail = detail_for(owner.as_deref().unwrap_or("an unknown host"));
-                let row: Option<Row> = sqlx::query_as(&format!(
-                    "update runs set lease_owner = $2, lease_expires_at = $3, status_detail = $4, updated_at = $5 \
-                     where id = $1 and status = 'running' returning {COLUMNS}"
+        self.noted(
+            async {
+                let now = crate::model::now();
+                let dialect = self.dialect();
+                let detail_for = |from: &str| StatusDetail {
+                    from: Some(RunStatus::Running),
+                    by: format!("rescue:{host}"),
+                    reason: format!("taken over from {from}, which stopped heartbeating"),
+                    at: now,
+                };
+                with_db!(self, write, |db| {
+                    let mut tx = db.begin().await?;
+                    let lock = if dialect == Dialect::Postgres { " for update skip locked" } else { "" };
+                    let expired = if all { "" } else { " and (lease_expires_at is null or lease_expires_at < $1)" };
+                    let stale: Vec<(DbId, Option<String>)> = sqlx::query_as(&format!(
+                    "select id, lease_owner from runs where status = 'running'{expired} order by id limit {limit}{lock}"
                 ))
-                .bind(id)
-                .bind(host)
-                .bind(DbTime::new(until))
-                .bind(Json(&detail))
                 .bind(DbTime::new(now))
-                .fetch_optional(&mut *tx)
+                .fetch_all(&mut *tx)
                 .await?;
-                if let Some(r) = row {
-                    taken.push(Run::try_from(r)?);
-                }
+                    let mut taken = Vec::new();
+                    for (id, owner) in stale {
+                        let detail = detail_for(owner.as_deref().unwrap_or("an unknown host"));
+                        let row: Option<Row> = sqlx::query_as(&format!(
+                        "update runs set lease_owner = $2, lease_expires_at = $3, status_detail = $4, updated_at = $5 \
+                         where id = $1 and status = 'running' returning {COLUMNS}"
+                    ))
+                    .bind(id)
+                    .bind(host)
+                    .bind(DbTime::new(until))
+                    .bind(Json(&detail))
+                    .bind(DbTime::new(now))
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                        if let Some(r) = row {
+                            taken.push(Run::try_from(r)?);
+                        }
+                    }
+                    tx.commit().await?;
+                    Ok(taken)
+                })
             }
-            tx.commit().await?;
-            Ok(taken)
-        })
+            .await,
+        )
     }
 
     /// Counts runs by status (for metrics).

@@ -157,132 +157,159 @@ impl Store {
     /// requests share one commit. A delivery whose provider id was seen
     /// before is not stored again.
     pub async fn insert_deliveries(&self, batch: &[NewDelivery]) -> Result<Vec<Stored>> {
-        with_db!(self, write, |db| {
-            let mut tx = db.begin().await?;
-            let mut qb = sqlx::QueryBuilder::new(
-                "insert into deliveries (id, source, delivery_id, event_key, payload, received_at, status) ",
-            );
-            qb.push_values(batch, |mut b, d| {
-                b.push_bind(DbId(d.id))
-                    .push_bind(&d.source)
-                    .push_bind(&d.delivery_id)
-                    .push_bind(&d.event_key)
-                    .push_bind(&d.payload)
-                    .push_bind(DbTime::new(d.received_at))
-                    .push_bind(if d.event_key.is_some() { "pending" } else { "unrecognized" });
-            });
-            qb.push(" on conflict (source, delivery_id) where delivery_id is not null do nothing returning id");
-            let inserted: Vec<DbId> = qb.build_query_scalar().fetch_all(&mut *tx).await?;
-            let inserted: std::collections::HashSet<Uuid> = inserted.into_iter().map(|i| i.0).collect();
-            let mut out = Vec::with_capacity(batch.len());
-            for d in batch {
-                if inserted.contains(&d.id) {
-                    out.push(Stored::New(d.id));
-                    continue;
-                }
-                let first: Option<DbId> =
-                    sqlx::query_scalar("select id from deliveries where source = $1 and delivery_id = $2")
-                        .bind(&d.source)
-                        .bind(&d.delivery_id)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                out.push(Stored::Duplicate(first.map(|f| f.0).unwrap_or(d.id)));
-            }
-            tx.commit().await?;
+        let r = async {
+            self.file_intact()?;
+            let out = {
+                with_db!(self, write, |db| {
+                    let mut tx = db.begin().await?;
+                    let mut qb = sqlx::QueryBuilder::new(
+                        "insert into deliveries (id, source, delivery_id, event_key, payload, received_at, status) ",
+                    );
+                    qb.push_values(batch, |mut b, d| {
+                        b.push_bind(DbId(d.id))
+                            .push_bind(&d.source)
+                            .push_bind(&d.delivery_id)
+                            .push_bind(&d.event_key)
+                            .push_bind(&d.payload)
+                            .push_bind(DbTime::new(d.received_at))
+                            .push_bind(if d.event_key.is_some() { "pending" } else { "unrecognized" });
+                    });
+                    qb.push(" on conflict (source, delivery_id) where delivery_id is not null do nothing returning id");
+                    let inserted: Vec<DbId> = qb.build_query_scalar().fetch_all(&mut *tx).await?;
+                    let inserted: std::collections::HashSet<Uuid> = inserted.into_iter().map(|i| i.0).collect();
+                    let mut out = Vec::with_capacity(batch.len());
+                    for d in batch {
+                        if inserted.contains(&d.id) {
+                            out.push(Stored::New(d.id));
+                            continue;
+                        }
+                        let first: Option<DbId> =
+                            sqlx::query_scalar("select id from deliveries where source = $1 and delivery_id = $2")
+                                .bind(&d.source)
+                                .bind(&d.delivery_id)
+                                .fetch_optional(&mut *tx)
+                                .await?;
+                        out.push(Stored::Duplicate(first.map(|f| f.0).unwrap_or(d.id)));
+                    }
+                    tx.commit().await?;
+                    Ok::<_, super::Error>(out)
+                })
+            }?;
+            // A commit into a file that was deleted or replaced meanwhile
+            // reached no one: it must not be acknowledged.
+            self.file_intact()?;
             Ok(out)
-        })
+        }
+        .await;
+        if r.is_ok() {
+            self.health.recover();
+        }
+        self.noted(r)
     }
 
     /// Claims pending deliveries (and ones a stopped host left half-matched
-    /// before `stale_before`) for matching by `host`, oldest first.
+    /// before `stale_before`, and ones `host` itself claimed but could not
+    /// record: its matcher claims one batch at a time) for matching by
+    /// `host`, oldest first.
     pub async fn claim_deliveries(&self, host: &str, limit: u32, stale_before: DateTime<Utc>) -> Result<Vec<Delivery>> {
-        let lock = if self.dialect() == Dialect::Postgres { " for update skip locked" } else { "" };
-        let sql = format!(
-            "update deliveries set status = 'matching', claimed_by = $1, claimed_at = $2 where id in (\
-               select id from deliveries where status = 'pending' or (status = 'matching' and claimed_at < $3) \
-               order by id limit {limit}{lock}) returning {COLUMNS}"
-        );
-        let rows: Vec<Row> = with_db!(self, write, |db| {
-            sqlx::query_as(&sql)
-                .bind(host)
-                .bind(DbTime::new(crate::model::now()))
-                .bind(DbTime::new(stale_before))
-                .fetch_all(db)
-                .await?
-        });
-        let mut out: Vec<Delivery> = rows.into_iter().map(Delivery::from).collect();
-        out.sort_by_key(|d| d.id);
-        Ok(out)
+        self.noted(
+            async {
+                let lock = if self.dialect() == Dialect::Postgres { " for update skip locked" } else { "" };
+                let sql = format!(
+                    "update deliveries set status = 'matching', claimed_by = $1, claimed_at = $2 where id in (\
+                   select id from deliveries where status = 'pending' \
+               or (status = 'matching' and (claimed_at < $3 or claimed_by = $1)) \
+                   order by id limit {limit}{lock}) returning {COLUMNS}"
+                );
+                let rows: Vec<Row> = with_db!(self, write, |db| {
+                    sqlx::query_as(&sql)
+                        .bind(host)
+                        .bind(DbTime::new(crate::model::now()))
+                        .bind(DbTime::new(stale_before))
+                        .fetch_all(db)
+                        .await?
+                });
+                let mut out: Vec<Delivery> = rows.into_iter().map(Delivery::from).collect();
+                out.sort_by_key(|d| d.id);
+                Ok(out)
+            }
+            .await,
+        )
     }
 
     /// Records the matching of several deliveries in one transaction:
     /// their runs, the filter errors seen, and each result. A delivery is
     /// recorded only if `host` still holds its claim; returns how many were.
     pub async fn record_matches(&self, host: &str, records: &[MatchRecord]) -> Result<usize> {
-        let now = crate::model::now();
-        with_db!(self, write, |db| {
-            let mut tx = db.begin().await?;
-            let mut runs: Vec<&Run> = Vec::new();
-            let mut recorded = 0;
-            for r in records {
-                let done = sqlx::query(
-                    "update deliveries set status = 'matched', matched_at = $3, result = $4 \
-                     where id = $1 and claimed_by = $2 and status = 'matching'",
-                )
-                .bind(DbId(r.delivery))
-                .bind(host)
-                .bind(DbTime::new(now))
-                .bind(Json(&r.result))
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if done != 1 {
-                    continue; // another host took it over; it records its own
-                }
-                recorded += 1;
-                runs.extend(&r.runs);
-                for (automation, error) in &r.filter_errors {
-                    sqlx::query(
-                        "update automations set filter_error_count = filter_error_count + 1, \
-                         last_filter_error = $2, last_filter_error_at = $3 where id = $1",
-                    )
-                    .bind(DbId(*automation))
-                    .bind(error)
-                    .bind(DbTime::new(now))
-                    .execute(&mut *tx)
-                    .await?;
-                }
+        self.noted(
+            async {
+                let now = crate::model::now();
+                with_db!(self, write, |db| {
+                    let mut tx = db.begin().await?;
+                    let mut runs: Vec<&Run> = Vec::new();
+                    let mut recorded = 0;
+                    for r in records {
+                        let done = sqlx::query(
+                            "update deliveries set status = 'matched', matched_at = $3, result = $4 \
+                         where id = $1 and claimed_by = $2 and status = 'matching'",
+                        )
+                        .bind(DbId(r.delivery))
+                        .bind(host)
+                        .bind(DbTime::new(now))
+                        .bind(Json(&r.result))
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                        if done != 1 {
+                            continue; // another host took it over; it records its own
+                        }
+                        recorded += 1;
+                        runs.extend(&r.runs);
+                        for (automation, error) in &r.filter_errors {
+                            sqlx::query(
+                                "update automations set filter_error_count = filter_error_count + 1, \
+                             last_filter_error = $2, last_filter_error_at = $3 where id = $1",
+                            )
+                            .bind(DbId(*automation))
+                            .bind(error)
+                            .bind(DbTime::new(now))
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                    }
+                    for chunk in runs.chunks(500) {
+                        let mut qb = sqlx::QueryBuilder::new(
+                            "insert into runs (id, automation_id, status, status_detail, trigger, attempt, event_id, \
+                         created_at, updated_at) ",
+                        );
+                        qb.push_values(chunk, |mut b, r| {
+                            b.push_bind(DbId(r.id))
+                                .push_bind(DbId(r.automation_id))
+                                .push_bind(RunStatus::Pending.as_str())
+                                .push_bind(Json(&r.status_detail))
+                                .push_bind(Json(&r.trigger))
+                                .push_bind(0i64)
+                                .push_bind(r.trigger.event_id.map(DbId))
+                                .push_bind(DbTime::new(r.created_at))
+                                .push_bind(DbTime::new(r.created_at));
+                        });
+                        qb.push(" on conflict (automation_id, event_id) where event_id is not null do nothing");
+                        qb.build().execute(&mut *tx).await?;
+                        let mut qb = sqlx::QueryBuilder::new("update automations set last_triggered_at = ");
+                        qb.push_bind(DbTime::new(now)).push(" where id in (");
+                        let mut sep = qb.separated(", ");
+                        for r in chunk {
+                            sep.push_bind(DbId(r.automation_id));
+                        }
+                        qb.push(")");
+                        qb.build().execute(&mut *tx).await?;
+                    }
+                    tx.commit().await?;
+                    Ok(recorded)
+                })
             }
-            for chunk in runs.chunks(500) {
-                let mut qb = sqlx::QueryBuilder::new(
-                    "insert into runs (id, automation_id, status, status_detail, trigger, attempt, event_id, \
-                     created_at, updated_at) ",
-                );
-                qb.push_values(chunk, |mut b, r| {
-                    b.push_bind(DbId(r.id))
-                        .push_bind(DbId(r.automation_id))
-                        .push_bind(RunStatus::Pending.as_str())
-                        .push_bind(Json(&r.status_detail))
-                        .push_bind(Json(&r.trigger))
-                        .push_bind(0i64)
-                        .push_bind(r.trigger.event_id.map(DbId))
-                        .push_bind(DbTime::new(r.created_at))
-                        .push_bind(DbTime::new(r.created_at));
-                });
-                qb.push(" on conflict (automation_id, event_id) where event_id is not null do nothing");
-                qb.build().execute(&mut *tx).await?;
-                let mut qb = sqlx::QueryBuilder::new("update automations set last_triggered_at = ");
-                qb.push_bind(DbTime::new(now)).push(" where id in (");
-                let mut sep = qb.separated(", ");
-                for r in chunk {
-                    sep.push_bind(DbId(r.automation_id));
-                }
-                qb.push(")");
-                qb.build().execute(&mut *tx).await?;
-            }
-            tx.commit().await?;
-            Ok(recorded)
-        })
+            .await,
+        )
     }
 
     /// Reads a delivery.

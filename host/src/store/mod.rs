@@ -16,6 +16,7 @@ mod api_keys;
 mod automations;
 mod dispatch;
 mod events;
+mod health;
 mod plugins;
 mod runs;
 mod scheduler;
@@ -34,6 +35,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 pub use automations::{AutomationFilter, AutomationPage};
 pub use dispatch::Claim;
 pub use events::{Delivery, MatchRecord, NewDelivery, Source, Stored};
+pub use health::{Failing, Health};
 pub use plugins::StoredPlugin;
 pub use runs::{RunChanges, RunPage};
 pub use scheduler::{DueAutomation, FireReport, FiredSlot, SlotRecord};
@@ -54,6 +56,22 @@ pub enum Error {
     /// A stored value could not be turned back into a domain value.
     #[error("corrupt stored value: {0}")]
     Corrupt(String),
+    /// The database cannot be used right now (its file vanished, say).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl Error {
+    /// The reason in words when the database cannot be used right now (a
+    /// full disk, a read-only or vanished file, a server that does not
+    /// answer), rather than a bad statement: callers answer 503 and retry.
+    pub fn unavailable(&self) -> Option<String> {
+        match self {
+            Error::Database(e) => health::unavailable_reason(e).map(str::to_owned),
+            Error::Unavailable(reason) => Some(reason.clone()),
+            _ => None,
+        }
+    }
 }
 
 /// Results from the store.
@@ -72,6 +90,9 @@ pub enum Dialect {
 #[derive(Clone)]
 pub struct Store {
     inner: Inner,
+    health: std::sync::Arc<Health>,
+    /// The SQLite file, watched for deletion and replacement.
+    file: Option<std::sync::Arc<health::FileWatch>>,
 }
 
 #[derive(Clone)]
@@ -121,6 +142,13 @@ impl Store {
     /// Opens the database at `url` (`sqlite://...` or `postgres://...`),
     /// creating a SQLite file if it does not exist.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store> {
+        Store::connect_with(url, max_connections, None).await
+    }
+
+    /// Like [`Store::connect`], with a cap on the SQLite file's size in bytes
+    /// (`PRAGMA max_page_count`): past it, writes fail as on a full disk.
+    pub async fn connect_with(url: &str, max_connections: u32, sqlite_max_bytes: Option<u64>) -> Result<Store> {
+        let health = std::sync::Arc::new(Health::default());
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let opts = PgConnectOptions::from_str(url)?;
             let pool = PgPoolOptions::new()
@@ -128,7 +156,7 @@ impl Store {
                 .acquire_timeout(Duration::from_secs(10))
                 .connect_with(opts)
                 .await?;
-            Ok(Store { inner: Inner::Postgres(pool) })
+            Ok(Store { inner: Inner::Postgres(pool), health, file: None })
         } else {
             let opts = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(true)
@@ -138,18 +166,45 @@ impl Store {
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true);
+            // The default page size; a database made with another keeps its own,
+            // so the cap is approximate there.
+            let opts = match sqlite_max_bytes {
+                Some(bytes) => opts.pragma("max_page_count", (bytes / 4096).max(16).to_string()),
+                None => opts,
+            };
+            let file = std::sync::Arc::new(health::FileWatch::new(opts.get_filename().to_owned()));
             let write = SqlitePoolOptions::new()
                 .max_connections(1)
                 .min_connections(1)
                 .acquire_timeout(Duration::from_secs(30))
+                .before_acquire({
+                    let file = file.clone();
+                    move |_, meta| {
+                        let fresh = !file.stale(meta.age);
+                        Box::pin(async move { Ok(fresh) })
+                    }
+                })
+                .after_release(|conn, _| Box::pin(writer_is_sound(conn)))
                 .connect_with(opts.clone())
                 .await?;
             let read = SqlitePoolOptions::new()
                 .max_connections(max_connections.clamp(1, 8))
                 .acquire_timeout(Duration::from_secs(30))
-                .connect_with(opts.read_only(true))
+                .before_acquire({
+                    let file = file.clone();
+                    move |_, meta| {
+                        let fresh = !file.stale(meta.age);
+                        Box::pin(async move { Ok(fresh) })
+                    }
+                })
+                .connect_with(opts.clone().read_only(true))
                 .await?;
-            Ok(Store { inner: Inner::Sqlite { write, read } })
+            let _ = file.check();
+            // From now on a missing file is an outage, not a fresh start: a
+            // replaced connection must not create an empty database.
+            write.set_connect_options(opts.clone().create_if_missing(false));
+            read.set_connect_options(opts.read_only(true).create_if_missing(false));
+            Ok(Store { inner: Inner::Sqlite { write, read }, health, file: Some(file) })
         }
     }
 
@@ -176,6 +231,62 @@ impl Store {
         Ok(())
     }
 
+    /// Whether writes work now.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// Passes a write's result through, marking the store failing when the
+    /// error says the database cannot be used.
+    pub(crate) fn noted<T>(&self, r: Result<T>) -> Result<T> {
+        if let Err(e) = &r
+            && let Some(reason) = e.unavailable()
+        {
+            self.health.fail(&reason);
+        }
+        r
+    }
+
+    /// `Err` if the SQLite file was deleted or replaced under the host.
+    pub(crate) fn file_intact(&self) -> Result<()> {
+        match &self.file {
+            Some(f) => f.check().map_err(Error::Unavailable),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes (and removes) a row the size of a delivery, to learn whether
+    /// the database can store deliveries now; marks the store sound or
+    /// failing accordingly.
+    pub async fn probe_write(&self) -> Result<()> {
+        let probe = "p".repeat(16 << 10);
+        let r = async {
+            self.file_intact()?;
+            with_db!(self, write, |db| {
+                let mut tx = db.begin().await?;
+                sqlx::query(
+                    "insert into settings (key, value) values ('write-probe', $1) \
+                     on conflict (key) do update set value = excluded.value",
+                )
+                .bind(&probe)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("delete from settings where key = 'write-probe'").execute(&mut *tx).await?;
+                tx.commit().await?;
+            });
+            self.file_intact()
+        }
+        .await;
+        match &r {
+            Ok(()) => self.health.recover(),
+            Err(e) => {
+                let reason = e.unavailable().unwrap_or_else(|| "the database refused a write".to_owned());
+                self.health.fail(&reason);
+            }
+        }
+        r
+    }
+
     /// True when the database answers a trivial query.
     pub async fn ping(&self) -> bool {
         with_db!(self, read, |db| sqlx::query("select 1").execute(db).await.is_ok())
@@ -191,6 +302,43 @@ impl Store {
             Inner::Postgres(pool) => pool.close().await,
         }
     }
+}
+
+/// Decides whether the SQLite writer connection may be used again once a
+/// caller is done with it; `false` closes it and the pool opens a new one.
+///
+/// Why: when SQLite fails a statement or a `COMMIT` with `SQLITE_FULL` or an
+/// I/O error, it may roll the whole transaction back by itself. sqlx then
+/// sends its own `ROLLBACK`, which fails ("no transaction is active"), and
+/// its count of open transactions stays at 1. From then on sqlx nests every
+/// transaction as a `SAVEPOINT`; after one more failure a `ROLLBACK TO
+/// SAVEPOINT` leaves a real transaction open, and every later "commit" is a
+/// `RELEASE` inside it: it reports success and persists nothing, even after
+/// space comes back. That is how a full disk turned into acknowledged and
+/// lost deliveries. A connection that is not cleanly outside any
+/// transaction is therefore never reused.
+async fn writer_is_sound(conn: &mut sqlx::SqliteConnection) -> std::result::Result<bool, sqlx::Error> {
+    use sqlx::{Connection, Executor, TransactionManager};
+    let depth = |c: &sqlx::SqliteConnection| sqlx::sqlite::SqliteTransactionManager::get_transaction_depth(c);
+    if depth(conn) == 0 {
+        // Committed (or never in a transaction): the common case, no cost.
+        return Ok(true);
+    }
+    // A transaction was dropped without a commit; its rollback is queued on
+    // the connection. Let it run, then look again.
+    conn.ping().await?;
+    if depth(conn) != 0 {
+        tracing::warn!("the database writer's rollback failed; replacing the connection");
+        return Ok(false);
+    }
+    // sqlx agrees it is out of any transaction; make sure SQLite does too (a
+    // `BEGIN` inside a transaction is refused).
+    if conn.execute("BEGIN").await.is_err() {
+        tracing::warn!("the database writer was left inside a transaction; replacing the connection");
+        return Ok(false);
+    }
+    conn.execute("ROLLBACK").await?;
+    Ok(true)
 }
 
 /// Turns a stored unsigned value back into `u32`, refusing nonsense.

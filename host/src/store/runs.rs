@@ -162,26 +162,31 @@ impl Store {
         detail: &StatusDetail,
         changes: RunChanges,
     ) -> Result<Option<Run>> {
-        let sql = format!(
-            "update runs set status = $2, status_detail = $3, updated_at = $4, \
-             finished_at = case when $5 then $4 else finished_at end, \
-             error = coalesce($6, error), output = coalesce($7, output), plugin_log = coalesce($8, plugin_log) \
-             where id = $1 and status in ({}) returning {COLUMNS}",
-            status_list(from)
-        );
-        let row: Option<Row> = with_db!(self, write, |db| {
-            sqlx::query_as(&sql)
-                .bind(DbId(id))
-                .bind(to.as_str())
-                .bind(Json(detail))
-                .bind(DbTime::new(detail.at))
-                .bind(to.is_final())
-                .bind(changes.error)
-                .bind(changes.output.map(Json))
-                .bind(changes.plugin_log.map(Json))
-                .fetch_optional(db)
-                .await?
-        });
-        row.map(Run::try_from).transpose()
+        self.noted(
+            async {
+                let sql = format!(
+                    "update runs set status = $2, status_detail = $3, updated_at = $4, \
+                 finished_at = case when $5 then $4 else finished_at end, \
+                 error = coalesce($6, error), output = coalesce($7, output), plugin_log = coalesce($8, plugin_log) \
+                 where id = $1 and status in ({}) returning {COLUMNS}",
+                    status_list(from)
+                );
+                let row: Option<Row> = with_db!(self, write, |db| {
+                    sqlx::query_as(&sql)
+                        .bind(DbId(id))
+                        .bind(to.as_str())
+                        .bind(Json(detail))
+                        .bind(DbTime::new(detail.at))
+                        .bind(to.is_final())
+                        .bind(changes.error)
+                        .bind(changes.output.map(Json))
+                        .bind(changes.plugin_log.map(Json))
+                        .fetch_optional(db)
+                        .await?
+                });
+                row.map(Run::try_from).transpose()
+            }
+            .await,
+        )
     }
 }

@@ -90,149 +90,152 @@ impl Store {
         limit: u32,
         decide: impl Fn(&DueAutomation) -> Option<Decision>,
     ) -> Result<FireReport> {
-        let dialect = self.dialect();
-        with_db!(self, write, |db| {
-            let mut tx = db.begin().await?;
-            let lock = if dialect == Dialect::Postgres { " for update skip locked" } else { "" };
-            let rows: Vec<(DbId, Json<Trigger>, DbTime, i64, String)> = sqlx::query_as(&format!(
-                "select id, trigger, next_fire_at, concurrency, concurrency_policy from automations \
-                 where deleted_at is null and trigger_type = 'cron' and enabled and next_fire_at <= $1 \
-                 order by next_fire_at limit {limit}{lock}"
-            ))
-            .bind(DbTime::new(now))
-            .fetch_all(&mut *tx)
-            .await?;
-            let mut report = FireReport { automations: rows.len(), ..Default::default() };
-            if rows.is_empty() {
-                return Ok(report);
-            }
-            let in_list = super::dispatch::placeholders(1, rows.len());
-            let active_sql = format!(
-                "select automation_id, count(*) from runs where status in ('pending', 'running') \
-                 and automation_id in ({in_list}) group by automation_id"
-            );
-            let mut q = sqlx::query_as::<_, (DbId, i64)>(&active_sql);
-            for r in &rows {
-                q = q.bind(r.0);
-            }
-            let active: HashMap<Uuid, i64> =
-                q.fetch_all(&mut *tx).await?.into_iter().map(|(id, n)| (id.0, n)).collect();
+        self.noted(async {
+            let dialect = self.dialect();
+            with_db!(self, write, |db| {
+                let mut tx = db.begin().await?;
+                let lock = if dialect == Dialect::Postgres { " for update skip locked" } else { "" };
+                let rows: Vec<(DbId, Json<Trigger>, DbTime, i64, String)> = sqlx::query_as(&format!(
+                    "select id, trigger, next_fire_at, concurrency, concurrency_policy from automations \
+                     where deleted_at is null and trigger_type = 'cron' and enabled and next_fire_at <= $1 \
+                     order by next_fire_at limit {limit}{lock}"
+                ))
+                .bind(DbTime::new(now))
+                .fetch_all(&mut *tx)
+                .await?;
+                let mut report = FireReport { automations: rows.len(), ..Default::default() };
+                if rows.is_empty() {
+                    return Ok(report);
+                }
+                let in_list = super::dispatch::placeholders(1, rows.len());
+                let active_sql = format!(
+                    "select automation_id, count(*) from runs where status in ('pending', 'running') \
+                     and automation_id in ({in_list}) group by automation_id"
+                );
+                let mut q = sqlx::query_as::<_, (DbId, i64)>(&active_sql);
+                for r in &rows {
+                    q = q.bind(r.0);
+                }
+                let active: HashMap<Uuid, i64> =
+                    q.fetch_all(&mut *tx).await?.into_iter().map(|(id, n)| (id.0, n)).collect();
 
-            let created_at = crate::model::now();
-            let mut slots: Vec<(Uuid, DateTime<Utc>, SlotOutcome, Option<Uuid>)> = Vec::new();
-            let mut next: Vec<(Uuid, Option<DateTime<Utc>>, bool)> = Vec::new();
-            let mut runs: Vec<(Uuid, Uuid, RunTrigger)> = Vec::new();
-            for (id, trigger, next_fire_at, concurrency, policy) in rows {
-                let due = DueAutomation {
-                    id: id.0,
-                    trigger: trigger.0,
-                    next_fire_at: next_fire_at.0,
-                    concurrency: u32::try_from(concurrency).unwrap_or(1),
-                    concurrency_policy: ConcurrencyPolicy::parse(&policy).unwrap_or_default(),
-                    active_runs: active.get(&id.0).copied().unwrap_or(0),
-                };
-                let Some(decision) = decide(&due) else {
-                    next.push((due.id, None, false));
-                    continue;
-                };
-                let (schedule, timezone) = match &due.trigger {
-                    Trigger::Cron { schedule, timezone, .. } => (schedule.clone(), timezone.clone()),
-                    _ => Default::default(),
-                };
-                let mut fired_any = false;
-                for (at, outcome) in decision.slots {
-                    *report.outcomes.entry(outcome.as_str()).or_default() += 1;
-                    let run_id = (outcome == SlotOutcome::Fired).then(Uuid::now_v7);
-                    if let Some(run_id) = run_id {
-                        fired_any = true;
-                        let payload =
-                            serde_json::json!({"scheduled_for": at, "schedule": schedule, "timezone": timezone});
-                        runs.push((
-                            run_id,
-                            due.id,
-                            RunTrigger {
-                                kind: "cron".into(),
-                                payload,
-                                event_id: None,
-                                event_key: None,
-                                scheduled_for: Some(at),
-                            },
-                        ));
+                let created_at = crate::model::now();
+                let mut slots: Vec<(Uuid, DateTime<Utc>, SlotOutcome, Option<Uuid>)> = Vec::new();
+                let mut next: Vec<(Uuid, Option<DateTime<Utc>>, bool)> = Vec::new();
+                let mut runs: Vec<(Uuid, Uuid, RunTrigger)> = Vec::new();
+                for (id, trigger, next_fire_at, concurrency, policy) in rows {
+                    let due = DueAutomation {
+                        id: id.0,
+                        trigger: trigger.0,
+                        next_fire_at: next_fire_at.0,
+                        concurrency: u32::try_from(concurrency).unwrap_or(1),
+                        concurrency_policy: ConcurrencyPolicy::parse(&policy).unwrap_or_default(),
+                        active_runs: active.get(&id.0).copied().unwrap_or(0),
+                    };
+                    let Some(decision) = decide(&due) else {
+                        next.push((due.id, None, false));
+                        continue;
+                    };
+                    let (schedule, timezone) = match &due.trigger {
+                        Trigger::Cron { schedule, timezone, .. } => (schedule.clone(), timezone.clone()),
+                        _ => Default::default(),
+                    };
+                    let mut fired_any = false;
+                    for (at, outcome) in decision.slots {
+                        *report.outcomes.entry(outcome.as_str()).or_default() += 1;
+                        let run_id = (outcome == SlotOutcome::Fired).then(Uuid::now_v7);
+                        if let Some(run_id) = run_id {
+                            fired_any = true;
+                            let payload =
+                                serde_json::json!({"scheduled_for": at, "schedule": schedule, "timezone": timezone});
+                            runs.push((
+                                run_id,
+                                due.id,
+                                RunTrigger {
+                                    kind: "cron".into(),
+                                    payload,
+                                    event_id: None,
+                                    event_key: None,
+                                    scheduled_for: Some(at),
+                                },
+                            ));
+                        }
+                        slots.push((due.id, at, outcome, run_id));
                     }
-                    slots.push((due.id, at, outcome, run_id));
+                    next.push((due.id, decision.next_fire_at, fired_any));
                 }
-                next.push((due.id, decision.next_fire_at, fired_any));
-            }
 
-            // Slots first: a slot that already exists (another host, an
-            // edit that moved the schedule back) keeps its first outcome and
-            // creates no second run.
-            let mut inserted: std::collections::HashSet<(Uuid, DateTime<Utc>)> = Default::default();
-            for chunk in slots.chunks(500) {
-                let mut qb = sqlx::QueryBuilder::new(
-                    "insert into cron_slots (automation_id, scheduled_for, outcome, run_id, recorded_at) ",
-                );
-                qb.push_values(chunk, |mut b, (auto, at, outcome, run)| {
-                    b.push_bind(DbId(*auto))
-                        .push_bind(DbTime::new(*at))
-                        .push_bind(outcome.as_str())
-                        .push_bind(run.map(DbId))
-                        .push_bind(DbTime::new(created_at));
-                });
-                qb.push(
-                    " on conflict (automation_id, scheduled_for) do nothing returning automation_id, scheduled_for",
-                );
-                let done: Vec<(DbId, DbTime)> = qb.build_query_as().fetch_all(&mut *tx).await?;
-                inserted.extend(done.into_iter().map(|(a, t)| (a.0, t.0)));
-            }
-            let detail =
-                StatusDetail { from: None, by: "scheduler".into(), reason: "cron slot fired".into(), at: created_at };
-            let runs: Vec<_> = runs
-                .into_iter()
-                .filter(|(_, auto, trig)| {
-                    inserted.contains(&(*auto, trig.scheduled_for.expect("cron runs have a slot")))
-                })
-                .collect();
-            for chunk in runs.chunks(500) {
-                let mut qb = sqlx::QueryBuilder::new(
-                    "insert into runs (id, automation_id, status, status_detail, trigger, attempt, created_at, updated_at) ",
-                );
-                qb.push_values(chunk, |mut b, (run, auto, trig)| {
-                    b.push_bind(DbId(*run))
-                        .push_bind(DbId(*auto))
-                        .push_bind(RunStatus::Pending.as_str())
-                        .push_bind(Json(detail.clone()))
-                        .push_bind(Json(trig.clone()))
-                        .push_bind(0i64)
-                        .push_bind(DbTime::new(created_at))
-                        .push_bind(DbTime::new(created_at));
-                });
-                qb.build().execute(&mut *tx).await?;
-            }
-            for (id, next_fire_at, fired) in &next {
-                let sql = if *fired {
-                    "update automations set next_fire_at = $2, last_triggered_at = $3 where id = $1"
-                } else {
-                    "update automations set next_fire_at = $2 where id = $1"
-                };
-                let mut q = sqlx::query(sql).bind(DbId(*id)).bind(next_fire_at.map(DbTime::new));
-                if *fired {
-                    q = q.bind(DbTime::new(created_at));
+                // Slots first: a slot that already exists (another host, an
+                // edit that moved the schedule back) keeps its first outcome and
+                // creates no second run.
+                let mut inserted: std::collections::HashSet<(Uuid, DateTime<Utc>)> = Default::default();
+                for chunk in slots.chunks(500) {
+                    let mut qb = sqlx::QueryBuilder::new(
+                        "insert into cron_slots (automation_id, scheduled_for, outcome, run_id, recorded_at) ",
+                    );
+                    qb.push_values(chunk, |mut b, (auto, at, outcome, run)| {
+                        b.push_bind(DbId(*auto))
+                            .push_bind(DbTime::new(*at))
+                            .push_bind(outcome.as_str())
+                            .push_bind(run.map(DbId))
+                            .push_bind(DbTime::new(created_at));
+                    });
+                    qb.push(
+                        " on conflict (automation_id, scheduled_for) do nothing returning automation_id, scheduled_for",
+                    );
+                    let done: Vec<(DbId, DbTime)> = qb.build_query_as().fetch_all(&mut *tx).await?;
+                    inserted.extend(done.into_iter().map(|(a, t)| (a.0, t.0)));
                 }
-                q.execute(&mut *tx).await?;
-            }
-            tx.commit().await?;
-            report.fired = runs
-                .into_iter()
-                .map(|(run_id, automation_id, trig)| FiredSlot {
-                    automation_id,
-                    scheduled_for: trig.scheduled_for.expect("cron runs have a slot"),
-                    run_id,
-                    created_at,
-                })
-                .collect();
-            Ok(report)
-        })
+                let detail =
+                    StatusDetail { from: None, by: "scheduler".into(), reason: "cron slot fired".into(), at: created_at };
+                let runs: Vec<_> = runs
+                    .into_iter()
+                    .filter(|(_, auto, trig)| {
+                        inserted.contains(&(*auto, trig.scheduled_for.expect("cron runs have a slot")))
+                    })
+                    .collect();
+                for chunk in runs.chunks(500) {
+                    let mut qb = sqlx::QueryBuilder::new(
+                        "insert into runs (id, automation_id, status, status_detail, trigger, attempt, created_at, updated_at) ",
+                    );
+                    qb.push_values(chunk, |mut b, (run, auto, trig)| {
+                        b.push_bind(DbId(*run))
+                            .push_bind(DbId(*auto))
+                            .push_bind(RunStatus::Pending.as_str())
+                            .push_bind(Json(detail.clone()))
+                            .push_bind(Json(trig.clone()))
+                            .push_bind(0i64)
+                            .push_bind(DbTime::new(created_at))
+                            .push_bind(DbTime::new(created_at));
+                    });
+                    qb.build().execute(&mut *tx).await?;
+                }
+                for (id, next_fire_at, fired) in &next {
+                    let sql = if *fired {
+                        "update automations set next_fire_at = $2, last_triggered_at = $3 where id = $1"
+                    } else {
+                        "update automations set next_fire_at = $2 where id = $1"
+                    };
+                    let mut q = sqlx::query(sql).bind(DbId(*id)).bind(next_fire_at.map(DbTime::new));
+                    if *fired {
+                        q = q.bind(DbTime::new(created_at));
+                    }
+                    q.execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                report.fired = runs
+                    .into_iter()
+                    .map(|(run_id, automation_id, trig)| FiredSlot {
+                        automation_id,
+                        scheduled_for: trig.scheduled_for.expect("cron runs have a slot"),
+                        run_id,
+                        created_at,
+                    })
+                    .collect();
+                Ok(report)
+            })
+        }
+        .await)
     }
 
     /// The latest recorded slots of an automation, newest first.
