@@ -272,15 +272,19 @@ async fn ingest(report: &mut Report, db: Db, senders: usize) {
 
 // --- end to end --------------------------------------------------------------
 
+/// The sandbox's isolation level as the server reports it.
+async fn isolation_level(c: &reqwest::Client, base: &str) -> String {
+    api(c, reqwest::Method::GET, format!("{base}/v1/plugins/local-sandbox"), None).await["isolation"]["level"]
+        .as_str()
+        .unwrap_or("(not reported: an older build)")
+        .to_owned()
+}
+
 async fn e2e(report: &mut Report, isolation: &str) {
     let server = start(None, &[("AUTOMATION_SANDBOX_ISOLATION", isolation)]);
     let c = client();
     let base = server.base.clone();
-    let level =
-        api(&c, reqwest::Method::GET, format!("{base}/v1/plugins/local-sandbox"), None).await["isolation"]["level"]
-            .as_str()
-            .unwrap_or("(not reported: an older build)")
-            .to_owned();
+    let level = isolation_level(&c, &base).await;
     let a = api(
         &c,
         reqwest::Method::POST,
@@ -344,11 +348,7 @@ async fn sandbox(report: &mut Report, isolation: &str) {
     let server = start(None, &[("AUTOMATION_SANDBOX_ISOLATION", isolation), ("AUTOMATION_MAX_CONCURRENT_RUNS", "32")]);
     let c = client();
     let base = server.base.clone();
-    let level =
-        api(&c, reqwest::Method::GET, format!("{base}/v1/plugins/local-sandbox"), None).await["isolation"]["level"]
-            .as_str()
-            .unwrap_or("(not reported: an older build)")
-            .to_owned();
+    let level = isolation_level(&c, &base).await;
     let body = json!({
         "name": "noop",
         "trigger": {"type": "manual"},

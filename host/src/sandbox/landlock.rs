@@ -118,23 +118,12 @@ pub(crate) fn enforce(ruleset: RulesetCreated) -> Result<(String, Option<i32>), 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::policy::{Layers, Limits};
 
     fn policy(namespaces: bool) -> Policy {
         Policy {
-            run_id: "r".into(),
-            process_id: "r-1".into(),
-            layers: Layers { namespaces, landlock: true, seccomp: true },
             workspace: "/srv/data/workspaces/r".into(),
-            program: "sh".into(),
-            args: vec![],
-            env: vec![],
-            cwd: None,
-            network: Network::None,
-            limits: Limits::default(),
             read_only: vec!["/opt/models".into()],
-            identity: None,
-            cgroup: None,
+            ..crate::sandbox::policy::test_policy(namespaces)
         }
     }
 

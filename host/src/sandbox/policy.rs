@@ -315,26 +315,32 @@ pub fn human_bytes(bytes: u64) -> String {
     }
 }
 
+/// A policy for unit tests: `sh` in `/data/workspaces/r`, no network.
+#[cfg(test)]
+pub(crate) fn test_policy(namespaces: bool) -> Policy {
+    Policy {
+        run_id: "r".into(),
+        process_id: "r-1".into(),
+        layers: Layers { namespaces, landlock: true, seccomp: true },
+        workspace: PathBuf::from("/data/workspaces/r"),
+        program: "sh".into(),
+        args: vec![],
+        env: vec![],
+        cwd: None,
+        network: Network::None,
+        limits: Limits::default(),
+        read_only: vec![],
+        identity: None,
+        cgroup: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn policy(namespaces: bool) -> Policy {
-        Policy {
-            run_id: "r".into(),
-            process_id: "r-1".into(),
-            layers: Layers { namespaces, landlock: true, seccomp: true },
-            workspace: PathBuf::from("/data/workspaces/r"),
-            program: "sh".into(),
-            args: vec![],
-            env: vec![],
-            cwd: Some("sub".into()),
-            network: Network::None,
-            limits: Limits::default(),
-            read_only: vec![],
-            identity: None,
-            cgroup: None,
-        }
+        Policy { cwd: Some("sub".into()), ..test_policy(namespaces) }
     }
 
     #[test]

@@ -369,23 +369,13 @@ fn remount(path: &Path, flags: MsFlags) -> nix::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::policy::{Layers, Limits};
 
     fn policy(network: Network, read_only: Vec<PathBuf>) -> Policy {
         Policy {
-            run_id: "r".into(),
-            process_id: "r-1".into(),
-            layers: Layers { namespaces: true, landlock: true, seccomp: true },
             workspace: "/srv/data/workspaces/r".into(),
-            program: "sh".into(),
-            args: vec![],
-            env: vec![],
-            cwd: None,
             network,
-            limits: Limits::default(),
             read_only,
-            identity: None,
-            cgroup: None,
+            ..crate::sandbox::policy::test_policy(true)
         }
     }
 
