@@ -1,15 +1,27 @@
 //! Checking bundle archives (gzip-compressed tar) before they are accepted.
 //!
-//! Nothing is unpacked here: the archive is read once, entry by entry, and
-//! refused at the first entry that could escape the bundle root or break a
-//! limit. Sizes are checked from the headers before the data is read, so a
-//! decompression bomb costs at most one entry's header past the limit.
+//! Nothing is unpacked here. The archive is read as a bounded stream (the
+//! decompressed bytes may not pass the unpacked limit plus room for headers,
+//! whatever the compressed size), first header by header, refusing oversized
+//! metadata records (GNU long names, PAX headers) before the tar crate would
+//! read one into memory, then entry by entry: relative paths only, no `..`,
+//! no duplicates, only files, directories and links, sizes within limits.
+//! Last, links are resolved through each other the way the kernel would: no
+//! link may lead outside the bundle through any chain, and no entry may be
+//! written through a link. Unpacking (`sandbox::workspace`) then writes
+//! without following links at all.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Component, Path};
 
 use flate2::read::GzDecoder;
 use tar::EntryType;
+
+/// Largest GNU long-name, long-link or PAX record accepted.
+const MAX_METADATA: u64 = 64 << 10;
+/// Most links followed while resolving one (the kernel's limit is 40).
+const MAX_LINK_HOPS: usize = 40;
 
 /// Limits on what an archive may hold.
 #[derive(Debug, Clone, Copy)]
@@ -69,6 +81,219 @@ pub enum ArchiveError {
     /// Too many bytes once unpacked.
     #[error("the archive unpacks to more than {0} bytes")]
     TooLarge(u64),
+    /// A metadata record (long name, PAX header) larger than any real one.
+    #[error("the archive has a {kind} record of {size} bytes; at most {max} are accepted")]
+    MetadataTooLarge {
+        /// What record.
+        kind: &'static str,
+        /// Its size.
+        size: u64,
+        /// The most accepted.
+        max: u64,
+    },
+    /// Two entries with the same path.
+    #[error("entry {0:?} appears twice")]
+    Duplicate(String),
+    /// An entry inside a directory that is a link.
+    #[error("entry {path:?} is inside {link:?}, which is a link; nothing may be written through a link")]
+    ThroughLink {
+        /// The entry.
+        path: String,
+        /// The link it would be written through.
+        link: String,
+    },
+    /// A hard link to something that is not a file of the archive.
+    #[error("hard link {path:?} points to {target:?}, which is not a file of the bundle")]
+    BadHardLink {
+        /// The link.
+        path: String,
+        /// Its target.
+        target: String,
+    },
+}
+
+/// A reader that fails once more than `left` bytes came through it: the
+/// decompressed stream may be far larger than the upload (a gzip bomb).
+struct Bounded<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Err(std::io::Error::other("the archive decompresses to more than its limits allow"));
+        }
+        let want = buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// The decompressed stream of an archive, bounded by what its limits allow
+/// (file bytes plus three header blocks per entry, and a little slack).
+fn stream(bytes: &[u8], limits: Limits) -> Bounded<GzDecoder<&[u8]>> {
+    let room =
+        limits.max_unpacked_bytes.saturating_add(limits.max_entries.saturating_mul(3 * 512)).saturating_add(1 << 20);
+    Bounded { inner: GzDecoder::new(bytes), left: room }
+}
+
+fn too_large_or_corrupt(e: std::io::Error, limits: Limits) -> ArchiveError {
+    if e.to_string().contains("decompresses to more") {
+        ArchiveError::TooLarge(limits.max_unpacked_bytes)
+    } else {
+        ArchiveError::Corrupt(e.to_string())
+    }
+}
+
+/// Walks the raw tar headers, refusing metadata records larger than any
+/// real one before anything buffers them.
+fn check_headers(bytes: &[u8], limits: Limits) -> Result<(), ArchiveError> {
+    let mut r = stream(bytes, limits);
+    let mut block = [0u8; 512];
+    loop {
+        match read_block(&mut r, &mut block) {
+            Ok(true) => {}
+            Ok(false) => return Ok(()),
+            Err(e) => return Err(too_large_or_corrupt(e, limits)),
+        }
+        if block.iter().all(|b| *b == 0) {
+            return Ok(());
+        }
+        let header = tar::Header::from_byte_slice(&block);
+        let size = header.entry_size().map_err(|e| ArchiveError::Corrupt(e.to_string()))?;
+        let kind = header.entry_type();
+        let metadata = if kind.is_gnu_longname() {
+            Some("long name")
+        } else if kind.is_gnu_longlink() {
+            Some("long link")
+        } else if kind.is_pax_local_extensions() || kind.is_pax_global_extensions() {
+            Some("PAX header")
+        } else {
+            None
+        };
+        if let Some(kind) = metadata
+            && size > MAX_METADATA
+        {
+            return Err(ArchiveError::MetadataTooLarge { kind, size, max: MAX_METADATA });
+        }
+        // Skip the data (PAX `size` overrides only matter past 8 GiB, which
+        // the stream bound refuses anyway).
+        let padded = size.div_ceil(512) * 512;
+        std::io::copy(&mut (&mut r).take(padded), &mut std::io::sink()).map_err(|e| too_large_or_corrupt(e, limits))?;
+    }
+}
+
+/// Reads one 512-byte block; false at a clean end of stream.
+fn read_block(r: &mut impl Read, block: &mut [u8; 512]) -> std::io::Result<bool> {
+    let mut got = 0;
+    while got < block.len() {
+        match r.read(&mut block[got..])? {
+            0 if got == 0 => return Ok(false),
+            0 => return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "truncated tar header")),
+            n => got += n,
+        }
+    }
+    Ok(true)
+}
+
+/// What an entry is, for link resolution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Node {
+    File,
+    Dir,
+    Symlink(String),
+    HardLink(String),
+}
+
+/// `a/./b/` as `a/b`.
+fn normalize(path: &str) -> String {
+    Path::new(path)
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_string_lossy().into_owned()),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// A relative path's components, `..` kept as `..`, `.` dropped.
+fn parts(path: &str) -> Vec<String> {
+    Path::new(path)
+        .components()
+        .filter_map(|c| match c {
+            Component::ParentDir => Some("..".to_owned()),
+            Component::Normal(n) => Some(n.to_string_lossy().into_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Resolves `target` (a symlink's, relative to `dir`) through the archive's
+/// own links, as the kernel would; `None` if it leads outside the root at
+/// any step, or through too many links.
+fn resolve(nodes: &BTreeMap<String, Node>, dir: &str, target: &str) -> Option<String> {
+    if Path::new(target).is_absolute() {
+        return None;
+    }
+    let mut at: Vec<String> = parts(dir);
+    // Components still to walk, the next one last.
+    let mut todo: Vec<String> = parts(target).into_iter().rev().collect();
+    let mut hops = 0;
+    while let Some(part) = todo.pop() {
+        if part == ".." {
+            at.pop()?;
+            continue;
+        }
+        at.push(part);
+        if let Some(Node::Symlink(next)) = nodes.get(&at.join("/")) {
+            hops += 1;
+            if hops > MAX_LINK_HOPS || Path::new(next).is_absolute() {
+                return None;
+            }
+            // The link's target replaces it, relative to its directory.
+            at.pop();
+            todo.extend(parts(next).into_iter().rev());
+        }
+    }
+    Some(at.join("/"))
+}
+
+/// Checks the links of a complete archive: every symlink resolves inside
+/// the root through any chain; hard links name files; nothing lies under a
+/// link.
+fn check_links(nodes: &BTreeMap<String, Node>) -> Result<(), ArchiveError> {
+    for (path, node) in nodes {
+        // No proper prefix of an entry's path may be a link.
+        let mut prefix = String::new();
+        let parts: Vec<&str> = path.split('/').collect();
+        for part in &parts[..parts.len().saturating_sub(1)] {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(part);
+            if matches!(nodes.get(&prefix), Some(Node::Symlink(_) | Node::HardLink(_))) {
+                return Err(ArchiveError::ThroughLink { path: path.clone(), link: prefix.clone() });
+            }
+        }
+        match node {
+            Node::Symlink(target) => {
+                let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
+                if resolve(nodes, dir, target).is_none() {
+                    return Err(ArchiveError::LinkEscapes { path: path.clone(), target: target.clone() });
+                }
+            }
+            Node::HardLink(target) => {
+                if nodes.get(&normalize(target)) != Some(&Node::File) {
+                    return Err(ArchiveError::BadHardLink { path: path.clone(), target: target.clone() });
+                }
+            }
+            Node::File | Node::Dir => {}
+        }
+    }
+    Ok(())
 }
 
 /// Checks an archive; returns what it holds, or the first problem found.
@@ -76,11 +301,14 @@ pub fn check(bytes: &[u8], limits: Limits) -> Result<Summary, ArchiveError> {
     if bytes.len() < 2 || bytes[..2] != [0x1f, 0x8b] {
         return Err(ArchiveError::NotGzip);
     }
-    let mut archive = tar::Archive::new(GzDecoder::new(bytes));
+    check_headers(bytes, limits)?;
+    let mut archive = tar::Archive::new(stream(bytes, limits));
     let mut summary = Summary { entries: 0, unpacked_bytes: 0 };
-    let entries = archive.entries().map_err(|e| ArchiveError::Corrupt(e.to_string()))?;
+    let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let entries = archive.entries().map_err(|e| too_large_or_corrupt(e, limits))?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| ArchiveError::Corrupt(e.to_string()))?;
+        let mut entry = entry.map_err(|e| too_large_or_corrupt(e, limits))?;
         summary.entries += 1;
         if summary.entries > limits.max_entries {
             return Err(ArchiveError::TooManyEntries(limits.max_entries));
@@ -88,16 +316,18 @@ pub fn check(bytes: &[u8], limits: Limits) -> Result<Summary, ArchiveError> {
         let path_bytes = entry.path_bytes().into_owned();
         let path = String::from_utf8_lossy(&path_bytes).into_owned();
         check_relative(Path::new(&path), &path)?;
+        let key = normalize(&path);
 
         let kind = entry.header().entry_type();
-        match kind {
+        let node = match kind {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 summary.unpacked_bytes = summary.unpacked_bytes.saturating_add(entry.size());
                 if summary.unpacked_bytes > limits.max_unpacked_bytes {
                     return Err(ArchiveError::TooLarge(limits.max_unpacked_bytes));
                 }
+                Some(Node::File)
             }
-            EntryType::Directory => {}
+            EntryType::Directory => Some(Node::Dir),
             EntryType::Symlink => {
                 let target = link_target(&mut entry)?;
                 // A symlink's target is relative to the directory holding it.
@@ -105,6 +335,7 @@ pub fn check(bytes: &[u8], limits: Limits) -> Result<Summary, ArchiveError> {
                 if escapes(&base.join(&target)) || Path::new(&target).is_absolute() {
                     return Err(ArchiveError::LinkEscapes { path, target });
                 }
+                Some(Node::Symlink(target))
             }
             EntryType::Link => {
                 // A hard link's target is relative to the archive root.
@@ -112,20 +343,31 @@ pub fn check(bytes: &[u8], limits: Limits) -> Result<Summary, ArchiveError> {
                 if escapes(Path::new(&target)) || Path::new(&target).is_absolute() {
                     return Err(ArchiveError::LinkEscapes { path, target });
                 }
+                Some(Node::HardLink(target))
             }
             // Metadata entries the tar crate folds into the next entry.
-            EntryType::XGlobalHeader | EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink => {}
+            EntryType::XGlobalHeader | EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink => None,
             other => {
                 return Err(ArchiveError::Unsupported { path, kind: format!("{other:?}").to_lowercase() });
+            }
+        };
+        if let Some(node) = node {
+            if key.is_empty() && node == Node::Dir {
+                // `./`: the root itself.
+            } else if !seen.insert(key.clone()) {
+                return Err(ArchiveError::Duplicate(path));
+            } else {
+                nodes.insert(key, node);
             }
         }
         // Drain the entry so a damaged stream is noticed here, not at run time.
         std::io::copy(&mut entry.by_ref().take(u64::MAX), &mut std::io::sink())
-            .map_err(|e| ArchiveError::Corrupt(e.to_string()))?;
+            .map_err(|e| too_large_or_corrupt(e, limits))?;
     }
     if summary.entries == 0 {
         return Err(ArchiveError::Empty);
     }
+    check_links(&nodes)?;
     Ok(summary)
 }
 
@@ -242,5 +484,78 @@ pub(crate) mod tests {
             (0..101).map(|i| (format!("f{i}"), EntryType::Regular, &b""[..])).collect();
         let many: Vec<(&str, EntryType, &[u8])> = many.iter().map(|(p, k, d)| (p.as_str(), *k, *d)).collect();
         assert_eq!(check(&build(&many), LIMITS), Err(ArchiveError::TooManyEntries(100)));
+    }
+
+    #[test]
+    fn link_chains_are_resolved_through_each_other() {
+        // Each link alone looks inside; together they leave the root.
+        let chain = build(&[
+            ("a/", EntryType::Directory, b""),
+            ("a/b", EntryType::Symlink, b".."),
+            ("main.sh", EntryType::Symlink, b"a/b/../automation.db"),
+        ]);
+        let err = check(&chain, LIMITS).unwrap_err();
+        assert!(matches!(err, ArchiveError::LinkEscapes { ref path, .. } if path == "main.sh"), "{err}");
+        // A loop is refused, not followed forever.
+        let looped = build(&[("x", EntryType::Symlink, b"y"), ("y", EntryType::Symlink, b"x")]);
+        assert!(matches!(check(&looped, LIMITS), Err(ArchiveError::LinkEscapes { .. })));
+        // Links through links that stay inside are fine.
+        let fine = build(&[
+            ("d/", EntryType::Directory, b""),
+            ("d/f", EntryType::Regular, b"x"),
+            ("l1", EntryType::Symlink, b"d"),
+            ("l2", EntryType::Symlink, b"l1/f"),
+        ]);
+        assert!(check(&fine, LIMITS).is_ok());
+    }
+
+    #[test]
+    fn nothing_is_written_through_a_link_and_paths_are_unique() {
+        let through = build(&[
+            ("l", EntryType::Symlink, b"d"),
+            ("d/", EntryType::Directory, b""),
+            ("l/x", EntryType::Regular, b"x"),
+        ]);
+        assert!(matches!(check(&through, LIMITS), Err(ArchiveError::ThroughLink { .. })));
+        let twice = build(&[("f", EntryType::Regular, b"1"), ("./f", EntryType::Regular, b"2")]);
+        assert_eq!(check(&twice, LIMITS), Err(ArchiveError::Duplicate("./f".into())));
+        let to_link =
+            build(&[("l", EntryType::Symlink, b"f"), ("f", EntryType::Regular, b"x"), ("h", EntryType::Link, b"l")]);
+        assert!(matches!(check(&to_link, LIMITS), Err(ArchiveError::BadHardLink { .. })));
+    }
+
+    #[test]
+    fn a_long_name_bomb_is_refused_before_it_is_read() {
+        // A GNU long-name record claiming 1 GiB: gzip makes it a few MB.
+        let mut raw = Vec::new();
+        let mut h = tar::Header::new_gnu();
+        h.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+        h.set_entry_type(EntryType::GNULongName);
+        h.set_size(1 << 30);
+        h.set_cksum();
+        raw.extend_from_slice(h.as_bytes());
+        let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
+        use std::io::Write;
+        gz.write_all(&raw).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..64 {
+            gz.write_all(&zeros).unwrap();
+        }
+        let bomb = gz.finish().unwrap();
+        assert!(bomb.len() < 1 << 20, "{}", bomb.len());
+        let err = check(&bomb, LIMITS).unwrap_err();
+        assert!(matches!(err, ArchiveError::MetadataTooLarge { kind: "long name", .. }), "{err}");
+        // And a plain gzip bomb stops at the stream bound.
+        let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
+        let mut h = tar::Header::new_gnu();
+        h.as_gnu_mut().unwrap().name[..3].copy_from_slice(b"big");
+        h.set_entry_type(EntryType::Regular);
+        h.set_size(64 << 20);
+        h.set_cksum();
+        gz.write_all(h.as_bytes()).unwrap();
+        for _ in 0..64 {
+            gz.write_all(&zeros).unwrap();
+        }
+        assert_eq!(check(&gz.finish().unwrap(), LIMITS), Err(ArchiveError::TooLarge(1 << 20)));
     }
 }

@@ -33,6 +33,8 @@ mod plugins;
 mod scheduler;
 // Bundle uploads and archive checks.
 mod uploads;
+// Hostile input: archives built to escape or to exhaust the host.
+mod hostile_input;
 // The OpenAPI description matches the routes.
 mod openapi;
 // The command line: --help, config errors, restarts.

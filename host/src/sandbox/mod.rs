@@ -29,6 +29,7 @@ mod limits;
 mod root;
 mod seccomp;
 mod sys;
+mod workspace;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -371,9 +372,10 @@ impl Sandbox {
         Ok(dir)
     }
 
-    /// Unpacks an archive, then writes files, into the run's workspace.
-    /// Setuid, setgid and sticky bits are dropped; when runs have their own
-    /// identity, everything is handed to it.
+    /// Unpacks an archive, then writes files, into the run's workspace,
+    /// never following a link (`workspace.rs`). Setuid, setgid and sticky
+    /// bits are dropped; when runs have their own identity, everything is
+    /// handed to it.
     pub fn unpack(
         &self,
         run_id: Uuid,
@@ -381,25 +383,15 @@ impl Sandbox {
         files: &[(String, u32, Vec<u8>)],
     ) -> Result<(), SandboxError> {
         let dir = self.make_workspace(run_id)?;
+        let tree = workspace::Tree::open(&dir).map_err(SandboxError::Io)?;
         if let Some(bytes) = archive {
             crate::archive::check(bytes, self.settings.archive_limits)
                 .map_err(|e| SandboxError::Invalid(e.to_string()))?;
-            let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
-            ar.set_preserve_permissions(true);
-            ar.set_mask(0o7000);
-            ar.set_overwrite(true);
-            ar.set_unpack_xattrs(false);
-            ar.unpack(&dir).map_err(|e| SandboxError::Io(format!("cannot unpack the bundle: {e}")))?;
+            workspace::extract(bytes, &tree).map_err(|e| SandboxError::Io(format!("cannot unpack the bundle: {e}")))?;
         }
         for (path, mode, contents) in files {
-            let target = inside(&dir, path)?;
-            if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| SandboxError::Io(format!("{path}: {e}")))?;
-            }
-            std::fs::write(&target, contents).map_err(|e| SandboxError::Io(format!("{path}: {e}")))?;
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode & 0o777))
-                .map_err(|e| SandboxError::Io(format!("{path}: {e}")))?;
+            inside(&dir, path)?;
+            tree.write_file(path, *mode, contents.as_slice()).map_err(SandboxError::Io)?;
         }
         if let Some(level) = self.isolation().level
             && let Some(id) = self.identity(level)
