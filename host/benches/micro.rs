@@ -32,10 +32,11 @@ fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let runtime = Runtime::standalone(dir.path(), &dir.path().join("cache"), Grants::default(), false).unwrap();
     let (manifest, wasm) = bundled::all().unwrap().into_iter().find(|(m, _)| m.name == "jmespath").unwrap();
-    let jmespath = Arc::new(runtime.load(manifest, wasm, Source::Bundled).unwrap());
+    let jmespath = Arc::new(runtime.load(manifest, wasm, Source::Bundled, None).unwrap());
     // The spin test filter's `validate` returns at once: a no-op call.
     let spin = std::fs::read(format!("{}/test_spin_filter.wasm", env!("GUEST_WASM_DIR"))).unwrap();
-    let noop_filter = Arc::new(runtime.load(Manifest::new("noop", Kind::Filter), &spin, Source::Directory).unwrap());
+    let noop_filter =
+        Arc::new(runtime.load(Manifest::new("noop", Kind::Filter), &spin, Source::Directory, None).unwrap());
     drop(_enter);
     Setup { _rt_guard: tokio, _dir: dir, runtime, jmespath, noop_filter }
 }
@@ -101,7 +102,7 @@ fn plugins(c: &mut Criterion) {
     // uses), to price fuel against epoch deadlines.
     let fuel = Runtime::standalone(s._dir.path(), &s._dir.path().join("cache-fuel"), Grants::default(), true).unwrap();
     let (manifest, wasm) = bundled::all().unwrap().into_iter().find(|(m, _)| m.name == "jmespath").unwrap();
-    let fueled = fuel.load(manifest.clone(), wasm, Source::Bundled).unwrap();
+    let fueled = fuel.load(manifest.clone(), wasm, Source::Bundled, None).unwrap();
     let exprs = common::expressions(1000);
     let mut g = c.benchmark_group("filters_14kb_fuel");
     g.sample_size(20).measurement_time(Duration::from_secs(8));
@@ -116,7 +117,7 @@ fn plugins(c: &mut Criterion) {
     let mut g = c.benchmark_group("component_load");
     g.sample_size(10).measurement_time(Duration::from_secs(15));
     g.bench_function("from_cache", |b| {
-        b.iter(|| s.runtime.load(manifest.clone(), wasm, Source::Bundled).unwrap());
+        b.iter(|| s.runtime.load(manifest.clone(), wasm, Source::Bundled, None).unwrap());
     });
     g.bench_function("cold_compile", |b| {
         b.iter_batched(
@@ -124,7 +125,7 @@ fn plugins(c: &mut Criterion) {
             |dir| {
                 let cold =
                     Runtime::standalone(dir.path(), &dir.path().join("cache"), Grants::default(), false).unwrap();
-                cold.load(manifest.clone(), wasm, Source::Bundled).unwrap();
+                cold.load(manifest.clone(), wasm, Source::Bundled, None).unwrap();
             },
             criterion::BatchSize::PerIteration,
         );

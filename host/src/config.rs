@@ -65,6 +65,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// Whether the API may replace a bundled or plugins-dir plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PluginReplace {
+    /// Such plugins are protected: uploads under their names are refused.
+    Deny,
+    /// Uploads may replace them (the upload gets none of their grants).
+    Allow,
+}
+
 /// Settings. Each is a flag and an environment variable.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
@@ -118,11 +127,19 @@ pub struct Config {
     pub plugin_cache_dir: Option<PathBuf>,
 
     /// Capabilities granted to plugins, deny by default:
-    /// `name=cap,cap;name2=http:host1|host2`. Capabilities: `kv`, `sandbox`,
-    /// `http:HOSTS`. Entries replace the bundled defaults (`local-sandbox=sandbox;
+    /// `name=cap,cap;name2@sha256:HEX=http:host1|host2`. Capabilities: `kv`,
+    /// `sandbox`, `http:HOSTS`. A bare name grants bundled and plugins-dir
+    /// plugins of that name; an uploaded component is granted only by an
+    /// entry naming its digest (or by a grant recorded through the API).
+    /// Entries replace the bundled defaults (`local-sandbox=sandbox;
     /// agent-server=http:127.0.0.1|localhost`).
     #[arg(long, env = "AUTOMATION_PLUGIN_GRANTS", default_value = "", global = true)]
     pub plugin_grants: String,
+
+    /// Whether `PUT /v1/plugins/{name}` may replace a bundled or plugins-dir
+    /// plugin: `deny` (409 `plugin_protected`) or `allow`.
+    #[arg(long, env = "AUTOMATION_PLUGIN_REPLACE", value_enum, default_value_t = PluginReplace::Deny, global = true)]
+    pub plugin_replace: PluginReplace,
 
     /// Secret for GitHub webhook signatures (`X-Hub-Signature-256`). Unset:
     /// `POST /v1/events/github` answers 404.

@@ -61,7 +61,7 @@ pub async fn call(args: CallArgs, cache_dir: PathBuf) -> anyhow::Result<i32> {
     }
     let hosts: std::collections::BTreeSet<String> = args.allow_host.iter().map(|h| h.to_ascii_lowercase()).collect();
     let mut grants = Grants::default();
-    grants.0.insert(name.clone(), Grant { capabilities: capabilities.clone(), allowed_hosts: hosts.clone() });
+    grants.grant_by_name(&name, Grant { capabilities: capabilities.clone(), allowed_hosts: hosts.clone() });
     let runtime = Runtime::standalone(&work, &cache_dir, grants, true)?;
     let kind = match args.kind.as_deref() {
         Some(k) => Kind::parse(k).ok_or_else(|| anyhow!("--kind must be filter, preset or executor"))?,
@@ -69,8 +69,8 @@ pub async fn call(args: CallArgs, cache_dir: PathBuf) -> anyhow::Result<i32> {
     };
     let manifest = Manifest { capabilities, allowed_hosts: hosts, ..Manifest::new(name, kind) };
     let started = std::time::Instant::now();
-    let plugin =
-        tokio::task::block_in_place(|| runtime.load(manifest, &wasm, Source::Directory)).map_err(|e| anyhow!("{e}"))?;
+    let plugin = tokio::task::block_in_place(|| runtime.load(manifest, &wasm, Source::Directory, None))
+        .map_err(|e| anyhow!("{e}"))?;
     eprintln!(
         "loaded {} ({} plugin) in {:.1} ms",
         plugin.name(),

@@ -20,7 +20,7 @@ fn runtime(dir: &Path) -> Runtime {
 fn jmespath(rt: &Runtime) -> Arc<Plugin> {
     let (manifest, wasm) =
         bundled::all().unwrap().into_iter().find(|(m, _)| m.name == "jmespath").expect("bundled jmespath");
-    Arc::new(rt.load(manifest, wasm, Source::Bundled).expect("jmespath loads"))
+    Arc::new(rt.load(manifest, wasm, Source::Bundled, None).expect("jmespath loads"))
 }
 
 /// Python truthiness, which the filter applies to the final result.
@@ -194,7 +194,7 @@ async fn a_filter_instance_that_failed_is_not_kept() {
     for (file, needle) in [("test_panic_filter.wasm", "crashed"), ("test_membomb_filter.wasm", "memory limit")] {
         let wasm = std::fs::read(Path::new(env!("GUEST_WASM_DIR")).join(file)).unwrap();
         let manifest = Manifest::new(file.trim_end_matches(".wasm"), Kind::Filter);
-        let broken = rt.load(manifest, &wasm, Source::Directory).expect("loads");
+        let broken = rt.load(manifest, &wasm, Source::Directory, None).expect("loads");
         for attempt in 0..3 {
             // Guest output goes through WASI streams that block on the
             // runtime: the server makes plugin calls on blocking threads.

@@ -29,6 +29,8 @@ mod components;
 mod events;
 // Plugins: the registry, uploads, grants, misbehaving guests.
 mod plugins;
+// Trust boundaries: plugin grants by identity.
+mod trust;
 // Cron: slots, misfire policies, next fire times, two hosts.
 mod scheduler;
 // Bundle uploads and archive checks.

@@ -39,6 +39,9 @@ async fn openapi_matches_the_routes() {
         "GET /v1/plugins/{name}",
         "PUT /v1/plugins/{name}",
         "DELETE /v1/plugins/{name}",
+        "GET /v1/plugins/{name}/grants",
+        "POST /v1/plugins/{name}/grants",
+        "DELETE /v1/plugins/{name}/grants/{sha256}",
         "POST /v1/filters/evaluate",
         "GET /metrics",
         "GET /v1/automations/{id}/schedule",
@@ -57,7 +60,10 @@ async fn openapi_matches_the_routes() {
     assert_eq!(described, expected);
     for op in &described {
         let (method, path) = op.split_once(' ').unwrap();
-        let path = path.replace("{id}", "00000000-0000-7000-8000-000000000000").replace("{name}", "no-such-plugin");
+        let path = path
+            .replace("{id}", "00000000-0000-7000-8000-000000000000")
+            .replace("{name}", "no-such-plugin")
+            .replace("{sha256}", &"0".repeat(64));
         let r = s.call(Method::from_bytes(method.as_bytes()).unwrap(), &path, None).await;
         let unrouted = r.status == 405 || (r.status == 404 && r.body["detail"] == "no such route");
         assert!(!unrouted, "{op} is described but not served: {} {}", r.status, r.text);

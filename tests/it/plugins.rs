@@ -16,12 +16,17 @@ db_tests!(
 );
 
 /// A component built from guest-examples/.
-fn guest(file: &str) -> Vec<u8> {
+pub(crate) fn guest(file: &str) -> Vec<u8> {
     let path = PathBuf::from(env!("GUEST_WASM_DIR")).join(file);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-async fn put_plugin(s: &TestServer, name: &str, query: &str, wasm: Vec<u8>) -> crate::support::Resp {
+/// The digest grants name: SHA-256 of the component, lowercase hex.
+pub(crate) fn digest(wasm: &[u8]) -> String {
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(wasm))
+}
+
+pub(crate) async fn put_plugin(s: &TestServer, name: &str, query: &str, wasm: Vec<u8>) -> crate::support::Resp {
     let auth = format!("Bearer {KEY}");
     s.raw(
         Method::PUT,
@@ -178,7 +183,12 @@ async fn misbehaving_plugins_fail_their_own_call(backend: Backend) {
 }
 
 async fn uploads_are_checked_persisted_and_deletable(backend: Backend) {
-    let mut s = TestServer::start_with(backend, &[("AUTOMATION_PLUGIN_GRANTS", "my-exec=sandbox")]).await;
+    let pin = format!("my-exec@sha256:{}=sandbox", digest(&guest("local_sandbox.wasm")));
+    let mut s = TestServer::start_with(
+        backend,
+        &[("AUTOMATION_PLUGIN_GRANTS", pin.as_str()), ("AUTOMATION_PLUGIN_REPLACE", "allow")],
+    )
+    .await;
     let up = put_plugin(&s, "my-filter", "kind=filter&version=1.2.3&description=mine", guest("jmespath_filter.wasm"))
         .await
         .expect(201);
@@ -206,8 +216,8 @@ async fn uploads_are_checked_persisted_and_deletable(backend: Backend) {
     s.delete(&format!("/v1/automations/{}", a.id())).await.expect(204);
     s.delete("/v1/plugins/my-filter").await.expect(204);
     s.get("/v1/plugins/my-filter").await.expect_error(404, "not_found", "my-filter");
-    // Replacing a bundled plugin by upload, then deleting the upload, brings
-    // the bundled one back.
+    // Where the operator allows it, replacing a bundled plugin by upload,
+    // then deleting the upload, brings the bundled one back.
     put_plugin(&s, "jmespath", "kind=filter&version=9.9.9", guest("jmespath_filter.wasm")).await.expect(200);
     assert_eq!(s.get("/v1/plugins/jmespath").await.expect(200).body["version"], "9.9.9");
     s.delete("/v1/plugins/jmespath").await.expect(204);
@@ -244,11 +254,13 @@ async fn a_plugin_replaced_under_load_loses_no_call(backend: Backend) {
     assert_eq!(s.get("/v1/plugins/hot").await.expect(200).body["version"], "5.0.0");
 }
 
-/// The `kv` capability: granted only by the operator, and the state lives
-/// in the database (each call is a fresh instance, yet the count goes on).
+/// The `kv` capability: granted only by the operator to this component's
+/// digest, and the state lives in the database (each call is a fresh
+/// instance, yet the count goes on).
 async fn kv_state_is_granted_and_kept_in_the_database(backend: Backend) {
-    let s = TestServer::start_with(backend, &[("AUTOMATION_PLUGIN_GRANTS", "counter=kv")]).await;
     let wasm = guest("test_kv_preset.wasm");
+    let pin = format!("counter@sha256:{}=kv", digest(&wasm));
+    let s = TestServer::start_with(backend, &[("AUTOMATION_PLUGIN_GRANTS", pin.as_str())]).await;
     put_plugin(&s, "counter", "kind=preset", wasm.clone()).await.expect_error(422, "invalid_plugin", "not granted");
     put_plugin(&s, "stranger", "kind=preset&capabilities=kv", wasm.clone()).await.expect_error(
         422,
@@ -257,6 +269,7 @@ async fn kv_state_is_granted_and_kept_in_the_database(backend: Backend) {
     );
     let p = put_plugin(&s, "counter", "kind=preset&capabilities=kv", wasm).await.expect(201);
     assert_eq!(p.body["granted"]["capabilities"], json!(["kv"]));
+    assert_eq!(p.body["grant_origins"], json!(["operator_pinned"]));
     // Saving renders once (count 1); the run renders again (count 2).
     let body = json!({
         "name": "counting",

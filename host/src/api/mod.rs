@@ -159,10 +159,34 @@ async fn require_api_key(State(state): State<AppState>, req: Request, next: Next
     let hash = auth::hash_key(token);
     let is_admin =
         state.admin_key_hash.as_deref().is_some_and(|admin| auth::constant_time_eq(admin.as_bytes(), hash.as_bytes()));
-    if !is_admin && state.store.find_api_key(&hash).await?.is_none() {
-        return Err(Error::Unauthorized("invalid API key".into()));
-    }
+    let caller = if is_admin {
+        Caller { key_id: None, name: "AUTOMATION_API_KEY".to_owned() }
+    } else {
+        let key =
+            state.store.find_api_key(&hash).await?.ok_or_else(|| Error::Unauthorized("invalid API key".into()))?;
+        Caller { key_id: Some(key.id), name: key.name }
+    };
+    let mut req = req;
+    req.extensions_mut().insert(caller);
     Ok(next.run(req).await)
+}
+
+/// Who made a request: the API key it authenticated with (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The key's id; `None` for the operator's `AUTOMATION_API_KEY`.
+    pub key_id: Option<Uuid>,
+    /// The key's name.
+    pub name: String,
+}
+
+impl std::fmt::Display for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.key_id {
+            Some(id) => write!(f, "api-key:{} ({id})", self.name),
+            None => f.write_str("AUTOMATION_API_KEY"),
+        }
+    }
 }
 
 /// Paging parameters shared by every list endpoint.

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 
+use axum::Extension;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
@@ -11,13 +12,18 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{ApiPath, ApiQuery, AppState, Error, ErrorBody};
-use crate::plugins::manifest::{Capability, Grant, Kind, Manifest, WIT_VERSION};
+use super::{ApiJson, ApiPath, ApiQuery, AppState, Caller, Error, ErrorBody};
+use crate::config::PluginReplace;
+use crate::plugins::manifest::{Capability, Grant, GrantOrigin, Kind, Manifest, WIT_VERSION};
 use crate::plugins::{Plugin, Source};
-use crate::store::StoredPlugin;
+use crate::store::{RecordedGrant, StoredPlugin};
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(plugins_list)).routes(routes!(plugins_get, plugins_put, plugins_delete))
+    OpenApiRouter::new()
+        .routes(routes!(plugins_list))
+        .routes(routes!(plugins_get, plugins_put, plugins_delete))
+        .routes(routes!(grants_list, grants_post))
+        .routes(routes!(grants_delete))
 }
 
 /// A loaded plugin as the API shows it.
@@ -43,8 +49,18 @@ pub(crate) struct PluginView {
     source: Source,
     /// Capabilities its manifest asks for.
     requested: BTreeSet<Capability>,
-    /// What it is actually granted.
+    /// What it is actually granted (what it asks for and what is granted to
+    /// this component, both).
     granted: Grant,
+    /// Where the grant in force comes from: `bundled_default`,
+    /// `operator_by_name` (bundled and plugins-dir plugins only),
+    /// `operator_pinned` (`name@sha256:...` in `AUTOMATION_PLUGIN_GRANTS`),
+    /// `api` (recorded through `POST /v1/plugins/{name}/grants`).
+    grant_origins: Vec<GrantOrigin>,
+    /// The grant recorded through the API for this component's digest, with
+    /// who gave it and when (`GET /v1/plugins/{name}` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recorded_grant: Option<RecordedGrant>,
     /// What the component imports.
     imports: Vec<String>,
     /// JSON Schema of its configuration (presets and executors).
@@ -88,6 +104,8 @@ impl From<&Plugin> for PluginView {
             source: p.source,
             requested: p.manifest.capabilities.clone(),
             granted: (*p.grant).clone(),
+            grant_origins: p.grant_origins.clone(),
+            recorded_grant: None,
             imports: p.imports.clone(),
             config_schema: d.and_then(|d| d.config_schema.clone()),
             load_ms: p.load.0.as_secs_f64() * 1000.0,
@@ -132,13 +150,21 @@ async fn plugins_list(State(state): State<AppState>) -> Json<Vec<PluginView>> {
 )]
 async fn plugins_get(State(state): State<AppState>, ApiPath(name): ApiPath<String>) -> Result<Json<PluginView>, Error> {
     let p = state.plugins.get(&name).ok_or_else(|| Error::not_found("plugin", &name))?;
-    Ok(Json(PluginView::of(&p, &state)))
+    let mut view = PluginView::of(&p, &state);
+    if p.source == Source::Uploaded {
+        view.recorded_grant = state.store.get_plugin_grant(&name, &p.sha256).await?;
+    }
+    Ok(Json(view))
 }
 
-/// Uploads a plugin (the body is the `.wasm` component) or replaces one of
-/// the same name. It is validated, checked against its kind's world and its
-/// grants, and compiled before it replaces the old one; calls already running
-/// finish on the old one.
+/// Uploads a plugin (the body is the `.wasm` component) or replaces an
+/// uploaded one of the same name. It is validated, checked against its kind's
+/// world and its grants, and compiled before it replaces the old one; calls
+/// already running finish on the old one. An upload is granted only what is
+/// granted to its digest (`name@sha256:...` in `AUTOMATION_PLUGIN_GRANTS`, or
+/// `POST /v1/plugins/{name}/grants`), never what its name was granted. A
+/// bundled or plugins-dir plugin cannot be replaced (409 `plugin_protected`)
+/// unless the operator set `AUTOMATION_PLUGIN_REPLACE=allow`.
 #[utoipa::path(
     put,
     path = "/v1/plugins/{name}",
@@ -149,6 +175,7 @@ async fn plugins_get(State(state): State<AppState>, ApiPath(name): ApiPath<Strin
     responses(
         (status = 200, description = "replaced", body = PluginView),
         (status = 201, description = "added", body = PluginView),
+        (status = 409, description = "a bundled or plugins-dir plugin has that name", body = ErrorBody),
         (status = 413, body = ErrorBody),
         (status = 422, description = "not a valid plugin of that kind, or not granted what it imports", body = ErrorBody),
     )
@@ -165,6 +192,15 @@ async fn plugins_put(
     let wasm = axum::body::to_bytes(body, limit).await.map_err(|_| {
         Error::PayloadTooLarge(format!("the plugin is larger than {limit} bytes (AUTOMATION_MAX_PLUGIN_BYTES)"))
     })?;
+    if state.plugins.is_base(&name) && state.config.plugin_replace != PluginReplace::Allow {
+        return Err(Error::Conflict(
+            "plugin_protected",
+            format!(
+                "plugin {name} is bundled or from the plugins directory and cannot be replaced over the API \
+                 (the operator can allow it with AUTOMATION_PLUGIN_REPLACE=allow); upload under another name"
+            ),
+        ));
+    }
     let kind_name = q.kind.as_deref().unwrap_or_default();
     let kind = Kind::parse(kind_name).ok_or_else(|| {
         Error::BadRequest("invalid_query", format!("kind must be filter, preset or executor (got {kind_name:?})"))
@@ -191,9 +227,11 @@ async fn plugins_put(
             .collect(),
     };
     manifest.check().map_err(|e| Error::invalid("invalid_manifest", e))?;
+    let sha256 = crate::plugins::digest(&wasm);
+    let recorded = recorded_grant(&state, &name, &sha256).await?;
     let plugin = state
         .plugins
-        .load_blocking(manifest.clone(), wasm.to_vec(), Source::Uploaded)
+        .load_blocking(manifest.clone(), wasm.to_vec(), Source::Uploaded, recorded)
         .await
         .map_err(|e| Error::invalid("invalid_plugin", e.to_string()))?;
     let stored = StoredPlugin { manifest, sha256: plugin.sha256.clone(), wasm: wasm.to_vec() };
@@ -237,4 +275,113 @@ async fn plugins_delete(State(state): State<AppState>, ApiPath(name): ApiPath<St
     state.plugins.remove_uploaded(&name);
     tracing::info!(plugin = %name, "plugin deleted");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The grant recorded for `name` at `sha256`, as a [`Grant`].
+async fn recorded_grant(state: &AppState, name: &str, sha256: &str) -> Result<Option<Grant>, Error> {
+    let Some(r) = state.store.get_plugin_grant(name, sha256).await? else { return Ok(None) };
+    // Recorded grants were checked on the way in; a name this host no
+    // longer knows grants nothing rather than failing the upload.
+    Ok(Grant::from_names(&r.capabilities, &r.allowed_hosts).ok())
+}
+
+/// A grant to record for one component.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GrantRequest {
+    /// The SHA-256 of the component it is for (`sha256` in the plugin's view,
+    /// or in the 422 that refused its upload).
+    sha256: String,
+    /// Capabilities: `kv`, `http`, `sandbox`.
+    #[serde(default)]
+    capabilities: Vec<String>,
+    /// Hosts `http` may reach (`*` for whatever its manifest asks).
+    #[serde(default)]
+    allowed_hosts: Vec<String>,
+}
+
+/// Records a grant for one uploaded component: the plugin name *and* its
+/// digest, so another component uploaded under the name later gets nothing.
+/// It may be given before the upload. Who gave it, and when, is recorded.
+#[utoipa::path(
+    post,
+    path = "/v1/plugins/{name}/grants",
+    tag = "plugins",
+    params(("name" = String, Path, description = "Plugin name")),
+    request_body = GrantRequest,
+    security(("api_key" = [])),
+    responses((status = 201, body = RecordedGrant), (status = 422, body = ErrorBody))
+)]
+async fn grants_post(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<GrantRequest>,
+) -> Result<(StatusCode, Json<RecordedGrant>), Error> {
+    crate::model::check_name(&name).map_err(|e| Error::invalid("invalid_name", e))?;
+    let sha256 = req.sha256.trim().trim_start_matches("sha256:").to_ascii_lowercase();
+    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::invalid("invalid_grant", "sha256 must be 64 hex digits"));
+    }
+    let grant =
+        Grant::from_names(&req.capabilities, &req.allowed_hosts).map_err(|e| Error::invalid("invalid_grant", e))?;
+    let recorded = RecordedGrant {
+        name: name.clone(),
+        sha256,
+        capabilities: grant.capabilities.iter().map(|c| c.as_str().to_owned()).collect(),
+        allowed_hosts: grant.allowed_hosts.iter().cloned().collect(),
+        granted_by: caller.to_string(),
+        granted_at: crate::model::now(),
+    };
+    state.store.upsert_plugin_grant(&recorded).await?;
+    tracing::info!(plugin = %name, sha256 = %recorded.sha256, by = %recorded.granted_by, capabilities = ?recorded.capabilities, "plugin grant recorded");
+    reload(&state).await;
+    Ok((StatusCode::CREATED, Json(recorded)))
+}
+
+/// Lists the grants recorded for a plugin name, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/plugins/{name}/grants",
+    tag = "plugins",
+    params(("name" = String, Path, description = "Plugin name")),
+    security(("api_key" = [])),
+    responses((status = 200, body = Vec<RecordedGrant>))
+)]
+async fn grants_list(
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<Vec<RecordedGrant>>, Error> {
+    Ok(Json(state.store.list_plugin_grants(&name).await?))
+}
+
+/// Withdraws the grant of one component. If that component is loaded and
+/// imports what the grant gave, it is unloaded at once.
+#[utoipa::path(
+    delete,
+    path = "/v1/plugins/{name}/grants/{sha256}",
+    tag = "plugins",
+    params(("name" = String, Path, description = "Plugin name"), ("sha256" = String, Path, description = "Component digest")),
+    security(("api_key" = [])),
+    responses((status = 204, description = "withdrawn"), (status = 404, body = ErrorBody))
+)]
+async fn grants_delete(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ApiPath((name, sha256)): ApiPath<(String, String)>,
+) -> Result<StatusCode, Error> {
+    let sha256 = sha256.trim_start_matches("sha256:").to_ascii_lowercase();
+    if !state.store.delete_plugin_grant(&name, &sha256).await? {
+        return Err(Error::not_found("grant", format!("{name}@sha256:{sha256}")));
+    }
+    tracing::info!(plugin = %name, sha256 = %sha256, by = %caller, "plugin grant withdrawn");
+    reload(&state).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Brings the loaded uploads in line with the database after a grant change.
+async fn reload(state: &AppState) {
+    if let Err(e) = state.plugins.reload_uploaded(&state.store).await {
+        tracing::warn!(error = %e, "cannot reload uploaded plugins after a grant change; the next poll retries");
+    }
 }

@@ -3,6 +3,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::Source;
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -217,14 +219,55 @@ pub struct Grant {
     pub allowed_hosts: BTreeSet<String>,
 }
 
-/// The operator's grants, by plugin name.
+/// Where a plugin's grant came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantOrigin {
+    /// The bundled defaults (bundled plugins only).
+    BundledDefault,
+    /// `AUTOMATION_PLUGIN_GRANTS` by name (bundled and directory plugins).
+    OperatorByName,
+    /// `AUTOMATION_PLUGIN_GRANTS` as `name@sha256:DIGEST` (this component).
+    OperatorPinned,
+    /// `POST /v1/plugins/{name}/grants` for this component's digest.
+    Api,
+}
+
+/// The operator's grants.
+///
+/// Trust follows the component, not its name: a grant by name applies to
+/// bundled plugins and to the operator's own plugins directory; an uploaded
+/// component gets only grants that name its digest (`name@sha256:HEX` here,
+/// or one recorded through the API), so uploading something under a
+/// trusted name never inherits what that name was granted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Grants(pub BTreeMap<String, Grant>);
+pub struct Grants {
+    by_name: BTreeMap<String, Grant>,
+    pinned: BTreeMap<(String, String), Grant>,
+    defaults: BTreeMap<String, Grant>,
+}
+
+impl Grant {
+    /// A grant from capability names, refusing unknown ones.
+    pub fn from_names(capabilities: &[String], allowed_hosts: &[String]) -> Result<Grant, String> {
+        let capabilities = capabilities
+            .iter()
+            .map(|c| Capability::parse(c).ok_or_else(|| format!("unknown capability {c:?} (kv, http, sandbox)")))
+            .collect::<Result<_, _>>()?;
+        Ok(Grant { capabilities, allowed_hosts: allowed_hosts.iter().map(|h| h.trim().to_ascii_lowercase()).collect() })
+    }
+
+    fn extend(&mut self, other: &Grant) {
+        self.capabilities.extend(other.capabilities.iter().copied());
+        self.allowed_hosts.extend(other.allowed_hosts.iter().cloned());
+    }
+}
 
 impl Grants {
     /// The grants bundled plugins get unless the operator says otherwise:
     /// the local sandbox may run processes, the agent-server executor may
-    /// reach an agent-server on this machine.
+    /// reach an agent-server on this machine. They apply to the bundled
+    /// components only.
     pub fn bundled_defaults() -> Grants {
         let mut g = BTreeMap::new();
         g.insert(
@@ -238,19 +281,35 @@ impl Grants {
                 allowed_hosts: ["127.0.0.1".to_owned(), "localhost".to_owned()].into(),
             },
         );
-        Grants(g)
+        Grants { defaults: g, ..Grants::default() }
+    }
+
+    /// Grants `grant` to plugins named `name` (bundled and directory ones).
+    pub fn grant_by_name(&mut self, name: &str, grant: Grant) {
+        self.by_name.insert(name.to_owned(), grant);
     }
 
     /// Parses `AUTOMATION_PLUGIN_GRANTS`:
-    /// `name=cap,cap;name2=http:host1|host2,kv`. Entries replace the bundled
-    /// defaults for that name; `name=` grants nothing.
+    /// `name=cap,cap;name2=http:host1|host2,kv;name3@sha256:HEX=kv`. Entries
+    /// by name replace the bundled defaults for that name; `name=` grants
+    /// nothing; `name@sha256:HEX` grants only the component with that digest
+    /// (the only kind of entry an uploaded plugin can get).
     pub fn parse(spec: &str) -> Result<Grants, String> {
-        let mut out = BTreeMap::new();
+        let mut out = Grants::default();
         for entry in spec.split(';').map(str::trim).filter(|e| !e.is_empty()) {
-            let (name, caps) = entry.split_once('=').ok_or_else(|| {
-                format!("grant {entry:?} must look like name=cap,cap (caps: kv, sandbox, http:host|host)")
+            let (key, caps) = entry.split_once('=').ok_or_else(|| {
+                format!("grant {entry:?} must look like name=cap,cap or name@sha256:DIGEST=cap (caps: kv, sandbox, http:host|host)")
             })?;
-            let name = name.trim();
+            let (name, digest) = match key.trim().split_once('@') {
+                Some((name, pin)) => {
+                    let digest = pin.strip_prefix("sha256:").unwrap_or("").to_ascii_lowercase();
+                    if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return Err(format!("grant {key:?}: a pin must be @sha256: and 64 hex digits"));
+                    }
+                    (name.trim(), Some(digest))
+                }
+                None => (key.trim(), None),
+            };
             crate::model::check_name(name)?;
             let mut grant = Grant::default();
             for cap in caps.split(',').map(str::trim).filter(|c| !c.is_empty()) {
@@ -266,32 +325,77 @@ impl Grants {
                 }
                 grant.capabilities.insert(parsed);
             }
-            out.insert(name.to_owned(), grant);
+            match digest {
+                Some(d) => out.pinned.insert((name.to_owned(), d), grant),
+                None => out.by_name.insert(name.to_owned(), grant),
+            };
         }
-        Ok(Grants(out))
+        Ok(out)
     }
 
     /// The bundled defaults with the operator's entries laid over them.
     pub fn with_overrides(mut self, overrides: Grants) -> Grants {
-        self.0.extend(overrides.0);
+        self.by_name.extend(overrides.by_name);
+        self.pinned.extend(overrides.pinned);
         self
     }
 
-    /// What a plugin with this manifest actually gets: what it asks for and
-    /// what the operator grants, both.
-    pub fn effective(&self, manifest: &Manifest) -> Grant {
-        let granted = self.0.get(&manifest.name).cloned().unwrap_or_default();
-        let capabilities: BTreeSet<_> = manifest.capabilities.intersection(&granted.capabilities).copied().collect();
+    /// What a plugin with this manifest, source and digest actually gets
+    /// (what it asks for and what is granted, both), with where the grant
+    /// came from; `recorded` is a grant recorded through the API for this
+    /// name and digest.
+    pub fn effective(
+        &self,
+        manifest: &Manifest,
+        source: Source,
+        sha256: &str,
+        recorded: Option<&Grant>,
+    ) -> (Grant, Vec<GrantOrigin>) {
+        let mut offered = Grant::default();
+        let mut origins = Vec::new();
+        let by_name = self.by_name.get(&manifest.name);
+        match source {
+            Source::Bundled => match (by_name, self.defaults.get(&manifest.name)) {
+                (Some(g), _) => {
+                    offered.extend(g);
+                    origins.push(GrantOrigin::OperatorByName);
+                }
+                (None, Some(g)) => {
+                    offered.extend(g);
+                    origins.push(GrantOrigin::BundledDefault);
+                }
+                (None, None) => {}
+            },
+            Source::Directory => {
+                if let Some(g) = by_name {
+                    offered.extend(g);
+                    origins.push(GrantOrigin::OperatorByName);
+                }
+            }
+            Source::Uploaded => {}
+        }
+        if let Some(g) = self.pinned.get(&(manifest.name.clone(), sha256.to_ascii_lowercase())) {
+            offered.extend(g);
+            origins.push(GrantOrigin::OperatorPinned);
+        }
+        if let Some(g) = recorded {
+            offered.extend(g);
+            origins.push(GrantOrigin::Api);
+        }
+        let capabilities: BTreeSet<_> = manifest.capabilities.intersection(&offered.capabilities).copied().collect();
         let allowed_hosts = if capabilities.contains(&Capability::Http) {
-            if granted.allowed_hosts.contains("*") {
+            if offered.allowed_hosts.contains("*") {
                 manifest.allowed_hosts.clone()
             } else {
-                manifest.allowed_hosts.intersection(&granted.allowed_hosts).cloned().collect()
+                manifest.allowed_hosts.intersection(&offered.allowed_hosts).cloned().collect()
             }
         } else {
             BTreeSet::new()
         };
-        Grant { capabilities, allowed_hosts }
+        if capabilities.is_empty() {
+            origins.clear();
+        }
+        (Grant { capabilities, allowed_hosts }, origins)
     }
 }
 
@@ -318,17 +422,40 @@ mod tests {
             &[Capability::Kv, Capability::Http, Capability::Sandbox],
             &["api.example.com", "evil.com"],
         );
-        let g = grants.effective(&m);
+        let (g, from) = grants.effective(&m, Source::Directory, "00", None);
         assert_eq!(g.capabilities, [Capability::Kv, Capability::Http].into());
         assert_eq!(g.allowed_hosts, ["api.example.com".to_owned()].into());
+        assert_eq!(from, [GrantOrigin::OperatorByName]);
         // The operator emptied agent-server's default grant.
         let a = manifest("agent-server", Kind::Executor, &[Capability::Http], &["127.0.0.1"]);
-        assert!(grants.effective(&a).capabilities.is_empty());
+        assert!(grants.effective(&a, Source::Bundled, "00", None).0.capabilities.is_empty());
         // Unknown plugins get nothing.
         let u = manifest("stranger", Kind::Executor, &[Capability::Sandbox], &[]);
-        assert!(grants.effective(&u).capabilities.is_empty());
+        assert!(grants.effective(&u, Source::Directory, "00", None).0.capabilities.is_empty());
         assert!(Grants::parse("x=teleport").unwrap_err().contains("teleport"));
         assert!(Grants::parse("nonsense").is_err());
+    }
+
+    #[test]
+    fn uploads_get_only_grants_that_name_their_digest() {
+        let digest = "ab".repeat(32);
+        let grants = Grants::bundled_defaults()
+            .with_overrides(Grants::parse(&format!("mine=kv; pinned@sha256:{digest}=kv")).unwrap());
+        let sandbox = manifest("local-sandbox", Kind::Executor, &[Capability::Sandbox], &[]);
+        assert_eq!(grants.effective(&sandbox, Source::Bundled, "00", None).1, [GrantOrigin::BundledDefault]);
+        // The same name, uploaded: no bundled default, no name grant.
+        assert!(grants.effective(&sandbox, Source::Uploaded, "00", None).0.capabilities.is_empty());
+        assert!(grants.effective(&sandbox, Source::Directory, "00", None).0.capabilities.is_empty());
+        let mine = manifest("mine", Kind::Preset, &[Capability::Kv], &[]);
+        assert!(grants.effective(&mine, Source::Uploaded, "00", None).0.capabilities.is_empty());
+        let pinned = manifest("pinned", Kind::Preset, &[Capability::Kv], &[]);
+        let (g, from) = grants.effective(&pinned, Source::Uploaded, &digest, None);
+        assert_eq!((g.capabilities, from), ([Capability::Kv].into(), vec![GrantOrigin::OperatorPinned]));
+        assert!(grants.effective(&pinned, Source::Uploaded, &"cd".repeat(32), None).0.capabilities.is_empty());
+        // A grant recorded through the API for this digest.
+        let recorded = Grant { capabilities: [Capability::Kv].into(), allowed_hosts: BTreeSet::new() };
+        assert_eq!(grants.effective(&mine, Source::Uploaded, "00", Some(&recorded)).1, [GrantOrigin::Api]);
+        assert!(Grants::parse("x@sha256:12=kv").unwrap_err().contains("64 hex"));
     }
 
     #[test]

@@ -308,6 +308,10 @@ pub struct Plugin {
     pub manifest: Manifest,
     /// What it is actually granted.
     pub grant: Arc<Grant>,
+    /// Where the grant came from.
+    pub grant_origins: Vec<manifest::GrantOrigin>,
+    /// The grant recorded through the API for this component, if any.
+    pub recorded_grant: Option<Grant>,
     /// SHA-256 of its component.
     pub sha256: String,
     /// Size of its component in bytes.
@@ -410,17 +414,24 @@ impl Runtime {
 
     /// Loads, checks and prepares a component. Nothing is instantiated
     /// except to ask presets and executors to describe themselves.
-    pub fn load(&self, manifest: Manifest, wasm: &[u8], source: Source) -> Result<Plugin, LoadError> {
+    pub fn load(
+        &self,
+        manifest: Manifest,
+        wasm: &[u8],
+        source: Source,
+        recorded: Option<&Grant>,
+    ) -> Result<Plugin, LoadError> {
         let started = Instant::now();
         let name = manifest.name.clone();
         let fail = |reason: String| LoadError { name: name.clone(), reason };
         manifest.check().map_err(fail)?;
-        let grant = self.grants.effective(&manifest);
+        let sha256 = digest(wasm);
+        let (grant, grant_origins) = self.grants.effective(&manifest, source, &sha256, recorded);
         let (component, outcome) = self
             .cache
             .load(&self.engine, wasm)
             .map_err(|e| fail(format!("not a valid WebAssembly component: {e:#}")))?;
-        let imports = self.check_component(&component, &manifest, &grant).map_err(fail)?;
+        let imports = self.check_component(&component, &manifest, &grant, &sha256).map_err(fail)?;
         let instance_pre =
             self.linker.instantiate_pre(&component).map_err(|e| fail(format!("cannot be linked: {e:#}")))?;
         let pre = match manifest.kind {
@@ -430,9 +441,11 @@ impl Runtime {
         }
         .map_err(|e| fail(format!("does not match the {} world: {e:#}", manifest.kind.world())))?;
         let mut plugin = Plugin {
-            sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(wasm)),
+            sha256,
             size: wasm.len(),
             grant: Arc::new(grant),
+            grant_origins,
+            recorded_grant: recorded.cloned(),
             source,
             description: None,
             load: (Duration::ZERO, outcome),
@@ -457,6 +470,7 @@ impl Runtime {
         component: &Component,
         manifest: &Manifest,
         grant: &Grant,
+        sha256: &str,
     ) -> Result<Vec<String>, String> {
         let ty = component.component_type();
         let want = manifest.kind.export();
@@ -492,8 +506,10 @@ impl Runtime {
             }
             if !grant.capabilities.contains(&cap) {
                 return Err(format!(
-                    "imports `{import}`, which needs the `{cap}` capability; it is not granted \
-                     (the manifest must ask for it and AUTOMATION_PLUGIN_GRANTS must grant it, e.g. {name}={cap})",
+                    "imports `{import}`, which needs the `{cap}` capability; it is not granted to this component \
+                     (sha256 {sha256}): the manifest must ask for it, and the operator grant it to this digest \
+                     (AUTOMATION_PLUGIN_GRANTS={name}@sha256:{sha256}={cap}, or POST /v1/plugins/{name}/grants \
+                     with an admin key; bundled and directory plugins may be granted by name)",
                     cap = cap.as_str(),
                     name = manifest.name
                 ));
@@ -892,4 +908,9 @@ fn status_from_wit(s: types::RunStatus) -> ExecStatus {
         types::RunStatus::TimedOut(o) => ExecStatus::TimedOut(output_from_wit(o)),
         types::RunStatus::Cancelled(o) => ExecStatus::Cancelled(output_from_wit(o)),
     }
+}
+
+/// The SHA-256 of a component, lowercase hex: the identity grants name.
+pub fn digest(wasm: &[u8]) -> String {
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(wasm))
 }

@@ -56,12 +56,12 @@ impl Registry {
     /// logged and skipped so the host still starts.
     pub async fn load_all(&self, dir: Option<&Path>, store: Option<&Store>) -> anyhow::Result<()> {
         for (manifest, wasm) in super::bundled::all()? {
-            let plugin = self.load_blocking(manifest, wasm.to_vec(), Source::Bundled).await?;
+            let plugin = self.load_blocking(manifest, wasm.to_vec(), Source::Bundled, None).await?;
             self.insert_base(plugin);
         }
         if let Some(dir) = dir {
             for (manifest, wasm) in read_dir(dir)? {
-                match self.load_blocking(manifest, wasm, Source::Directory).await {
+                match self.load_blocking(manifest, wasm, Source::Directory, None).await {
                     Ok(p) => self.insert_base(p),
                     Err(e) => tracing::error!("skipping a plugin from {}: {e}", dir.display()),
                 }
@@ -86,27 +86,49 @@ impl Registry {
             self.remove_uploaded(&name);
         }
         for stored in stored_plugins {
-            let unchanged = self
-                .get(&stored.manifest.name)
-                .is_some_and(|p| p.sha256 == stored.sha256 && p.manifest == stored.manifest);
+            let recorded = match store.get_plugin_grant(&stored.manifest.name, &stored.sha256).await {
+                Ok(r) => r.and_then(|r| super::manifest::Grant::from_names(&r.capabilities, &r.allowed_hosts).ok()),
+                Err(e) => {
+                    tracing::warn!(plugin = %stored.manifest.name, error = %e, "cannot read the plugin's recorded grant");
+                    None
+                }
+            };
+            let unchanged = self.get(&stored.manifest.name).is_some_and(|p| {
+                p.sha256 == stored.sha256 && p.manifest == stored.manifest && p.recorded_grant == recorded
+            });
             if unchanged {
                 continue;
             }
-            match self.load_blocking(stored.manifest, stored.wasm, Source::Uploaded).await {
+            let name = stored.manifest.name.clone();
+            match self.load_blocking(stored.manifest, stored.wasm, Source::Uploaded, recorded).await {
                 Ok(p) => {
                     self.insert(p);
                 }
-                Err(e) => tracing::error!("skipping an uploaded plugin: {e}"),
+                Err(e) => {
+                    // Whatever was loaded under this name no longer matches
+                    // the database (a grant withdrawn, say): keeping it would
+                    // keep what it was given.
+                    if self.get(&name).is_some_and(|p| p.source == Source::Uploaded) {
+                        self.remove_uploaded(&name);
+                    }
+                    tracing::error!("skipping an uploaded plugin: {e}");
+                }
             }
         }
         Ok(())
     }
 
     /// Loads a plugin on a blocking thread (compiling can take a while).
-    pub async fn load_blocking(&self, manifest: Manifest, wasm: Vec<u8>, source: Source) -> Result<Plugin, LoadError> {
+    pub async fn load_blocking(
+        &self,
+        manifest: Manifest,
+        wasm: Vec<u8>,
+        source: Source,
+        recorded: Option<super::manifest::Grant>,
+    ) -> Result<Plugin, LoadError> {
         let rt = self.runtime.clone();
         let name = manifest.name.clone();
-        tokio::task::spawn_blocking(move || rt.load(manifest, &wasm, source))
+        tokio::task::spawn_blocking(move || rt.load(manifest, &wasm, source, recorded.as_ref()))
             .await
             .unwrap_or_else(|e| Err(LoadError { name, reason: format!("loading panicked: {e}") }))
     }

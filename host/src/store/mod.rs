@@ -36,7 +36,7 @@ pub use automations::{AutomationFilter, AutomationPage};
 pub use dispatch::Claim;
 pub use events::{Delivery, MatchRecord, NewDelivery, Source, Stored};
 pub use health::{Failing, Health};
-pub use plugins::StoredPlugin;
+pub use plugins::{RecordedGrant, StoredPlugin};
 pub use runs::{RunChanges, RunPage};
 pub use scheduler::{DueAutomation, FireReport, FiredSlot, SlotRecord};
 pub use uploads::{DeleteUpload, UploadPage};

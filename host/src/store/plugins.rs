@@ -151,3 +151,126 @@ impl Store {
         }))
     }
 }
+
+/// A grant recorded through the API for one component.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct RecordedGrant {
+    /// The plugin's name.
+    pub name: String,
+    /// The digest of the component it was given to.
+    pub sha256: String,
+    /// Capability names (`kv`, `http`, `sandbox`).
+    pub capabilities: Vec<String>,
+    /// Hosts `http` may reach.
+    pub allowed_hosts: Vec<String>,
+    /// Who gave it: the API key's name and id.
+    pub granted_by: String,
+    /// When.
+    pub granted_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(FromRow)]
+struct GrantRow {
+    name: String,
+    sha256: String,
+    capabilities: String,
+    allowed_hosts: String,
+    granted_by: String,
+    granted_at: DbTime,
+}
+
+impl GrantRow {
+    fn into_grant(self) -> Result<RecordedGrant> {
+        let list = |s: &str, what: &str| {
+            serde_json::from_str::<Vec<String>>(s)
+                .map_err(|e| super::Error::Corrupt(format!("plugin grant {what}: {e}")))
+        };
+        Ok(RecordedGrant {
+            capabilities: list(&self.capabilities, "capabilities")?,
+            allowed_hosts: list(&self.allowed_hosts, "allowed_hosts")?,
+            name: self.name,
+            sha256: self.sha256,
+            granted_by: self.granted_by,
+            granted_at: self.granted_at.0,
+        })
+    }
+}
+
+impl Store {
+    /// Records (or replaces) the grant of one component.
+    pub async fn upsert_plugin_grant(&self, g: &RecordedGrant) -> Result<()> {
+        let caps = serde_json::to_string(&g.capabilities).unwrap_or_else(|_| "[]".into());
+        let hosts = serde_json::to_string(&g.allowed_hosts).unwrap_or_else(|_| "[]".into());
+        with_db!(self, write, |db| {
+            sqlx::query(
+                "insert into plugin_grants (name, sha256, capabilities, allowed_hosts, granted_by, granted_at) \
+                 values ($1, $2, $3, $4, $5, $6) on conflict (name, sha256) do update set \
+                 capabilities = excluded.capabilities, allowed_hosts = excluded.allowed_hosts, \
+                 granted_by = excluded.granted_by, granted_at = excluded.granted_at",
+            )
+            .bind(&g.name)
+            .bind(&g.sha256)
+            .bind(&caps)
+            .bind(&hosts)
+            .bind(&g.granted_by)
+            .bind(DbTime::new(g.granted_at))
+            .execute(db)
+            .await?;
+            // Replicas notice grant changes as plugin changes.
+            sqlx::query("update plugins set updated_at = $2 where name = $1")
+                .bind(&g.name)
+                .bind(DbTime::new(g.granted_at))
+                .execute(db)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// The grant recorded for a component, if any.
+    pub async fn get_plugin_grant(&self, name: &str, sha256: &str) -> Result<Option<RecordedGrant>> {
+        let row: Option<GrantRow> = with_db!(self, read, |db| {
+            sqlx::query_as(
+                "select name, sha256, capabilities, allowed_hosts, granted_by, granted_at from plugin_grants \
+                 where name = $1 and sha256 = $2",
+            )
+            .bind(name)
+            .bind(sha256)
+            .fetch_optional(db)
+            .await?
+        });
+        row.map(GrantRow::into_grant).transpose()
+    }
+
+    /// Every grant recorded for a plugin name, newest first.
+    pub async fn list_plugin_grants(&self, name: &str) -> Result<Vec<RecordedGrant>> {
+        let rows: Vec<GrantRow> = with_db!(self, read, |db| {
+            sqlx::query_as(
+                "select name, sha256, capabilities, allowed_hosts, granted_by, granted_at from plugin_grants \
+                 where name = $1 order by granted_at desc",
+            )
+            .bind(name)
+            .fetch_all(db)
+            .await?
+        });
+        rows.into_iter().map(GrantRow::into_grant).collect()
+    }
+
+    /// Withdraws the grant of a component; false if there was none.
+    pub async fn delete_plugin_grant(&self, name: &str, sha256: &str) -> Result<bool> {
+        let n = with_db!(self, write, |db| {
+            let n = sqlx::query("delete from plugin_grants where name = $1 and sha256 = $2")
+                .bind(name)
+                .bind(sha256)
+                .execute(db)
+                .await?
+                .rows_affected();
+            sqlx::query("update plugins set updated_at = $2 where name = $1")
+                .bind(name)
+                .bind(DbTime::new(crate::model::now()))
+                .execute(db)
+                .await?;
+            n
+        });
+        Ok(n == 1)
+    }
+}
