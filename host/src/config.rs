@@ -126,6 +126,13 @@ pub struct Config {
     #[arg(long, env = "AUTOMATION_PLUGIN_CACHE_DIR", global = true)]
     pub plugin_cache_dir: Option<PathBuf>,
 
+    /// Key authenticating compile cache entries (64 hex digits, mode 0600;
+    /// made on first start). Hosts sharing a cache directory share this
+    /// file. Default: `<cache dir>.key`, beside the cache directory. It must
+    /// not be inside the cache directory.
+    #[arg(long, env = "AUTOMATION_PLUGIN_CACHE_KEY_FILE", global = true)]
+    pub plugin_cache_key_file: Option<PathBuf>,
+
     /// Capabilities granted to plugins, deny by default:
     /// `name=cap,cap;name2@sha256:HEX=http:host1|host2`. Capabilities: `kv`,
     /// `sandbox`, `http:HOSTS`. A bare name grants bundled and plugins-dir
@@ -301,6 +308,11 @@ impl Config {
         }
     }
 
+    /// The compile cache directory.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.plugin_cache_dir.clone().unwrap_or_else(|| self.data_dir.join("plugin-cache"))
+    }
+
     /// Checks every setting and reports all problems in one message.
     pub fn validate(&self) -> Result<(), String> {
         let mut problems = Vec::new();
@@ -309,6 +321,18 @@ impl Config {
             if !ok {
                 problems
                     .push(format!("AUTOMATION_DATABASE_URL must start with sqlite:// or postgres:// (got {url:?})"));
+            }
+        }
+        if let Some(key) = &self.plugin_cache_key_file {
+            let cache: PathBuf = self.cache_dir().components().collect();
+            let key: PathBuf = key.components().collect();
+            if key.starts_with(&cache) {
+                problems.push(format!(
+                    "AUTOMATION_PLUGIN_CACHE_KEY_FILE ({}) must not be inside the cache directory ({}): whoever can \
+                     plant a cache entry could then sign it",
+                    key.display(),
+                    cache.display()
+                ));
             }
         }
         if self.listen.parse::<SocketAddr>().is_err() {

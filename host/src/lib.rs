@@ -84,8 +84,14 @@ pub async fn start_plugins(config: &Config, store: Option<&Store>) -> anyhow::Re
         sandbox,
         runtime: tokio::runtime::Handle::current(),
     });
-    let cache_dir = config.plugin_cache_dir.clone().unwrap_or_else(|| config.data_dir.join("plugin-cache"));
-    let runtime = Arc::new(plugins::Runtime::new(cache_dir, services, config.grants(), false)?);
+    let cache_dir = config.cache_dir();
+    let runtime = Arc::new(plugins::Runtime::new(
+        cache_dir,
+        config.plugin_cache_key_file.as_deref(),
+        services,
+        config.grants(),
+        false,
+    )?);
     let registry = Arc::new(plugins::Registry::new(runtime));
     registry.load_all(Some(&config.effective_plugins_dir()), store).await?;
     let (summary, _, refused) = probe.await.context("the sandbox probe failed")?;

@@ -59,7 +59,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Plugin(PluginCommand::Call(args)) => {
-            let cache = config.plugin_cache_dir.clone().unwrap_or_else(|| config.data_dir.join("plugin-cache"));
+            let cache = config.cache_dir();
             let code = automation_host::plugin_cli::call(args, cache).await?;
             if code != 0 {
                 std::process::exit(code);

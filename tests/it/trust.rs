@@ -15,6 +15,67 @@ db_tests!(
     a_run_keeps_the_plugin_it_started_with,
 );
 
+/// Attack: a file planted in the compile cache directory is native code the
+/// host runs. Here the planted file is a genuine compiled artifact, of
+/// another component (a filter that panics), put under the bundled
+/// jmespath filter's name; then a tampered entry. Neither may load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planted_and_tampered_cache_entries_are_never_loaded() {
+    use std::os::unix::fs::PermissionsExt;
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = cache.path().join("plugin-cache");
+    let cache_env = cache_dir.display().to_string();
+    let mut s = TestServer::start_with(Backend::Sqlite, &[("AUTOMATION_PLUGIN_CACHE_DIR", cache_env.as_str())]).await;
+    let evaluate = json!({"filter": "a == `1`", "payload": {"a": 1}});
+    assert_eq!(s.post("/v1/filters/evaluate", evaluate.clone()).await.expect(200).body["matches"], true);
+    let panics = guest("test_panic_filter.wasm");
+    put_plugin(&s, "panics", "kind=filter", panics.clone()).await.expect(201);
+    let jmespath = s.get("/v1/plugins/jmespath").await.expect(200).body["sha256"].as_str().unwrap().to_owned();
+    assert_eq!(std::fs::metadata(&cache_dir).unwrap().permissions().mode() & 0o777, 0o700, "the cache is private");
+    let key = cache.path().join("plugin-cache.key");
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600, "the key sits beside it, 0600");
+    s.stop();
+
+    let entry = |prefix: &str| {
+        std::fs::read_dir(&cache_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with(prefix))
+            .unwrap_or_else(|| panic!("no cache entry for {prefix}"))
+    };
+    let panic_entry = entry(&digest(&panics));
+    let jmespath_entry = entry(&jmespath);
+    std::fs::copy(&panic_entry, &jmespath_entry).unwrap();
+    s.spawn_again();
+    let shown = s.get("/v1/plugins/jmespath").await.expect(200).body;
+    assert_eq!(shown["from_cache"], false, "the planted entry was not used");
+    let r = s.post("/v1/filters/evaluate", evaluate.clone()).await;
+    assert_eq!(r.status, 200, "jmespath is itself, not the planted code: {}", r.text);
+    assert_eq!(r.body["matches"], true);
+    assert!(s.log_text().contains("compile cache entry refused"), "the refusal is logged");
+    s.stop();
+
+    // One byte of the genuine entry changed.
+    let mut bytes = std::fs::read(&jmespath_entry).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(&jmespath_entry, &bytes).unwrap();
+    s.spawn_again();
+    assert_eq!(s.get("/v1/plugins/jmespath").await.expect(200).body["from_cache"], false);
+    assert_eq!(s.post("/v1/filters/evaluate", evaluate.clone()).await.expect(200).body["matches"], true);
+    s.stop();
+    // The refused entries were replaced by authentic ones.
+    s.spawn_again();
+    assert_eq!(s.get("/v1/plugins/jmespath").await.expect(200).body["from_cache"], true);
+
+    // A key inside the cache directory is a configuration error.
+    let mut cmd = s.command();
+    cmd.env("AUTOMATION_PLUGIN_CACHE_KEY_FILE", cache_dir.join("k.key")).arg("migrate");
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must not be inside the cache directory"));
+}
+
 /// Attack: `PUT /v1/plugins/local-sandbox` with any component used to replace
 /// the bundled executor and keep its `sandbox` grant; `agent-server` handed
 /// HTTP to localhost to whatever was uploaded under it.

@@ -363,8 +363,11 @@ pub struct Runtime {
 
 impl Runtime {
     /// Builds the runtime: engine, epoch ticker, linker with every import.
+    /// The compile cache is authenticated with the key in `cache_key_file`
+    /// (default: beside `cache_dir`), made on first use.
     pub fn new(
         cache_dir: std::path::PathBuf,
+        cache_key_file: Option<&std::path::Path>,
         services: Arc<Services>,
         grants: Grants,
         fuel: bool,
@@ -372,7 +375,8 @@ impl Runtime {
         let engine = engine::build(fuel, 256).map_err(|e| anyhow::anyhow!("cannot configure wasmtime: {e:#}"))?;
         engine::spawn_ticker(&engine);
         let linker = build_linker(&engine).map_err(|e| anyhow::anyhow!("cannot build the plugin linker: {e:#}"))?;
-        let cache = CompileCache::new(&engine, cache_dir);
+        let key = engine::open_key(&cache_dir, cache_key_file);
+        let cache = CompileCache::new(&engine, cache_dir, key);
         Ok(Runtime { engine, linker, cache, services, grants, fuel, warm_budget: Default::default() })
     }
 
@@ -399,7 +403,7 @@ impl Runtime {
             )),
             runtime: handle,
         });
-        Runtime::new(cache_dir.to_owned(), services, Grants::bundled_defaults().with_overrides(grants), fuel)
+        Runtime::new(cache_dir.to_owned(), None, services, Grants::bundled_defaults().with_overrides(grants), fuel)
     }
 
     /// The engine.
