@@ -32,6 +32,7 @@ pub mod plugins;
 pub mod sandbox;
 pub mod scheduler;
 pub mod store;
+pub mod supervise;
 
 use std::future::{Future, IntoFuture};
 use std::sync::Arc;
@@ -137,8 +138,8 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let background = tokio_util::sync::CancellationToken::new();
     let metrics = Arc::new(metrics::Metrics::default());
+    let sup = supervise::Supervisor::new(tokio_util::sync::CancellationToken::new(), metrics.clone());
     let secret = store
         .setting_or_create("callback_secret", || {
             use rand::RngCore;
@@ -175,11 +176,11 @@ pub async fn serve(
             run_all_cap: config.run_all_cap,
         },
     ));
-    scheduler.spawn(background.clone());
+    scheduler.spawn(&sup);
     if config.no_dispatch {
         tracing::info!("AUTOMATION_NO_DISPATCH: this host does not carry out runs");
     } else {
-        dispatcher.spawn(background.clone());
+        dispatcher.spawn(&sup);
     }
     let matcher = Arc::new(events::matcher::Matcher::new(
         store.clone(),
@@ -189,14 +190,17 @@ pub async fn serve(
         host_id.clone(),
         Duration::from_secs(config.lease_seconds),
     ));
-    matcher.spawn(background.clone());
-    let ingest = Arc::new(events::Ingest::start(store.clone(), matcher.clone(), metrics.clone()));
-    tokio::spawn(probe_storage(store.clone(), background.clone()));
-    tokio::spawn(purge_deliveries(
-        store.clone(),
-        chrono::Duration::hours(config.delivery_retention_hours as i64),
-        background.clone(),
-    ));
+    matcher.spawn(&sup);
+    let ingest = Arc::new(events::Ingest::start(store.clone(), matcher.clone(), metrics.clone(), &sup));
+    {
+        let store = store.clone();
+        sup.spawn("storage-probe", move |stop| probe_storage(store.clone(), stop));
+    }
+    {
+        let store = store.clone();
+        let retention = chrono::Duration::hours(config.delivery_retention_hours as i64);
+        sup.spawn("delivery-purge", move |stop| purge_deliveries(store.clone(), retention, stop));
+    }
     let state = api::AppState::new(
         store.clone(),
         config.clone(),
@@ -207,7 +211,10 @@ pub async fn serve(
         ingest,
         matcher,
     );
-    tokio::spawn(follow_uploaded_plugins(store.clone(), plugins.clone(), background.clone()));
+    {
+        let (store, plugins) = (store.clone(), plugins.clone());
+        sup.spawn("plugin-follow", move |stop| follow_uploaded_plugins(store.clone(), plugins.clone(), stop));
+    }
     let app = api::router(state);
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
     let stopping = tokio_util::sync::CancellationToken::new();
@@ -238,11 +245,10 @@ pub async fn serve(
         }
     };
     tokio::join!(requests, dispatcher.shutdown(deadline));
-    background.cancel();
     plugins.runtime().sandbox().kill_all();
-    // Let the background loops see the cancellation and finish the query
-    // they are in before the pool closes under them.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The background loops finish the query they are in before the pool
+    // closes under them.
+    sup.shutdown(tokio::time::Instant::now() + Duration::from_secs(5)).await;
     store.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -99,6 +99,8 @@ pub struct Metrics {
     /// Iterations of background loops that failed and were retried later,
     /// by loop (`ingest`, `matcher`, `dispatcher`, `scheduler`, ...).
     pub background_errors: LabeledCounter,
+    /// Background loops restarted after a panic, by loop.
+    pub background_restarts: LabeledCounter,
 }
 
 impl Default for Metrics {
@@ -114,6 +116,7 @@ impl Default for Metrics {
             start_retries: AtomicU64::new(0),
             match_lag: Histogram::new(LATENCY_BUCKETS),
             background_errors: LabeledCounter::default(),
+            background_restarts: LabeledCounter::default(),
         }
     }
 }
@@ -156,6 +159,12 @@ impl Metrics {
             "automation_background_errors_total",
             "loop",
             "Background loop iterations that failed (mostly storage errors) and were retried after a backoff.",
+        );
+        self.background_restarts.render(
+            &mut out,
+            "automation_background_restarts_total",
+            "loop",
+            "Background loops that panicked and were started again.",
         );
         let _ = writeln!(
             out,

@@ -8,7 +8,7 @@ use automation_host::events::signature::sign;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-const SECRET: &str = "test-webhook-secret-123";
+pub(crate) const SECRET: &str = "test-webhook-secret-123";
 
 db_tests!(
     every_github_fixture_delivers_matches_once_and_dedups,
@@ -34,7 +34,7 @@ fn fixtures() -> Vec<(String, PathBuf)> {
     out
 }
 
-async fn deliver(s: &TestServer, event: &str, delivery: &str, body: &[u8]) -> crate::support::Resp {
+pub(crate) async fn deliver(s: &TestServer, event: &str, delivery: &str, body: &[u8]) -> crate::support::Resp {
     let sig = sign(SECRET.as_bytes(), body);
     s.raw(
         Method::POST,
@@ -50,7 +50,7 @@ async fn deliver(s: &TestServer, event: &str, delivery: &str, body: &[u8]) -> cr
     .await
 }
 
-async fn wait_matched(s: &TestServer, id: &str) -> Value {
+pub(crate) async fn wait_matched(s: &TestServer, id: &str) -> Value {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let d = s.get(&format!("/v1/events/{id}")).await.expect(200).body;

@@ -13,7 +13,48 @@ db_tests!(
     a_name_grant_never_reaches_an_upload,
     api_grants_name_the_digest_and_who_gave_them,
     a_run_keeps_the_plugin_it_started_with,
+    a_filter_breaking_its_interface_fails_only_its_own_automations,
 );
+
+/// Attack: a filter answering fewer verdicts than expressions used to panic
+/// the matcher task, which nothing restarted: deliveries were acknowledged
+/// and never matched on that host again.
+async fn a_filter_breaking_its_interface_fails_only_its_own_automations(backend: Backend) {
+    use crate::events::{SECRET, deliver, wait_matched};
+    let s = TestServer::start_with(
+        backend,
+        &[("AUTOMATION_GITHUB_WEBHOOK_SECRET", SECRET), ("AUTOMATION_NO_DISPATCH", "true")],
+    )
+    .await;
+    put_plugin(&s, "miscount", "kind=filter", guest("test_panic_filter.wasm")).await.expect(201);
+    let event = |name: &str, filter: &str, plugin: &str| {
+        json!({
+            "name": name,
+            "trigger": {"type": "event", "source": "github", "on": ["push"], "filter": filter, "filter_plugin": plugin},
+            "preset": {"name": "script", "config": {"script": "true"}},
+        })
+    };
+    let bad = s.post("/v1/automations", event("bad", "miscount", "miscount")).await.expect(201).id();
+    let good = s.post("/v1/automations", event("good", "ref == 'refs/heads/main'", "jmespath")).await.expect(201).id();
+    for i in 0..3 {
+        let body = json!({"ref": "refs/heads/main", "n": i}).to_string();
+        let id = deliver(&s, "push", &format!("miscount-{i}"), body.as_bytes()).await.expect(202).id();
+        let d = wait_matched(&s, &id).await;
+        let matched: Vec<&str> =
+            d["result"]["matched"].as_array().unwrap().iter().map(|m| m["automation_id"].as_str().unwrap()).collect();
+        assert_eq!(matched, vec![good.as_str()], "{d}");
+        let reason = d["result"]["not_matched"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["automation_id"] == bad.as_str())
+            .map(|m| m["reason"].as_str().unwrap().to_owned())
+            .unwrap_or_default();
+        assert!(reason.contains("returned 0 verdicts for 1 expressions"), "{d}");
+    }
+    let metrics = s.raw(reqwest::Method::GET, "/metrics", &[], vec![]).await.expect(200).text;
+    assert!(!metrics.contains("automation_background_restarts_total{loop=\"matcher\"}"), "the matcher never panicked");
+}
 
 /// Attack: a file planted in the compile cache directory is native code the
 /// host runs. Here the planted file is a genuine compiled artifact, of

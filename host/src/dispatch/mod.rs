@@ -140,11 +140,14 @@ impl Dispatcher {
         hex::encode(mac.finalize().into_bytes())
     }
 
-    /// Starts the claim, heartbeat and rescue loops; they stop with `stop`.
-    pub fn spawn(self: &Arc<Self>, stop: CancellationToken) {
-        tokio::spawn(self.clone().claim_loop(stop.clone()));
-        tokio::spawn(self.clone().heartbeat_loop(stop.clone()));
-        tokio::spawn(self.clone().rescue_loop(stop));
+    /// Starts the claim, heartbeat and rescue loops under `sup`.
+    pub fn spawn(self: &Arc<Self>, sup: &crate::supervise::Supervisor) {
+        let this = self.clone();
+        sup.spawn("dispatcher", move |stop| this.clone().claim_loop(stop));
+        let this = self.clone();
+        sup.spawn("heartbeat", move |stop| this.clone().heartbeat_loop(stop));
+        let this = self.clone();
+        sup.spawn("rescue", move |stop| this.clone().rescue_loop(stop));
     }
 
     fn draining(&self) -> bool {

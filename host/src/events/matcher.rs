@@ -72,9 +72,12 @@ impl Matcher {
     }
 
     /// Runs the loop until `stop`.
-    pub fn spawn(self: &Arc<Self>, stop: CancellationToken) {
+    pub fn spawn(self: &Arc<Self>, sup: &crate::supervise::Supervisor) {
         let this = self.clone();
-        tokio::spawn(async move { this.run(stop).await });
+        sup.spawn("matcher", move |stop| {
+            let this = this.clone();
+            async move { this.run(stop).await }
+        });
     }
 
     async fn run(&self, stop: CancellationToken) {
@@ -229,7 +232,13 @@ impl Matcher {
                     };
                 for (a, expr) in items {
                     let verdict = match &verdicts {
-                        Ok(v) => v[exprs.binary_search(&expr).expect("expression was sent")].clone(),
+                        // The plugin edge checked there is one verdict per
+                        // expression; a miss is an error, never a panic.
+                        Ok(v) => exprs
+                            .binary_search(&expr)
+                            .ok()
+                            .and_then(|i| v.get(i).cloned())
+                            .unwrap_or_else(|| Err(format!("{plugin_name} gave no verdict for this expression"))),
                         Err(e) => Err(e.clone()),
                     };
                     match verdict {

@@ -39,10 +39,17 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    /// Starts the committer; it wakes `matcher` after each commit.
-    pub fn start(store: Store, matcher: Arc<matcher::Matcher>, metrics: Arc<Metrics>) -> Ingest {
+    /// Starts the committer under `sup`; it wakes `matcher` after each
+    /// commit. A committer restarted after a panic takes the same queue.
+    pub fn start(
+        store: Store,
+        matcher: Arc<matcher::Matcher>,
+        metrics: Arc<Metrics>,
+        sup: &crate::supervise::Supervisor,
+    ) -> Ingest {
         let (tx, rx) = mpsc::channel::<Pending>(8192);
-        tokio::spawn(commit_loop(store, matcher, metrics, rx));
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        sup.spawn("ingest", move |stop| commit_loop(store.clone(), matcher.clone(), metrics.clone(), rx.clone(), stop));
         Ingest { tx }
     }
 
@@ -59,10 +66,17 @@ async fn commit_loop(
     store: Store,
     matcher: Arc<matcher::Matcher>,
     metrics: Arc<Metrics>,
-    mut rx: mpsc::Receiver<Pending>,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Pending>>>,
+    stop: tokio_util::sync::CancellationToken,
 ) {
+    let mut rx = rx.lock().await;
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_GROUP);
-    while let Some(first) = rx.recv().await {
+    loop {
+        let first = tokio::select! {
+            first = rx.recv() => first,
+            () = stop.cancelled() => None,
+        };
+        let Some(first) = first else { return };
         batch.push(first);
         while batch.len() < MAX_GROUP {
             match rx.try_recv() {

@@ -190,6 +190,15 @@ pub enum CallError {
         /// The error.
         error: GuestError,
     },
+    /// Returned something its interface rules out (a filter answering a
+    /// different number of verdicts than it was given expressions).
+    #[error("plugin {plugin} broke its interface: {message}")]
+    Contract {
+        /// The plugin.
+        plugin: String,
+        /// What it got wrong.
+        message: String,
+    },
 }
 
 impl CallError {
@@ -693,7 +702,7 @@ impl Runtime {
         let (r, report) = self.filter_call(plugin, filter_matches_limits(expressions), |store, filter| {
             filter.automation_plugin_filter().call_matches(store, event, expressions)
         });
-        (r.map(|v| v.into_iter().map(|x| x.map_err(GuestError::from)).collect()), report)
+        (r.and_then(|v| verdicts(plugin, v, expressions.len())), report)
     }
 
     /// [`Runtime::filter_matches`] on a new instance, dropped afterwards:
@@ -712,7 +721,7 @@ impl Runtime {
             }
             _ => wasmtime::bail!("{} is not a filter", plugin.name()),
         });
-        (r.map(|v| v.into_iter().map(|x| x.map_err(GuestError::from)).collect()), report)
+        (r.and_then(|v| verdicts(plugin, v, expressions.len())), report)
     }
 
     /// Renders a preset's bundle.
@@ -917,4 +926,20 @@ fn status_from_wit(s: types::RunStatus) -> ExecStatus {
 /// The SHA-256 of a component, lowercase hex: the identity grants name.
 pub fn digest(wasm: &[u8]) -> String {
     hex::encode(<sha2::Sha256 as sha2::Digest>::digest(wasm))
+}
+
+/// A filter's answer to `matches`, checked: one verdict per expression, in
+/// order, or the whole call fails.
+fn verdicts(
+    plugin: &Plugin,
+    answer: Vec<Result<bool, types::Error>>,
+    expressions: usize,
+) -> Result<Vec<Result<bool, GuestError>>, CallError> {
+    if answer.len() != expressions {
+        return Err(CallError::Contract {
+            plugin: plugin.name().to_owned(),
+            message: format!("`matches` returned {} verdicts for {expressions} expressions", answer.len()),
+        });
+    }
+    Ok(answer.into_iter().map(|x| x.map_err(GuestError::from)).collect())
 }

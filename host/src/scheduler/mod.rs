@@ -59,9 +59,12 @@ impl Scheduler {
     }
 
     /// Runs the loop until `stop`.
-    pub fn spawn(self: &Arc<Self>, stop: CancellationToken) {
+    pub fn spawn(self: &Arc<Self>, sup: &crate::supervise::Supervisor) {
         let this = self.clone();
-        tokio::spawn(async move { this.run(stop).await });
+        sup.spawn("scheduler", move |stop| {
+            let this = this.clone();
+            async move { this.run(stop).await }
+        });
     }
 
     async fn run(&self, stop: CancellationToken) {

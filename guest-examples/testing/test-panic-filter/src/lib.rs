@@ -1,8 +1,11 @@
-//! A deliberately broken filter: `matches` panics.
+//! A deliberately broken filter: `matches` panics, or, when one of the
+//! expressions is `miscount`, answers no verdicts at all (its interface
+//! says one per expression).
 //!
 //! The host's tests use it to check that a guest panic (a trap, on
-//! wasm32-wasip2) is reported as an internal error and does not take the
-//! host down.
+//! wasm32-wasip2) is reported as an internal error, and that a filter
+//! breaking its interface fails its own automations' matches, and neither
+//! takes the host (or its matcher) down.
 
 mod bindings {
     //! Generated from the host's WIT package.
@@ -22,7 +25,10 @@ impl Guest for PanicFilter {
         Ok(())
     }
 
-    fn matches(event: Event, _expressions: Vec<String>) -> Vec<Result<bool, Error>> {
+    fn matches(event: Event, expressions: Vec<String>) -> Vec<Result<bool, Error>> {
+        if expressions.iter().any(|e| e == "miscount") {
+            return Vec::new();
+        }
         panic!("test-panic-filter: deliberate panic in matches (event {})", event.id);
     }
 }
