@@ -91,6 +91,32 @@ pub struct Config {
     #[arg(long, env = "AUTOMATION_LISTEN", default_value = "127.0.0.1:8080", global = true)]
     pub listen: String,
 
+    /// Connections served at once; past it, new connections wait.
+    #[arg(long, env = "AUTOMATION_MAX_CONNECTIONS", default_value_t = 1024, global = true)]
+    pub max_connections: u64,
+
+    /// Seconds a request's headers may take to arrive (the connection is
+    /// closed after that), and the longest pause while its body arrives.
+    #[arg(long, env = "AUTOMATION_HEADER_TIMEOUT_SECONDS", default_value_t = 10, global = true)]
+    pub header_timeout_seconds: u64,
+
+    /// Seconds a whole request (body included) may take before it is
+    /// answered 408.
+    #[arg(long, env = "AUTOMATION_REQUEST_TIMEOUT_SECONDS", default_value_t = 60, global = true)]
+    pub request_timeout_seconds: u64,
+
+    /// MiB of event bodies held in memory at once, for bodies over 1 MiB
+    /// (smaller ones have a pool of their own, a quarter of this): past it,
+    /// big deliveries wait, then get 503 with Retry-After.
+    #[arg(long, env = "AUTOMATION_EVENT_BODY_BUDGET_MB", default_value_t = 128, global = true)]
+    pub event_body_budget_mb: u64,
+
+    /// Deliveries per second accepted from each event source (`github`, or a
+    /// custom source's name), with bursts of up to this many; more get 429
+    /// with Retry-After before their body is read. Unset: no limit.
+    #[arg(long, env = "AUTOMATION_EVENT_RATE_PER_SOURCE", global = true)]
+    pub event_rate_per_source: Option<std::num::NonZeroU32>,
+
     /// An API key accepted as admin, for simple self-hosting (at least 16
     /// characters). Keys made with `api-key create` work alongside it.
     #[arg(long, env = "AUTOMATION_API_KEY", global = true, hide_env_values = true)]
@@ -353,6 +379,10 @@ impl Config {
             ("AUTOMATION_MAX_UPLOAD_ENTRIES", self.max_upload_entries),
             ("AUTOMATION_DB_CONNECTIONS", u64::from(self.db_connections)),
             ("AUTOMATION_MAX_PLUGIN_BYTES", self.max_plugin_bytes as u64),
+            ("AUTOMATION_MAX_CONNECTIONS", self.max_connections),
+            ("AUTOMATION_HEADER_TIMEOUT_SECONDS", self.header_timeout_seconds),
+            ("AUTOMATION_REQUEST_TIMEOUT_SECONDS", self.request_timeout_seconds),
+            ("AUTOMATION_EVENT_BODY_BUDGET_MB", self.event_body_budget_mb),
             ("AUTOMATION_RUN_OUTPUT_BYTES", self.run_output_bytes as u64),
             ("AUTOMATION_MAX_CONCURRENT_RUNS", self.max_concurrent_runs as u64),
             ("AUTOMATION_LEASE_SECONDS", self.lease_seconds),

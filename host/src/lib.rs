@@ -34,7 +34,7 @@ pub mod scheduler;
 pub mod store;
 pub mod supervise;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -218,7 +218,11 @@ pub async fn serve(
     let app = api::router(state);
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
     let stopping = tokio_util::sync::CancellationToken::new();
-    let server = axum::serve(listener, app).with_graceful_shutdown({
+    let limits = api::server::Limits {
+        max_connections: usize::try_from(config.max_connections).unwrap_or(usize::MAX),
+        header_timeout: Duration::from_secs(config.header_timeout_seconds),
+    };
+    let server = api::server::serve(listener, app, limits, {
         let stopping = stopping.clone();
         async move {
             shutdown.await;
@@ -229,7 +233,7 @@ pub async fn serve(
             stopping.cancel();
         }
     });
-    let mut server = tokio::spawn(server.into_future());
+    let mut server = tokio::spawn(server);
     tokio::select! {
         res = &mut server => {
             res.context("the HTTP server task failed")?.context("the HTTP server failed")?;

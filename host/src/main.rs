@@ -17,6 +17,7 @@ fn main() -> ExitCode {
     if std::env::args_os().nth(1).is_some_and(|a| a == automation_host::sandbox::policy::LAUNCHER_ARG) {
         automation_host::sandbox::launcher::main();
     }
+    return_big_allocations_to_the_system();
     let cli = Cli::parse();
     if let Err(problems) = cli.config.validate() {
         eprintln!("automation-host: {problems}");
@@ -115,4 +116,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // One machine-readable line on stdout; the tests read the port from it.
     println!("automation-host listening on http://{local}");
     automation_host::serve(config, store, plugins, listener, automation_host::shutdown_signal()).await
+}
+
+/// Has glibc serve allocations of 1 MiB and more (request bodies, uploads,
+/// components) from their own mappings, given back to the system when
+/// freed. By default glibc raises that threshold after the first such free,
+/// up to 32 MiB, and later 25 MiB bodies then come from the heap, whose
+/// freed pages mostly stay resident: under a flood of big posts the host
+/// kept about twice the memory its body budget allows.
+fn return_big_allocations_to_the_system() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[allow(unsafe_code)]
+    // SAFETY: mallopt only changes allocator tuning; it is called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
 }

@@ -29,8 +29,10 @@ mod components;
 mod events;
 // Plugins: the registry, uploads, grants, misbehaving guests.
 mod plugins;
-// Trust boundaries: plugin grants by identity.
+// Trust boundaries: plugin grants by identity, cache, supervision.
 mod trust;
+// The HTTP front against slow clients and floods.
+mod http_limits;
 // Cron: slots, misfire policies, next fire times, two hosts.
 mod scheduler;
 // Bundle uploads and archive checks.

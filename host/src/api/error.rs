@@ -28,6 +28,12 @@ pub enum Error {
     /// 401: no or wrong credentials.
     #[error("{0}")]
     Unauthorized(String),
+    /// 403: the key is valid but lacks the scope this needs.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 408: the request took too long to arrive or to answer.
+    #[error("{0}")]
+    Timeout(String),
     /// 404: nothing there.
     #[error("{0}")]
     NotFound(String),
@@ -37,6 +43,9 @@ pub enum Error {
     /// 413: the body is larger than allowed.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// 429: the sender is over its rate.
+    #[error("{0}")]
+    TooManyRequests(String),
     /// 422: the request was read but its content is invalid.
     #[error("{1}")]
     Unprocessable(&'static str, String),
@@ -63,10 +72,13 @@ impl Error {
         match self {
             Error::BadRequest(code, _) => (StatusCode::BAD_REQUEST, code),
             Error::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Error::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Error::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Error::Conflict(code, _) => (StatusCode::CONFLICT, code),
             Error::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Error::Unprocessable(code, _) => (StatusCode::UNPROCESSABLE_ENTITY, code),
+            Error::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -100,7 +112,7 @@ impl IntoResponse for Error {
             self.to_string()
         };
         let mut response = (status, Json(ErrorBody { code: code.to_owned(), detail })).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
             response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("5"));
         }
         if status == StatusCode::UNAUTHORIZED {

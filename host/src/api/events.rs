@@ -52,6 +52,8 @@ pub(crate) struct Ack {
         (status = 401, description = "missing or wrong signature", body = ErrorBody),
         (status = 404, description = "GitHub events are not configured", body = ErrorBody),
         (status = 413, body = ErrorBody),
+        (status = 429, description = "over AUTOMATION_EVENT_RATE_PER_SOURCE; nothing stored", body = ErrorBody),
+        (status = 503, description = "cannot store it now (database, or too many big bodies at once); nothing stored", body = ErrorBody),
     )
 )]
 async fn events_github(
@@ -59,10 +61,13 @@ async fn events_github(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Ack>), Error> {
-    let body = read_body(&state, body).await?;
+    // Everything that can be refused without the body is refused first.
     let secret = state.config.github_webhook_secret.as_deref().ok_or_else(|| {
         Error::NotFound("GitHub events are not configured: set AUTOMATION_GITHUB_WEBHOOK_SECRET".into())
     })?;
+    require_signature_header(&state, "X-Hub-Signature-256", &headers)?;
+    limit_rate(&state, "github")?;
+    let (body, _reserved) = read_body(&state, &headers, body).await?;
     check_signature(&state, secret.as_bytes(), &body, "X-Hub-Signature-256", &headers)?;
     let (payload, text) = parse_payload(&state, &body)?;
     let key = keys::github_key(header(&headers, "X-GitHub-Event"), &payload);
@@ -85,6 +90,9 @@ async fn events_github(
         (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody),
+        (status = 413, body = ErrorBody),
+        (status = 429, description = "over AUTOMATION_EVENT_RATE_PER_SOURCE; nothing stored", body = ErrorBody),
+        (status = 503, description = "cannot store it now; nothing stored", body = ErrorBody),
     )
 )]
 async fn events_custom(
@@ -93,8 +101,10 @@ async fn events_custom(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Ack>), Error> {
-    let body = read_body(&state, body).await?;
     let src = state.store.get_source(&source).await?.ok_or_else(|| Error::not_found("event source", &source))?;
+    require_signature_header(&state, &src.signature_header, &headers)?;
+    limit_rate(&state, &source)?;
+    let (body, _reserved) = read_body(&state, &headers, body).await?;
     check_signature(&state, src.secret.as_bytes(), &body, &src.signature_header, &headers)?;
     let (payload, text) = parse_payload(&state, &body)?;
     let key = keys::custom_key(&src.event_key_expr, &payload).unwrap_or(None);
@@ -102,11 +112,39 @@ async fn events_custom(
     ingest(&state, &source, delivery_id, key, text).await
 }
 
-async fn read_body(state: &AppState, body: Body) -> Result<Bytes, Error> {
+/// Reads a delivery's body within its size limit and its share of the
+/// body budget (held until the returned guard is dropped).
+async fn read_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Bytes, super::limits::Reserved), Error> {
     let limit = state.config.max_event_bytes;
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
-        Error::PayloadTooLarge(format!("the delivery is larger than {limit} bytes (AUTOMATION_MAX_EVENT_BYTES)"))
-    })
+    let declared = header(headers, "content-length").and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(Error::PayloadTooLarge(format!(
+            "the delivery is larger than {limit} bytes (AUTOMATION_MAX_EVENT_BYTES)"
+        )));
+    }
+    let reserved = state.bodies.reserve(declared, limit).await.inspect_err(|_| {
+        state.metrics.deliveries.add("over_budget", 1);
+    })?;
+    let bytes = super::extract::read_limited(body, limit, "the delivery", "AUTOMATION_MAX_EVENT_BYTES").await?;
+    Ok((bytes, reserved))
+}
+
+/// Refuses a delivery over its source's rate before reading it.
+fn limit_rate(state: &AppState, source: &str) -> Result<(), Error> {
+    state.source_rate.check(source).inspect_err(|_| state.metrics.deliveries.add("rate_limited", 1))
+}
+
+/// Refuses a delivery without its signature header before reading it.
+fn require_signature_header(state: &AppState, name: &str, headers: &HeaderMap) -> Result<(), Error> {
+    if header(headers, name).is_none() {
+        state.metrics.deliveries.add("bad_signature", 1);
+        return Err(Error::Unauthorized(format!("missing signature header {name}")));
+    }
+    Ok(())
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

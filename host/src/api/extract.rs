@@ -52,6 +52,47 @@ pub(crate) fn body_error(e: BytesRejection) -> Error {
     }
 }
 
+/// Reads a whole body of at most `limit` bytes; `what` and `setting` name
+/// it in a 413. A body that stalls (see `AUTOMATION_HEADER_TIMEOUT_SECONDS`)
+/// is a 408; one the client broke off, a 400. A body of known length is
+/// read into one buffer of that size (so it is held once, not gathered
+/// and then copied).
+pub(crate) async fn read_limited(
+    body: axum::body::Body,
+    limit: usize,
+    what: &str,
+    setting: &str,
+) -> Result<Bytes, Error> {
+    use http_body_util::BodyExt;
+    let too_large = || Error::PayloadTooLarge(format!("{what} is larger than {limit} bytes ({setting})"));
+    let hint = axum::body::HttpBody::size_hint(&body);
+    if usize::try_from(hint.lower()).map_or(true, |n| n > limit) {
+        return Err(too_large());
+    }
+    let exact = hint.exact().and_then(|n| usize::try_from(n).ok());
+    let mut buf = bytes::BytesMut::with_capacity(exact.unwrap_or(8 * 1024).min(limit));
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(s) = source {
+                if s.is::<tower_http::timeout::TimeoutError>() {
+                    return Error::Timeout(format!("{what} stopped arriving; the request timed out"));
+                }
+                source = s.source();
+            }
+            Error::BadRequest("unreadable_body", format!("{what} could not be read: {e}"))
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                return Err(too_large());
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}
+
 /// Query parameters, with a 400 `invalid_query` naming the bad parameter.
 #[derive(Debug, Clone)]
 pub struct ApiQuery<T>(pub T);

@@ -11,12 +11,15 @@ mod events;
 mod extract;
 mod filters;
 mod health;
+mod limits;
 mod plugins;
 mod runs;
+pub mod server;
 mod sources;
 mod uploads;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -66,6 +69,10 @@ pub struct AppState {
     pub matcher: Arc<Matcher>,
     /// SHA-256 of `AUTOMATION_API_KEY`, if set.
     admin_key_hash: Option<String>,
+    /// Memory event bodies may hold at once.
+    bodies: Arc<limits::BodyBudget>,
+    /// Deliveries per second per source.
+    source_rate: Arc<limits::SourceRate>,
 }
 
 impl AppState {
@@ -82,7 +89,21 @@ impl AppState {
         matcher: Arc<Matcher>,
     ) -> AppState {
         let admin_key_hash = config.api_key.as_deref().map(|k| auth::hash_key(k.trim()));
-        AppState { store, config, plugins, dispatcher, scheduler, metrics, ingest, matcher, admin_key_hash }
+        let bodies = Arc::new(limits::BodyBudget::new(config.event_body_budget_mb, Duration::from_secs(10)));
+        let source_rate = Arc::new(limits::SourceRate::new(config.event_rate_per_source));
+        AppState {
+            store,
+            config,
+            plugins,
+            dispatcher,
+            scheduler,
+            metrics,
+            ingest,
+            matcher,
+            admin_key_hash,
+            bodies,
+            source_rate,
+        }
     }
 }
 
@@ -130,12 +151,26 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(move || async move { axum::Json(spec.as_ref().clone()) }))
         .fallback(|| async { Error::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), request_timeout))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
                 .on_response(DefaultOnResponse::new().level(Level::DEBUG)),
         )
         .with_state(state)
+}
+
+/// Answers 408 when a request (its body included) takes longer than
+/// `AUTOMATION_REQUEST_TIMEOUT_SECONDS`.
+async fn request_timeout(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let limit = Duration::from_secs(state.config.request_timeout_seconds);
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => axum::response::IntoResponse::into_response(Error::Timeout(format!(
+            "the request took longer than {} s (AUTOMATION_REQUEST_TIMEOUT_SECONDS)",
+            limit.as_secs()
+        ))),
+    }
 }
 
 /// Lets a request through only with a valid `Authorization: Bearer <key>`.

@@ -189,9 +189,7 @@ async fn plugins_put(
     // Read the whole body first: answering before it is read makes the
     // server close the connection under a client still sending.
     let limit = state.config.max_plugin_bytes;
-    let wasm = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        Error::PayloadTooLarge(format!("the plugin is larger than {limit} bytes (AUTOMATION_MAX_PLUGIN_BYTES)"))
-    })?;
+    let wasm = super::extract::read_limited(body, limit, "the plugin", "AUTOMATION_MAX_PLUGIN_BYTES").await?;
     if state.plugins.is_base(&name) && state.config.plugin_replace != PluginReplace::Allow {
         return Err(Error::Conflict(
             "plugin_protected",

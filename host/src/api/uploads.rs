@@ -51,9 +51,7 @@ async fn uploads_create(
 ) -> Result<(StatusCode, Json<Upload>), Error> {
     // Read the body before answering anything (see plugins_put).
     let limit = state.config.max_upload_bytes;
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        Error::PayloadTooLarge(format!("the upload is larger than {limit} bytes (AUTOMATION_MAX_UPLOAD_BYTES)"))
-    })?;
+    let bytes = super::extract::read_limited(body, limit, "the upload", "AUTOMATION_MAX_UPLOAD_BYTES").await?;
     if let Some(name) = &q.name
         && (name.len() > 200 || name.chars().any(char::is_control))
     {

@@ -227,7 +227,11 @@ impl TestServer {
 
     /// A `Command` for the binary with this server's environment.
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_automation-host"));
+        // AUTOMATION_TEST_BINARY runs the suite against another build (an
+        // older one, to see an attack test fail before its fix).
+        let binary = std::env::var("AUTOMATION_TEST_BINARY")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_automation-host").to_owned());
+        let mut cmd = Command::new(binary);
         cmd.env_clear();
         for var in ["PATH", "HOME", "TMPDIR"] {
             if let Ok(v) = std::env::var(var) {
