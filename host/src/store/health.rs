@@ -196,6 +196,9 @@ mod tests {
         assert!(!w.stale(std::time::Duration::from_secs(60)), "not armed yet");
         assert!(w.check().is_ok());
         assert!(!w.stale(std::time::Duration::from_secs(60)));
+        // Held open, the old inode cannot be reused by the replacement (some
+        // file systems hand a freed inode number straight out again).
+        let _old = std::fs::File::open(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
         assert!(w.check().unwrap_err().contains("deleted"));
         assert!(w.stale(std::time::Duration::from_secs(60)));
