@@ -58,7 +58,9 @@ impl Config {
                     _ => return Err("network must be \"none\" or \"host\"".to_owned()),
                 },
                 other => {
-                    return Err(format!("unknown executor config field {other:?} (known: keep_workspace, env, network)"));
+                    return Err(format!(
+                        "unknown executor config field {other:?} (known: keep_workspace, env, network)"
+                    ));
                 }
             }
         }
