@@ -53,6 +53,20 @@ pub enum ApiKeyCommand {
         /// A name to recognise the key by.
         #[arg(long)]
         name: String,
+        /// What the key may do: read, operate, write, plugins, admin (repeat
+        /// or separate with commas).
+        #[arg(long = "scope", required = true, value_delimiter = ',')]
+        scopes: Vec<crate::model::Scope>,
+        /// Days until the key stops working (default: never).
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+    },
+    /// List the stored keys (never their secrets).
+    List,
+    /// Revoke a key: it is refused from its next request on.
+    Revoke {
+        /// The key's id (from `api-key list`).
+        id: uuid::Uuid,
     },
 }
 
@@ -121,6 +135,30 @@ pub struct Config {
     /// characters). Keys made with `api-key create` work alongside it.
     #[arg(long, env = "AUTOMATION_API_KEY", global = true, hide_env_values = true)]
     pub api_key: Option<String>,
+
+    /// A file holding the admin key (instead of AUTOMATION_API_KEY, so the
+    /// key is in no process environment).
+    #[arg(long, env = "AUTOMATION_API_KEY_FILE", global = true, conflicts_with = "api_key")]
+    pub api_key_file: Option<PathBuf>,
+
+    /// The key that seals secrets at rest (source secrets, the callback-token
+    /// key, secret env): 32 bytes as 64 hex digits or base64. Every replica
+    /// of one database needs the same one. Default: `secret.key` in the data
+    /// directory, made on first start (mode 0600).
+    #[arg(long, env = "AUTOMATION_SECRET_KEY", global = true, hide_env_values = true)]
+    pub secret_key: Option<String>,
+
+    /// A file holding that key (made, 0600, if missing).
+    #[arg(long, env = "AUTOMATION_SECRET_KEY_FILE", global = true, conflicts_with = "secret_key")]
+    pub secret_key_file: Option<PathBuf>,
+
+    /// Most keys each plugin may keep in its key-value store.
+    #[arg(long, env = "AUTOMATION_PLUGIN_KV_MAX_KEYS", default_value_t = 10_000, global = true)]
+    pub plugin_kv_max_keys: u32,
+
+    /// Most MiB (keys and values) each plugin may keep in its key-value store.
+    #[arg(long, env = "AUTOMATION_PLUGIN_KV_MAX_MB", default_value_t = 64, global = true)]
+    pub plugin_kv_max_mb: u32,
 
     /// Largest JSON request body, in bytes.
     #[arg(long, env = "AUTOMATION_MAX_BODY_BYTES", default_value_t = 1024 * 1024, global = true)]
@@ -334,6 +372,23 @@ impl Config {
         }
     }
 
+    /// The key-value quota of each plugin.
+    pub fn kv_quota(&self) -> crate::model::KvQuota {
+        crate::model::KvQuota {
+            max_keys: i64::from(self.plugin_kv_max_keys),
+            max_bytes: i64::from(self.plugin_kv_max_mb) << 20,
+        }
+    }
+
+    /// Where the secret key comes from.
+    pub fn secret_key_source(&self) -> crate::secrets::KeySource {
+        match (&self.secret_key, &self.secret_key_file) {
+            (Some(v), _) => crate::secrets::KeySource::Value(v.clone()),
+            (None, Some(path)) => crate::secrets::KeySource::File { path: path.clone(), create: true },
+            (None, None) => crate::secrets::KeySource::File { path: self.data_dir.join("secret.key"), create: true },
+        }
+    }
+
     /// The compile cache directory.
     pub fn cache_dir(&self) -> PathBuf {
         self.plugin_cache_dir.clone().unwrap_or_else(|| self.data_dir.join("plugin-cache"))
@@ -366,6 +421,14 @@ impl Config {
                 "AUTOMATION_LISTEN must be an address with a port, such as 127.0.0.1:8080 (got {:?})",
                 self.listen
             ));
+        }
+        if let Some(key) = &self.secret_key
+            && crate::secrets::SecretKey::parse(key, "AUTOMATION_SECRET_KEY").is_err()
+        {
+            problems.push(
+                "AUTOMATION_SECRET_KEY must be 32 bytes, as 64 hex digits or base64 (try `openssl rand -hex 32`)"
+                    .to_owned(),
+            );
         }
         if let Some(key) = &self.api_key
             && key.trim().len() < 16

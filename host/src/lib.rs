@@ -31,6 +31,7 @@ pub mod plugin_cli;
 pub mod plugins;
 pub mod sandbox;
 pub mod scheduler;
+pub mod secrets;
 pub mod store;
 pub mod supervise;
 
@@ -58,6 +59,12 @@ pub async fn open_store(config: &Config, migrate: bool) -> anyhow::Result<Store>
     if migrate {
         store.migrate().await.context("cannot apply database migrations")?;
     }
+    let key = secrets::SecretKey::load(&config.secret_key_source()).context("cannot load the secret key")?;
+    let store = store.with_secret_key(key);
+    let report = store.seal_at_rest().await.context("cannot seal secrets at rest")?;
+    if report.sealed > 0 {
+        tracing::info!(sealed = report.sealed, "secrets stored in plain text by an older version are now sealed");
+    }
     Ok(store)
 }
 
@@ -84,6 +91,7 @@ pub async fn start_plugins(config: &Config, store: Option<&Store>) -> anyhow::Re
         store: store.cloned(),
         sandbox,
         runtime: tokio::runtime::Handle::current(),
+        kv_quota: config.kv_quota(),
     });
     let cache_dir = config.cache_dir();
     let runtime = Arc::new(plugins::Runtime::new(
@@ -141,7 +149,7 @@ pub async fn serve(
     let metrics = Arc::new(metrics::Metrics::default());
     let sup = supervise::Supervisor::new(tokio_util::sync::CancellationToken::new(), metrics.clone());
     let secret = store
-        .setting_or_create("callback_secret", || {
+        .secret_setting_or_create("callback_secret", || {
             use rand::RngCore;
             let mut bytes = [0u8; 32];
             rand::rng().fill_bytes(&mut bytes);

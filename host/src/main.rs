@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use automation_host::config::{ApiKeyCommand, Cli, Command, Config, LogFormat, PluginCommand};
-use automation_host::model::ApiKeyInfo;
+use automation_host::model::{KeyRefusal, Scope};
 use automation_host::{auth, open_store};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
@@ -18,7 +18,19 @@ fn main() -> ExitCode {
         automation_host::sandbox::launcher::main();
     }
     return_big_allocations_to_the_system();
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    // The keys are read; take them out of the environment (and out of
+    // /proc/<pid>/environ) before any thread or child process exists.
+    scrub_environment(&["AUTOMATION_API_KEY", "AUTOMATION_SECRET_KEY", "AUTOMATION_GITHUB_WEBHOOK_SECRET"]);
+    if let Some(path) = &cli.config.api_key_file {
+        match std::fs::read_to_string(path) {
+            Ok(key) => cli.config.api_key = Some(key.trim().to_owned()),
+            Err(e) => {
+                eprintln!("automation-host: cannot read AUTOMATION_API_KEY_FILE {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
     if let Err(problems) = cli.config.validate() {
         eprintln!("automation-host: {problems}");
         return ExitCode::from(2);
@@ -67,26 +79,67 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::ApiKey(ApiKeyCommand::Create { name }) => {
-            let store = open_store(&config, !config.no_migrate).await?;
-            let key = create_key(&store, &name).await?;
-            println!("{key}");
-            eprintln!("API key {name:?} created. It is shown only this once; only its hash is stored.");
-            Ok(())
-        }
+        Command::ApiKey(command) => api_key(&config, command).await,
     }
 }
 
-async fn create_key(store: &automation_host::store::Store, name: &str) -> anyhow::Result<String> {
-    let name = name.trim();
-    anyhow::ensure!(!name.is_empty() && name.len() <= 200, "--name must be 1 to 200 characters");
-    let key = auth::generate_key();
-    let info = ApiKeyInfo {
-        id: uuid::Uuid::now_v7(),
-        name: name.to_owned(),
-        prefix: auth::display_prefix(&key),
-        created_at: chrono::Utc::now(),
-    };
+async fn api_key(config: &Config, command: ApiKeyCommand) -> anyhow::Result<()> {
+    let store = open_store(config, !config.no_migrate).await?;
+    match command {
+        ApiKeyCommand::Create { name, scopes, expires_in_days } => {
+            let expires_at = automation_host::api::key_expiry(expires_in_days).map_err(anyhow::Error::msg)?;
+            let key = create_key(&store, &name, &scopes, expires_at).await?;
+            println!("{key}");
+            let scopes: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
+            eprintln!(
+                "API key {:?} created with scope(s) {}. It is shown only this once; only its hash is stored.",
+                name.trim(),
+                scopes.join(", ")
+            );
+        }
+        ApiKeyCommand::List => {
+            println!("{:<36}  {:<20}  {:<10}  {:<24}  {:<20}  status", "id", "name", "prefix", "scopes", "last used");
+            let now = automation_host::model::now();
+            for k in store.list_api_keys().await? {
+                let scopes: Vec<&str> = k.scopes.iter().map(|s| s.as_str()).collect();
+                let status = match k.refusal(now) {
+                    Some(KeyRefusal::Revoked(at)) => format!("revoked {}", at.format("%Y-%m-%d %H:%M")),
+                    Some(KeyRefusal::Expired(at)) => format!("expired {}", at.format("%Y-%m-%d %H:%M")),
+                    None => match k.expires_at {
+                        Some(at) => format!("live, expires {}", at.format("%Y-%m-%d %H:%M")),
+                        None => "live".to_owned(),
+                    },
+                };
+                let used =
+                    k.last_used_at.map_or_else(|| "never".to_owned(), |t| t.format("%Y-%m-%d %H:%M").to_string());
+                println!(
+                    "{:<36}  {:<20}  {:<10}  {:<24}  {:<20}  {status}",
+                    k.id,
+                    k.name,
+                    k.prefix,
+                    scopes.join(","),
+                    used
+                );
+            }
+        }
+        ApiKeyCommand::Revoke { id } => {
+            let info = store
+                .revoke_api_key(id, automation_host::model::now())
+                .await?
+                .with_context(|| format!("no API key with id {id}"))?;
+            eprintln!("API key {:?} ({id}) revoked; it is refused from its next request on.", info.name);
+        }
+    }
+    Ok(())
+}
+
+async fn create_key(
+    store: &automation_host::store::Store,
+    name: &str,
+    scopes: &[Scope],
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> anyhow::Result<String> {
+    let (key, info) = auth::mint(name, scopes, expires_at).context("cannot create the key")?;
     store.insert_api_key(&info, &auth::hash_key(&key)).await?;
     Ok(key)
 }
@@ -101,7 +154,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     );
     if config.api_key.is_none() && store.count_api_keys().await? == 0 {
         // A first start with no way in would be a dead end: make one key.
-        let key = create_key(&store, "initial-admin").await?;
+        let key = create_key(&store, "initial-admin", &[Scope::Admin], None).await?;
         println!("No API key was configured, so one was created (shown only now; only its hash is stored):");
         println!("  {key}");
         println!("Use it as `Authorization: Bearer {key}`, or set AUTOMATION_API_KEY.");
@@ -116,6 +169,28 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // One machine-readable line on stdout; the tests read the port from it.
     println!("automation-host listening on http://{local}");
     automation_host::serve(config, store, plugins, listener, automation_host::shutdown_signal()).await
+}
+
+/// Overwrites the values of `names` where the kernel keeps the process's
+/// initial environment (what `/proc/<pid>/environ` shows to processes of
+/// the same user), then removes them, so the keys are in neither place.
+fn scrub_environment(names: &[&str]) {
+    for name in names {
+        let Ok(c_name) = std::ffi::CString::new(*name) else { continue };
+        #[allow(unsafe_code)]
+        // SAFETY: called at the start of main, before any other thread exists,
+        // so nothing reads or changes the environment concurrently. getenv
+        // returns a pointer to the value's NUL-terminated bytes, which we
+        // overwrite within their own length.
+        unsafe {
+            let value = libc::getenv(c_name.as_ptr());
+            if !value.is_null() {
+                let len = libc::strlen(value);
+                std::ptr::write_bytes(value, b'*', len);
+            }
+            std::env::remove_var(name);
+        }
+    }
 }
 
 /// Has glibc serve allocations of 1 MiB and more (request bodies, uploads,

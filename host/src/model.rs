@@ -158,6 +158,69 @@ pub struct FilterErrors {
     pub last_error_at: Option<DateTime<Utc>>,
 }
 
+/// How much of the key-value store one plugin may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvQuota {
+    /// Most keys.
+    pub max_keys: i64,
+    /// Most bytes, keys and values counted.
+    pub max_bytes: i64,
+}
+
+impl Default for KvQuota {
+    fn default() -> KvQuota {
+        KvQuota { max_keys: 10_000, max_bytes: 64 << 20 }
+    }
+}
+
+impl KvQuota {
+    /// Whether a plugin holding `keys` keys and `bytes` bytes besides the
+    /// key being set may store `new_bytes` (key and value) under it; the
+    /// refusal says which quota and how much is used.
+    pub fn allows(&self, keys: i64, bytes: i64, new_bytes: i64) -> Result<(), String> {
+        if keys + 1 > self.max_keys {
+            return Err(format!(
+                "over the key-value quota: {keys} keys of {} (AUTOMATION_PLUGIN_KV_MAX_KEYS)",
+                self.max_keys
+            ));
+        }
+        if bytes + new_bytes > self.max_bytes {
+            return Err(format!(
+                "over the key-value quota: {bytes} + {new_bytes} bytes of {} (AUTOMATION_PLUGIN_KV_MAX_MB)",
+                self.max_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What the API shows in place of a secret value.
+pub const MASK: &str = "********";
+
+/// Environment values the API takes but never gives back: they serialize
+/// (and print with `{:?}`) as their names with masked values, so neither a
+/// response nor a log line can hold one.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize, ToSchema)]
+#[schema(value_type = Object)]
+pub struct SecretEnv(pub std::collections::BTreeMap<String, String>);
+
+impl Serialize for SecretEnv {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for name in self.0.keys() {
+            map.serialize_entry(name, MASK)?;
+        }
+        map.end()
+    }
+}
+
+impl std::fmt::Debug for SecretEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.0.keys().map(|k| (k, MASK))).finish()
+    }
+}
+
 /// An automation: a trigger, what to run and which executor runs it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Automation {
@@ -176,6 +239,9 @@ pub struct Automation {
     /// Environment variables given to every run.
     #[schema(value_type = Object)]
     pub env: std::collections::BTreeMap<String, String>,
+    /// Secret environment variables given to every run: stored sealed,
+    /// shown only by name (each value as `********`).
+    pub secret_env: SecretEnv,
     /// The executor plugin and its configuration.
     pub executor: ExecutorRef,
     /// The time budget of one run, in seconds.
@@ -398,6 +464,75 @@ pub struct Upload {
     pub created_at: DateTime<Utc>,
 }
 
+/// What an API key may do. Scopes nest: `admin` includes every other one,
+/// `write` includes `operate`, and every scope includes `read`. `plugins`
+/// (upload, replace and remove plugin components) is separate from `write`
+/// because a component is code the host runs; an uploaded one still gets no
+/// grant until an `admin` key gives it one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Every GET (secrets stay masked) and filter evaluation.
+    Read,
+    /// Dispatch automations and cancel runs.
+    Operate,
+    /// Create, change and delete automations, uploads and sources.
+    Write,
+    /// Upload, replace and remove plugin components (never their grants).
+    Plugins,
+    /// Keys, grants, the audit log: everything.
+    Admin,
+}
+
+impl Scope {
+    /// Every scope, weakest first.
+    pub const ALL: [Scope; 5] = [Scope::Read, Scope::Operate, Scope::Write, Scope::Plugins, Scope::Admin];
+
+    /// Its name, as in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Operate => "operate",
+            Scope::Write => "write",
+            Scope::Plugins => "plugins",
+            Scope::Admin => "admin",
+        }
+    }
+
+    /// Whether holding `self` allows what needs `needed`.
+    pub fn includes(self, needed: Scope) -> bool {
+        match self {
+            Scope::Admin => true,
+            Scope::Write => matches!(needed, Scope::Write | Scope::Operate | Scope::Read),
+            Scope::Plugins => matches!(needed, Scope::Plugins | Scope::Read),
+            Scope::Operate => matches!(needed, Scope::Operate | Scope::Read),
+            Scope::Read => needed == Scope::Read,
+        }
+    }
+
+    /// Whether any of `held` allows what needs `needed`.
+    pub fn any_includes(held: &[Scope], needed: Scope) -> bool {
+        held.iter().any(|s| s.includes(needed))
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Scope {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Scope, String> {
+        Scope::ALL
+            .into_iter()
+            .find(|x| x.as_str() == s)
+            .ok_or_else(|| format!("unknown scope {s:?}; scopes are read, operate, write, plugins and admin"))
+    }
+}
+
 /// An API key's public part (the key itself is shown once, at creation).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ApiKeyInfo {
@@ -407,8 +542,57 @@ pub struct ApiKeyInfo {
     pub name: String,
     /// The key's first characters, to tell keys apart.
     pub prefix: String,
+    /// What it may do.
+    pub scopes: Vec<Scope>,
     /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// When it stops working, if ever.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When it was last used (kept to the minute).
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// When it was revoked; a revoked key is refused at once.
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// Why a key is refused, if it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRefusal {
+    /// It was revoked at this time.
+    Revoked(DateTime<Utc>),
+    /// It expired at this time.
+    Expired(DateTime<Utc>),
+}
+
+impl ApiKeyInfo {
+    /// Whether the key may be used at `now`.
+    pub fn refusal(&self, now: DateTime<Utc>) -> Option<KeyRefusal> {
+        if let Some(at) = self.revoked_at {
+            return Some(KeyRefusal::Revoked(at));
+        }
+        match self.expires_at {
+            Some(at) if at <= now => Some(KeyRefusal::Expired(at)),
+            _ => None,
+        }
+    }
+}
+
+/// One change made through the API, and who made it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntry {
+    /// Its id (time-ordered).
+    pub id: Uuid,
+    /// When the change was answered.
+    pub at: DateTime<Utc>,
+    /// The key's id; absent for the operator's `AUTOMATION_API_KEY`.
+    pub key_id: Option<Uuid>,
+    /// The key's name.
+    pub key_name: String,
+    /// The method and route, such as `DELETE /v1/automations/{id}`.
+    pub action: String,
+    /// The path as requested, naming the resource.
+    pub target: String,
+    /// The HTTP status of the answer.
+    pub status: u16,
 }
 
 /// The current time, truncated to the microseconds both databases keep, so

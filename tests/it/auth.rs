@@ -30,7 +30,7 @@ async fn v1_needs_a_valid_key(backend: Backend) {
 
 async fn created_keys_work_and_are_stored_hashed(backend: Backend) {
     let s = TestServer::start(backend).await;
-    let out = s.command().args(["api-key", "create", "--name", "ci"]).output().unwrap();
+    let out = s.command().args(["api-key", "create", "--name", "ci", "--scope", "admin"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     assert!(key.starts_with("ahk_"), "{key}");

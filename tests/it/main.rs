@@ -10,6 +10,10 @@ mod support;
 mod health;
 // API keys: admin key, created keys, refusals.
 mod auth;
+// API key scopes, revocation, expiry, audit.
+mod keys;
+// Secrets: sealed at rest, write-only, rotation, environment.
+mod secrets;
 // Automations: create, validation, pagination, patch, soft delete.
 mod automations;
 // Runs: dispatch, listing, cancel and its races.

@@ -53,8 +53,13 @@ async fn openapi_matches_the_routes() {
         "POST /v1/sources",
         "GET /v1/sources",
         "GET /v1/sources/{name}",
+        "PATCH /v1/sources/{name}",
         "DELETE /v1/sources/{name}",
         "POST /v1/runs/{id}/complete",
+        "GET /v1/api-keys",
+        "POST /v1/api-keys",
+        "DELETE /v1/api-keys/{id}",
+        "GET /v1/audit",
     ];
     expected.sort();
     assert_eq!(described, expected);
@@ -76,4 +81,16 @@ async fn openapi_matches_the_routes() {
         }
     }
     assert!(spec["components"]["securitySchemes"]["api_key"].is_object());
+    // Each keyed operation names the scope it needs, as the auth layer enforces it.
+    let scope_of = |method: &str, path: &str| paths[path][method]["security"][0]["api_key"][0].clone();
+    assert_eq!(scope_of("get", "/v1/automations"), "read");
+    assert_eq!(scope_of("post", "/v1/automations"), "write");
+    assert_eq!(scope_of("post", "/v1/automations/{id}/dispatch"), "operate");
+    assert_eq!(scope_of("put", "/v1/plugins/{name}"), "plugins");
+    assert_eq!(scope_of("post", "/v1/plugins/{name}/grants"), "admin");
+    assert_eq!(scope_of("get", "/v1/api-keys"), "admin");
+    let description = spec["info"]["description"].as_str().unwrap();
+    for word in ["`read`", "`operate`", "`write`", "`plugins`", "`admin`", "403", "revoked"] {
+        assert!(description.contains(word), "the description does not explain {word}");
+    }
 }

@@ -13,6 +13,7 @@ db_tests!(
     uploads_are_checked_persisted_and_deletable,
     a_plugin_replaced_under_load_loses_no_call,
     kv_state_is_granted_and_kept_in_the_database,
+    a_plugin_cannot_fill_the_database_through_kv,
 );
 
 /// A component built from guest-examples/.
@@ -282,4 +283,26 @@ async fn kv_state_is_granted_and_kept_in_the_database(backend: Backend) {
     let done = crate::support::wait_final(&s, &run, 30).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["output"]["stdout"], "count=2 keys=renders,scratch deleted=true\n");
+}
+
+/// Attack: a plugin granted `kv` wrote without bound into the host's
+/// database. Past its quota a set is `denied`, naming the quota, and
+/// nothing past it is stored.
+async fn a_plugin_cannot_fill_the_database_through_kv(backend: Backend) {
+    let wasm = guest("test_kv_preset.wasm");
+    let pin = format!("counter@sha256:{}=kv", digest(&wasm));
+    let env = [("AUTOMATION_PLUGIN_GRANTS", pin.as_str()), ("AUTOMATION_PLUGIN_KV_MAX_KEYS", "1")];
+    let s = TestServer::start_with(backend, &env).await;
+    put_plugin(&s, "counter", "kind=preset&capabilities=kv", wasm).await.expect(201);
+    let body = json!({
+        "name": "counting",
+        "trigger": {"type": "manual"},
+        "preset": {"name": "counter", "config": {}},
+        "executor": {"plugin": "local-sandbox"},
+    });
+    // The render sets `renders` (the one key allowed), then `scratch`: refused.
+    let r = s.post("/v1/automations", body).await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert!(r.text.contains("key-value quota") && r.text.contains("1 keys of 1"), "{}", r.text);
+    assert_eq!(s.get("/v1/automations").await.expect(200).body["total"], 0);
 }

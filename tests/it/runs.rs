@@ -15,7 +15,7 @@ async fn dispatch_creates_pending_runs_with_payload(backend: Backend) {
     assert_eq!(r1.body["automation_id"], a.body["id"]);
     assert_eq!(r1.body["trigger"]["kind"], "manual");
     assert_eq!(r1.body["trigger"]["payload"]["ticket"], 42);
-    assert_eq!(r1.body["status_detail"]["by"], "api");
+    assert_eq!(r1.body["status_detail"]["by"], "AUTOMATION_API_KEY", "the run names the key that dispatched it");
     // No body at all is fine too.
     let auth = format!("Bearer {KEY}");
     let r2 = s.raw(Method::POST, &disp, &[("authorization", &auth)], vec![]).await.expect(201);

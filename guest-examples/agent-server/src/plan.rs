@@ -27,7 +27,7 @@ pub const CONFIG_SCHEMA: &str = r#"{
   "required": ["url"],
   "properties": {
     "url": {"type": "string", "pattern": "^https?://", "description": "Base URL of the OpenHands agent-server, such as http://127.0.0.1:8000. Its host must be granted to the plugin (http capability)."},
-    "session_api_key": {"type": "string", "description": "Sent as X-Session-API-Key when the agent-server requires one."},
+    "session_api_key": {"type": "string", "writeOnly": true, "description": "Sent as X-Session-API-Key when the agent-server requires one. Write-only: the host never shows it back."},
     "workspace_base": {"type": "string", "default": "/tmp/automation-runs", "description": "Absolute directory on the agent-server machine under which each run gets <workspace_base>/<run id>/."},
     "keep_workspace": {"type": "boolean", "default": false, "description": "Keep the run directory on the agent-server after the run ends (for debugging)."}
   }

@@ -3,10 +3,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -15,8 +15,10 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::extract::parse_json;
-use super::{ApiJson, ApiPath, ApiQuery, AppState, Error, ErrorBody, Page, PageQuery};
-use crate::model::{Automation, BundleRef, ConcurrencyPolicy, ExecutorRef, PresetRef, Run, RunTrigger, Trigger};
+use super::{ApiJson, ApiPath, ApiQuery, AppState, Caller, Error, ErrorBody, Page, PageQuery};
+use crate::model::{
+    Automation, BundleRef, ConcurrencyPolicy, ExecutorRef, PresetRef, Run, RunTrigger, SecretEnv, Trigger,
+};
 use crate::plugins::manifest::Kind;
 use crate::plugins::registry::LookupError;
 use crate::plugins::{CallError, Plugin};
@@ -62,6 +64,11 @@ pub(crate) struct AutomationCreate {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub env: BTreeMap<String, String>,
+    /// Secret environment variables for every run: stored sealed, never
+    /// shown again (reads give each name with `********`).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub secret_env: BTreeMap<String, String>,
     /// The executor (default: the host's `AUTOMATION_DEFAULT_EXECUTOR`).
     #[serde(default)]
     pub executor: Option<ExecutorRef>,
@@ -107,6 +114,10 @@ pub(crate) struct AutomationPatch {
     /// New environment (replaces the old one).
     #[schema(value_type = Option<Object>)]
     pub env: Option<BTreeMap<String, String>>,
+    /// Changes to the secret environment, merged by name: a string sets
+    /// that variable, `null` removes it, names not given are kept.
+    #[schema(value_type = Option<Object>)]
+    pub secret_env: Option<BTreeMap<String, Option<String>>>,
     /// New executor.
     pub executor: Option<ExecutorRef>,
     /// New time budget.
@@ -174,6 +185,7 @@ async fn automations_create(
         preset: body.preset,
         entrypoint: body.entrypoint,
         env: body.env,
+        secret_env: SecretEnv(body.secret_env),
         executor: body.executor.unwrap_or_else(|| ExecutorRef {
             plugin: state.config.default_executor.clone(),
             config: Value::Object(Default::default()),
@@ -195,7 +207,7 @@ async fn automations_create(
     state.scheduler.wake();
     state.matcher.invalidate();
     tracing::info!(automation.id = %automation.id, name = %automation.name, trigger = automation.trigger.kind(), "automation created");
-    Ok((StatusCode::CREATED, Json(automation)))
+    Ok((StatusCode::CREATED, Json(present(&state, automation))))
 }
 
 /// Lists automations, newest first.
@@ -219,7 +231,8 @@ async fn automations_list(
     }
     let filter = AutomationFilter { enabled: q.enabled, trigger_type: q.trigger };
     let page = state.store.list_automations(&filter, limit + 1, before).await?;
-    Ok(Json(Page::new(page.items, page.total, limit, |a| a.id)))
+    let items = page.items.into_iter().map(|a| present(&state, a)).collect();
+    Ok(Json(Page::new(items, page.total, limit, |a| a.id)))
 }
 
 /// Reads an automation.
@@ -232,7 +245,7 @@ async fn automations_list(
     responses((status = 200, body = Automation), (status = 404, body = ErrorBody))
 )]
 async fn automations_get(State(state): State<AppState>, ApiPath(id): ApiPath<Uuid>) -> Result<Json<Automation>, Error> {
-    Ok(Json(load(&state, id).await?))
+    Ok(Json(present(&state, load(&state, id).await?)))
 }
 
 /// Changes some of an automation's fields.
@@ -259,6 +272,7 @@ async fn automations_update(
         preset,
         entrypoint,
         env,
+        secret_env,
         executor,
         timeout_seconds,
         enabled,
@@ -283,7 +297,18 @@ async fn automations_update(
     if let Some(v) = env {
         a.env = v;
     }
-    if let Some(v) = executor {
+    for (name, value) in secret_env.unwrap_or_default() {
+        match value {
+            Some(v) => a.secret_env.0.insert(name, v),
+            None => a.secret_env.0.remove(&name),
+        };
+    }
+    if let Some(mut v) = executor {
+        // A write-only field sent back masked, as a read showed it, keeps
+        // its stored value.
+        if v.plugin == a.executor.plugin {
+            keep_masked(&write_only_fields(&state, &v.plugin), &mut v.config, &a.executor.config);
+        }
         a.executor = v;
     }
     if let Some(v) = timeout_seconds {
@@ -307,7 +332,7 @@ async fn automations_update(
     state.scheduler.wake();
     state.matcher.invalidate();
     tracing::info!(automation.id = %id, "automation updated");
-    Ok(Json(a))
+    Ok(Json(present(&state, a)))
 }
 
 /// Deletes an automation (soft: it stays readable in old runs, never fires
@@ -343,6 +368,7 @@ async fn automations_delete(State(state): State<AppState>, ApiPath(id): ApiPath<
 )]
 async fn automations_dispatch(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ApiPath(id): ApiPath<Uuid>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Run>), Error> {
@@ -356,7 +382,7 @@ async fn automations_dispatch(
         event_key: None,
         scheduled_for: None,
     };
-    let run = Run::pending(automation.id, trigger, "api", "dispatched manually".into());
+    let run = Run::pending(automation.id, trigger, &caller.to_string(), "dispatched manually".into());
     state.store.insert_run(&run, None).await?;
     state.dispatcher.wake();
     tracing::info!(automation.id = %id, run.id = %run.id, "run dispatched manually");
@@ -541,6 +567,10 @@ async fn validate(state: &AppState, a: &Automation) -> Result<(), Error> {
     check_json_object("executor.config", &a.executor.config)?;
     check_plugin(state, "executor.plugin", &a.executor.plugin, Kind::Executor)?;
     check_env(&a.env)?;
+    check_env(&a.secret_env.0)?;
+    if let Some(name) = a.secret_env.0.keys().find(|k| a.env.contains_key(*k)) {
+        return Err(Error::invalid("invalid_env", format!("{name} is in both env and secret_env; keep it in one")));
+    }
     if !(1..=MAX_TIMEOUT_SECONDS).contains(&a.timeout_seconds) {
         return Err(Error::invalid(
             "invalid_timeout",
@@ -554,6 +584,54 @@ async fn validate(state: &AppState, a: &Automation) -> Result<(), Error> {
         ));
     }
     Ok(())
+}
+
+/// The top-level configuration fields a plugin's JSON Schema marks
+/// `writeOnly`: secrets the API takes but never shows.
+fn write_only_fields(state: &AppState, plugin: &str) -> Vec<String> {
+    let schema = state.plugins.get(plugin).and_then(|p| p.description.as_ref().and_then(|d| d.config_schema.clone()));
+    schema.map(|s| write_only_in(&s)).unwrap_or_default()
+}
+
+/// The `writeOnly` properties of an object schema.
+pub(crate) fn write_only_in(schema: &Value) -> Vec<String> {
+    let Some(props) = schema.get("properties").and_then(Value::as_object) else { return Vec::new() };
+    props.iter().filter(|(_, p)| p.get("writeOnly") == Some(&Value::Bool(true))).map(|(k, _)| k.clone()).collect()
+}
+
+/// Replaces the values of `fields` in `config` with the mask.
+pub(crate) fn mask_fields(fields: &[String], config: &mut Value) {
+    if let Some(obj) = config.as_object_mut() {
+        for f in fields {
+            if let Some(v) = obj.get_mut(f) {
+                *v = Value::String(crate::model::MASK.to_owned());
+            }
+        }
+    }
+}
+
+/// Where `new` holds the mask for one of `fields`, puts back `old`'s value.
+pub(crate) fn keep_masked(fields: &[String], new: &mut Value, old: &Value) {
+    let (Some(new), Some(old)) = (new.as_object_mut(), old.as_object()) else { return };
+    for f in fields {
+        if new.get(f).and_then(Value::as_str) == Some(crate::model::MASK)
+            && let Some(v) = old.get(f)
+        {
+            new.insert(f.clone(), v.clone());
+        }
+    }
+}
+
+/// An automation as the API shows it: write-only configuration masked
+/// (secret env masks itself).
+fn present(state: &AppState, mut a: Automation) -> Automation {
+    let fields = write_only_fields(state, &a.executor.plugin);
+    mask_fields(&fields, &mut a.executor.config);
+    if let Some(p) = &mut a.preset {
+        let fields = write_only_fields(state, &p.name);
+        mask_fields(&fields, &mut p.config);
+    }
+    a
 }
 
 fn check_len(field: &str, value: &str, max: usize) -> Result<(), Error> {
@@ -700,6 +778,40 @@ mod tests {
             env.insert(bad.to_owned(), "v".to_owned());
             assert!(check_env(&env).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn write_only_config_is_masked_and_kept_when_sent_back_masked() {
+        let schema = serde_json::json!({"type": "object", "properties": {
+            "url": {"type": "string"},
+            "session_api_key": {"type": "string", "writeOnly": true},
+            "other": {"type": "string", "writeOnly": false}
+        }});
+        let fields = write_only_in(&schema);
+        assert_eq!(fields, vec!["session_api_key".to_owned()]);
+        let stored = serde_json::json!({"url": "http://x", "session_api_key": "sk-real", "other": "o"});
+        let mut shown = stored.clone();
+        mask_fields(&fields, &mut shown);
+        assert_eq!(shown, serde_json::json!({"url": "http://x", "session_api_key": "********", "other": "o"}));
+        // Sent back as read: the stored value stays.
+        let mut back = shown.clone();
+        keep_masked(&fields, &mut back, &stored);
+        assert_eq!(back, stored);
+        // A new value replaces it; a field left out is dropped.
+        let mut new = serde_json::json!({"url": "http://y", "session_api_key": "sk-new"});
+        keep_masked(&fields, &mut new, &stored);
+        assert_eq!(new["session_api_key"], "sk-new");
+        assert!(write_only_in(&serde_json::json!({"type": "object"})).is_empty());
+    }
+
+    #[test]
+    fn secret_env_never_serializes_or_prints_its_values() {
+        let mut m = BTreeMap::new();
+        m.insert("TOKEN".to_owned(), "ghp_supersecret".to_owned());
+        let s = SecretEnv(m);
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(json, r#"{"TOKEN":"********"}"#);
+        assert!(!format!("{s:?}").contains("supersecret"));
     }
 
     #[test]

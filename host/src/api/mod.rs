@@ -11,6 +11,7 @@ mod events;
 mod extract;
 mod filters;
 mod health;
+mod keys;
 mod limits;
 mod plugins;
 mod runs;
@@ -22,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -37,6 +38,7 @@ use uuid::Uuid;
 
 pub use error::{Error, ErrorBody};
 pub use extract::{ApiJson, ApiPath, ApiQuery};
+pub use keys::expiry as key_expiry;
 
 use crate::auth;
 use crate::config::Config;
@@ -44,6 +46,7 @@ use crate::dispatch::Dispatcher;
 use crate::events::Ingest;
 use crate::events::matcher::Matcher;
 use crate::metrics::Metrics;
+use crate::model::{AuditEntry, KeyRefusal, Scope};
 use crate::plugins::Registry;
 use crate::scheduler::Scheduler;
 use crate::store::Store;
@@ -111,8 +114,21 @@ impl AppState {
 #[openapi(
     info(
         title = "automation-host",
-        description = "A WebAssembly-extensible automation host. Every `/v1` route needs \
-                       `Authorization: Bearer <api key>`; errors are `{\"code\", \"detail\"}`."
+        description = "A WebAssembly-extensible automation host. Every `/v1` route but event \
+                       deliveries needs `Authorization: Bearer <api key>`; errors are \
+                       `{\"code\", \"detail\"}`.\n\n\
+                       **Keys and scopes.** A key holds a set of scopes. `read`: every GET (secret \
+                       values stay masked) and filter evaluation. `operate`: dispatch automations, \
+                       cancel runs. `write`: automations, uploads, sources (includes `operate`). \
+                       `plugins`: upload, replace and remove plugin components; an uploaded component \
+                       gets no capability until an `admin` grants one to its digest. `admin`: keys, \
+                       grants and the audit log, and everything else. Every scope includes `read`. \
+                       The scope each operation needs is listed in its `security` requirement \
+                       (`api_key: [scope]`). A request without a valid key gets 401 (a revoked or \
+                       expired key too, at once, on every replica); a valid key without the scope \
+                       gets 403 naming the scope. Keys are made with `POST /v1/api-keys` or \
+                       `automation-host api-key create --scope ...`; every change made with a key \
+                       is recorded in `GET /v1/audit` with the key's id and name."
     ),
     modifiers(&BearerAuth),
     components(schemas(ErrorBody))
@@ -138,7 +154,9 @@ pub fn router(state: AppState) -> Router {
         .merge(filters::router())
         .merge(events::router())
         .merge(sources::router())
+        .merge(keys::router())
         .split_for_parts();
+    describe_scopes(&mut spec);
     let v1 = v1.route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
     let (public, public_spec) =
         OpenApiRouter::new().merge(health::router()).merge(callback::router()).split_for_parts();
@@ -173,7 +191,31 @@ async fn request_timeout(State(state): State<AppState>, req: Request, next: Next
     }
 }
 
-/// Lets a request through only with a valid `Authorization: Bearer <key>`.
+/// Writes the scope each operation needs into its security requirement,
+/// from the same table the auth layer enforces.
+fn describe_scopes(spec: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::security::SecurityRequirement;
+    for (route, item) in spec.paths.paths.iter_mut() {
+        let ops = [
+            (axum::http::Method::GET, &mut item.get),
+            (axum::http::Method::PUT, &mut item.put),
+            (axum::http::Method::POST, &mut item.post),
+            (axum::http::Method::DELETE, &mut item.delete),
+            (axum::http::Method::PATCH, &mut item.patch),
+        ];
+        for (method, op) in ops {
+            let Some(op) = op.as_mut() else { continue };
+            if op.security.is_none() {
+                continue; // public, or signed instead of keyed
+            }
+            let scope = auth::required_scope(&method, route);
+            op.security = Some(vec![SecurityRequirement::new("api_key", [scope.as_str()])]);
+        }
+    }
+}
+
+/// Lets a request through only with a valid, live `Authorization: Bearer
+/// <key>` that holds the scope the route needs; records every change made.
 async fn require_api_key(State(state): State<AppState>, req: Request, next: Next) -> Result<Response, Error> {
     // Event deliveries authenticate with their signature instead.
     if req.method() == axum::http::Method::POST && req.uri().path().starts_with("/v1/events/") {
@@ -195,15 +237,66 @@ async fn require_api_key(State(state): State<AppState>, req: Request, next: Next
     let is_admin =
         state.admin_key_hash.as_deref().is_some_and(|admin| auth::constant_time_eq(admin.as_bytes(), hash.as_bytes()));
     let caller = if is_admin {
-        Caller { key_id: None, name: "AUTOMATION_API_KEY".to_owned() }
+        Caller { key_id: None, name: "AUTOMATION_API_KEY".to_owned(), scopes: vec![Scope::Admin] }
     } else {
+        // Read on every request, not cached: a revocation holds at once on
+        // every replica.
         let key =
             state.store.find_api_key(&hash).await?.ok_or_else(|| Error::Unauthorized("invalid API key".into()))?;
-        Caller { key_id: Some(key.id), name: key.name }
+        let now = crate::model::now();
+        match key.refusal(now) {
+            Some(KeyRefusal::Revoked(at)) => {
+                return Err(Error::Unauthorized(format!("this API key was revoked at {}", at.to_rfc3339())));
+            }
+            Some(KeyRefusal::Expired(at)) => {
+                return Err(Error::Unauthorized(format!("this API key expired at {}", at.to_rfc3339())));
+            }
+            None => {}
+        }
+        if auth::should_record_use(key.last_used_at, now) {
+            let store = state.store.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.touch_api_key(key.id, now).await {
+                    tracing::debug!(error = %e, key.id = %key.id, "cannot record the key's last use");
+                }
+            });
+        }
+        Caller { key_id: Some(key.id), name: key.name, scopes: key.scopes }
     };
+    let route = match req.extensions().get::<MatchedPath>() {
+        Some(m) => m.as_str().to_owned(),
+        None => req.uri().path().to_owned(),
+    };
+    let method = req.method().clone();
+    let needed = auth::required_scope(&method, &route);
+    if !Scope::any_includes(&caller.scopes, needed) {
+        let held: Vec<&str> = caller.scopes.iter().map(|s| s.as_str()).collect();
+        return Err(Error::Forbidden(format!(
+            "{method} {route} needs the `{needed}` scope; this key ({caller}) has {}",
+            held.join(", ")
+        )));
+    }
+    let changes = needed != Scope::Read && !matches!(method, axum::http::Method::GET | axum::http::Method::HEAD);
+    let target = req.uri().path().to_owned();
     let mut req = req;
-    req.extensions_mut().insert(caller);
-    Ok(next.run(req).await)
+    req.extensions_mut().insert(caller.clone());
+    let response = next.run(req).await;
+    if changes && response.status().is_success() {
+        let entry = AuditEntry {
+            id: Uuid::now_v7(),
+            at: crate::model::now(),
+            key_id: caller.key_id,
+            key_name: caller.name.clone(),
+            action: format!("{method} {route}"),
+            target,
+            status: response.status().as_u16(),
+        };
+        // The change is made and answered; a lost record is logged loudly.
+        if let Err(e) = state.store.insert_audit(&entry).await {
+            tracing::error!(error = %e, action = %entry.action, target = %entry.target, by = %caller, "cannot record the audit entry");
+        }
+    }
+    Ok(response)
 }
 
 /// Who made a request: the API key it authenticated with (never its secret).
@@ -213,6 +306,8 @@ pub struct Caller {
     pub key_id: Option<Uuid>,
     /// The key's name.
     pub name: String,
+    /// What it may do.
+    pub scopes: Vec<Scope>,
 }
 
 impl std::fmt::Display for Caller {

@@ -1,14 +1,14 @@
 //! `/v1/runs` and `/v1/automations/{id}/runs`: read, list and cancel runs.
 
-use axum::Json;
 use axum::extract::State;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::{ApiPath, ApiQuery, AppState, Error, ErrorBody, Page, PageQuery};
+use super::{ApiPath, ApiQuery, AppState, Caller, Error, ErrorBody, Page, PageQuery};
 use crate::model::{Run, RunStatus, StatusDetail};
 use crate::store::RunChanges;
 
@@ -109,9 +109,17 @@ async fn runs_get(State(state): State<AppState>, ApiPath(id): ApiPath<Uuid>) -> 
     security(("api_key" = [])),
     responses((status = 200, body = Run), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody))
 )]
-async fn runs_cancel(State(state): State<AppState>, ApiPath(id): ApiPath<Uuid>) -> Result<Json<Run>, Error> {
-    let detail =
-        StatusDetail { from: None, by: "api".into(), reason: "cancelled on request".into(), at: crate::model::now() };
+async fn runs_cancel(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Json<Run>, Error> {
+    let detail = StatusDetail {
+        from: None,
+        by: caller.to_string(),
+        reason: "cancelled on request".into(),
+        at: crate::model::now(),
+    };
     for from in [RunStatus::Pending, RunStatus::Running] {
         let detail = StatusDetail { from: Some(from), ..detail.clone() };
         if let Some(run) =

@@ -14,7 +14,11 @@ use super::{ApiJson, ApiPath, AppState, Error, ErrorBody};
 use crate::store::Source;
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(sources_create, sources_list)).routes(routes!(sources_get, sources_delete))
+    OpenApiRouter::new().routes(routes!(sources_create, sources_list)).routes(routes!(
+        sources_get,
+        sources_patch,
+        sources_delete
+    ))
 }
 
 /// The body of `POST /v1/sources`.
@@ -88,15 +92,7 @@ async fn sources_create(
     }
     jmespath::compile(&event_key_expr)
         .map_err(|e| Error::invalid("invalid_event_key_expr", format!("event_key_expr: {e}")))?;
-    let (secret, generated) = match body.secret {
-        Some(s) if (16..=255).contains(&s.len()) => (s, false),
-        Some(_) => return Err(Error::invalid("invalid_secret", "secret must be 16 to 255 characters")),
-        None => {
-            let mut bytes = [0u8; 24];
-            rand::rng().fill_bytes(&mut bytes);
-            (format!("whsec_{}", hex::encode(bytes)), true)
-        }
-    };
+    let (secret, generated) = choose_secret(body.secret)?;
     let source = Source {
         name: body.name,
         signature_header,
@@ -111,6 +107,54 @@ async fn sources_create(
     tracing::info!(source = %source.name, "event source created");
     let url_path = format!("/v1/events/{}", source.name);
     Ok((StatusCode::CREATED, Json(SourceCreated { source, secret: generated.then_some(secret), url_path })))
+}
+
+/// The given secret, checked, or a generated one (`true`).
+fn choose_secret(given: Option<String>) -> Result<(String, bool), Error> {
+    match given {
+        Some(s) if (16..=255).contains(&s.len()) => Ok((s, false)),
+        Some(_) => Err(Error::invalid("invalid_secret", "secret must be 16 to 255 characters")),
+        None => {
+            let mut bytes = [0u8; 24];
+            rand::rng().fill_bytes(&mut bytes);
+            Ok((format!("whsec_{}", hex::encode(bytes)), true))
+        }
+    }
+}
+
+/// The body of `PATCH /v1/sources/{name}`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SourcePatch {
+    /// The new HMAC secret, 16 to 255 characters; generated (and returned
+    /// once) if absent.
+    secret: Option<String>,
+}
+
+/// Rotates a custom source's secret. From the next delivery on, on every
+/// replica, only signatures made with the new secret are accepted.
+#[utoipa::path(
+    patch,
+    path = "/v1/sources/{name}",
+    tag = "sources",
+    params(("name" = String, Path, description = "Source name")),
+    request_body = SourcePatch,
+    security(("api_key" = [])),
+    responses((status = 200, body = SourceCreated), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody))
+)]
+async fn sources_patch(
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<SourcePatch>,
+) -> Result<Json<SourceCreated>, Error> {
+    let (secret, generated) = choose_secret(body.secret)?;
+    if !state.store.set_source_secret(&name, &secret).await? {
+        return Err(Error::not_found("event source", &name));
+    }
+    let source = state.store.get_source(&name).await?.ok_or_else(|| Error::not_found("event source", &name))?;
+    tracing::info!(source = %name, "event source secret rotated");
+    let url_path = format!("/v1/events/{name}");
+    Ok(Json(SourceCreated { source, secret: generated.then_some(secret), url_path }))
 }
 
 /// Lists the custom sources (without secrets).

@@ -569,6 +569,7 @@ impl Dispatcher {
             bundle.entrypoint = e.clone();
         }
         bundle.env.extend(automation.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        bundle.env.extend(automation.secret_env.0.iter().map(|(k, v)| (k.clone(), v.clone())));
         if bundle.entrypoint.trim().is_empty() {
             return Err("the run has no entrypoint".into());
         }

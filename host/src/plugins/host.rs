@@ -40,6 +40,8 @@ pub struct Services {
     pub sandbox: Arc<Sandbox>,
     /// The async runtime host functions block on.
     pub runtime: tokio::runtime::Handle,
+    /// How much of the key-value store each plugin may hold.
+    pub kv_quota: crate::model::KvQuota,
 }
 
 /// One log line a plugin wrote.
@@ -53,21 +55,33 @@ pub struct LogLine {
 
 /// Caps a store's memory and records what the plugin asked for.
 pub struct Limiter {
-    /// Most bytes any one linear memory may grow to.
+    /// Most bytes all of the store's linear memories together may hold (a
+    /// component may have several: the limit is the store's, not each one's).
     pub memory_limit: usize,
-    /// The largest memory size reached.
+    /// The largest total reached.
     pub peak_memory: usize,
-    /// Set when a growth was refused: (asked for, limit).
+    /// Set when a growth was refused: the total it asked for.
     pub refused: Option<usize>,
+    /// The bytes the store's memories hold now.
+    pub total: usize,
+}
+
+impl Limiter {
+    /// A limiter allowing `memory_limit` bytes across the store's memories.
+    pub fn new(memory_limit: usize) -> Limiter {
+        Limiter { memory_limit, peak_memory: 0, refused: None, total: 0 }
+    }
 }
 
 impl ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.memory_limit {
-            self.refused = Some(desired);
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let after = self.total.saturating_sub(current).saturating_add(desired);
+        if after > self.memory_limit {
+            self.refused = Some(after);
             return Ok(false);
         }
-        self.peak_memory = self.peak_memory.max(desired);
+        self.total = after;
+        self.peak_memory = self.peak_memory.max(after);
         Ok(true)
     }
 
@@ -136,7 +150,7 @@ impl HostState {
             table: ResourceTable::new(),
             http: WasiHttpCtx::new(),
             hooks,
-            limiter: Limiter { memory_limit, peak_memory: 0, refused: None },
+            limiter: Limiter::new(memory_limit),
             logs: Vec::new(),
             log_bytes: 0,
             stdout,
@@ -256,7 +270,12 @@ impl kv::Host for HostState {
             return Ok(Err(types::Error::InvalidInput("values are at most 64 KiB".into())));
         }
         let plugin = self.plugin.clone();
-        Ok(self.services.runtime.block_on(store.kv_set(&plugin, &key, &value)).map_err(kv_error))
+        let quota = self.services.kv_quota;
+        Ok(match self.services.runtime.block_on(store.kv_set(&plugin, &key, &value, quota)) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(refusal)) => Err(types::Error::Denied(refusal)),
+            Err(e) => Err(kv_error(e)),
+        })
     }
 
     fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, types::Error>> {
@@ -469,5 +488,32 @@ impl StdoutStream for CappedOutput {
     }
     fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
         Box::new(self.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_memory_limit_holds_across_all_of_a_stores_memories() {
+        let mut l = Limiter::new(100);
+        assert!(l.memory_growing(0, 60, None).unwrap(), "first memory");
+        // A second memory may not take the store past the limit...
+        assert!(!l.memory_growing(0, 60, None).unwrap());
+        assert_eq!(l.refused, Some(120));
+        assert!(l.memory_growing(0, 40, None).unwrap());
+        // ...nor may the first grow once the second holds the rest.
+        assert!(!l.memory_growing(60, 61, None).unwrap());
+        assert_eq!((l.total, l.peak_memory), (100, 100));
+    }
+
+    #[test]
+    fn kv_quota_counts_keys_and_bytes() {
+        let q = crate::model::KvQuota { max_keys: 2, max_bytes: 100 };
+        assert!(q.allows(0, 0, 100).is_ok());
+        assert!(q.allows(1, 50, 50).is_ok());
+        assert!(q.allows(2, 0, 1).unwrap_err().contains("2 keys of 2"));
+        assert!(q.allows(1, 60, 41).unwrap_err().contains("bytes of 100"));
     }
 }

@@ -411,6 +411,7 @@ impl Runtime {
                 handle.clone(),
             )),
             runtime: handle,
+            kv_quota: crate::model::KvQuota::default(),
         });
         Runtime::new(cache_dir.to_owned(), None, services, Grants::bundled_defaults().with_overrides(grants), fuel)
     }

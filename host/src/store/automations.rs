@@ -7,12 +7,13 @@ use uuid::Uuid;
 use super::types::{DbId, DbTime};
 use super::{Result, Store, to_u32, with_db};
 use crate::model::{
-    Automation, BundleRef, ConcurrencyPolicy, ExecutorRef, FilterErrors, PresetRef, RunStatus, StatusDetail, Trigger,
+    Automation, BundleRef, ConcurrencyPolicy, ExecutorRef, FilterErrors, PresetRef, RunStatus, SecretEnv, StatusDetail,
+    Trigger,
 };
 
 const COLUMNS: &str = "id, name, trigger, bundle_upload_id, preset, entrypoint, env, executor, \
     timeout_seconds, enabled, concurrency, concurrency_policy, filter_error_count, \
-    last_filter_error, last_filter_error_at, last_triggered_at, next_fire_at, created_at, updated_at";
+    last_filter_error, last_filter_error_at, last_triggered_at, next_fire_at, created_at, updated_at, secret_env";
 
 struct DeletedFlag(bool);
 
@@ -37,13 +38,26 @@ struct Row {
     next_fire_at: Option<DbTime>,
     created_at: DbTime,
     updated_at: DbTime,
+    secret_env: Option<String>,
 }
 
-impl TryFrom<Row> for Automation {
-    type Error = super::Error;
+/// Where an automation's sealed secret environment belongs.
+fn secret_env_aad(id: Uuid) -> String {
+    format!("automations.secret_env:{id}")
+}
 
-    fn try_from(r: Row) -> Result<Automation> {
+impl Row {
+    fn into_automation(self, store: &Store) -> Result<Automation> {
+        let r = self;
+        let secret_env = match &r.secret_env {
+            None => SecretEnv::default(),
+            Some(sealed) => {
+                let json = store.open_secret(&secret_env_aad(r.id.0), sealed)?;
+                SecretEnv(serde_json::from_str(&json).map_err(|e| super::Error::Corrupt(format!("secret_env: {e}")))?)
+            }
+        };
         Ok(Automation {
+            secret_env,
             id: r.id.0,
             name: r.name,
             trigger: r.trigger.0,
@@ -113,14 +127,24 @@ macro_rules! bind_fields {
 }
 
 impl Store {
+    /// The sealed form of an automation's secret environment (`None` if empty).
+    fn seal_secret_env(&self, a: &Automation) -> Result<Option<String>> {
+        if a.secret_env.0.is_empty() {
+            return Ok(None);
+        }
+        let json = serde_json::to_string(&a.secret_env.0).map_err(|e| super::Error::Corrupt(e.to_string()))?;
+        self.seal(&secret_env_aad(a.id), &json).map(Some)
+    }
+
     /// Inserts a new automation.
     pub async fn insert_automation(&self, a: &Automation) -> Result<()> {
         let sql = "insert into automations (id, name, trigger, trigger_type, event_source, \
             bundle_upload_id, preset, entrypoint, env, executor, timeout_seconds, enabled, \
-            concurrency, concurrency_policy, next_fire_at, updated_at, created_at) \
-            values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)";
+            concurrency, concurrency_policy, next_fire_at, updated_at, created_at, secret_env) \
+            values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)";
+        let sealed = self.seal_secret_env(a)?;
         with_db!(self, write, |db| {
-            bind_fields!(sqlx::query(sql), a).bind(DbTime::new(a.created_at)).execute(db).await?;
+            bind_fields!(sqlx::query(sql), a).bind(DbTime::new(a.created_at)).bind(&sealed).execute(db).await?;
         });
         Ok(())
     }
@@ -130,7 +154,7 @@ impl Store {
         let sql = format!("select {COLUMNS} from automations where id = $1 and deleted_at is null");
         let row: Option<Row> =
             with_db!(self, read, |db| sqlx::query_as(&sql).bind(DbId(id)).fetch_optional(db).await?);
-        row.map(Automation::try_from).transpose()
+        row.map(|r| r.into_automation(self)).transpose()
     }
 
     /// Reads an automation, deleted or not (runs outlive their automation).
@@ -147,7 +171,7 @@ impl Store {
                 None => None,
             }
         });
-        row.map(|(d, r)| Automation::try_from(r).map(|a| (a, d.0))).transpose()
+        row.map(|(d, r)| r.into_automation(self).map(|a| (a, d.0))).transpose()
     }
 
     /// The live, enabled event automations of one source (by the
@@ -158,7 +182,7 @@ impl Store {
              and deleted_at is null and enabled order by id"
         );
         let rows: Vec<Row> = with_db!(self, read, |db| sqlx::query_as(&sql).bind(source).fetch_all(db).await?);
-        rows.into_iter().map(Automation::try_from).collect()
+        rows.into_iter().map(|r| r.into_automation(self)).collect()
     }
 
     /// Lists live automations newest first: up to `limit` with ids below
@@ -191,7 +215,7 @@ impl Store {
                 .await?;
             (rows, total)
         });
-        let items = rows.into_iter().map(Automation::try_from).collect::<Result<_>>()?;
+        let items = rows.into_iter().map(|r| r.into_automation(self)).collect::<Result<_>>()?;
         Ok(AutomationPage { items, total })
     }
 
@@ -200,9 +224,12 @@ impl Store {
         let sql = "update automations set name = $2, trigger = $3, trigger_type = $4, \
             event_source = $5, bundle_upload_id = $6, preset = $7, entrypoint = $8, env = $9, \
             executor = $10, timeout_seconds = $11, enabled = $12, concurrency = $13, \
-            concurrency_policy = $14, next_fire_at = $15, updated_at = $16 \
+            concurrency_policy = $14, next_fire_at = $15, updated_at = $16, secret_env = $17 \
             where id = $1 and deleted_at is null";
-        let done = with_db!(self, write, |db| bind_fields!(sqlx::query(sql), a).execute(db).await?.rows_affected());
+        let sealed = self.seal_secret_env(a)?;
+        let done = with_db!(self, write, |db| {
+            bind_fields!(sqlx::query(sql), a).bind(&sealed).execute(db).await?.rows_affected()
+        });
         Ok(done == 1)
     }
 

@@ -139,16 +139,21 @@ struct SourceRow {
     created_at: DbTime,
 }
 
-impl From<SourceRow> for Source {
-    fn from(r: SourceRow) -> Source {
-        Source {
-            name: r.name,
-            secret: r.secret,
-            signature_header: r.signature_header,
-            event_key_expr: r.event_key_expr,
-            delivery_id_header: r.delivery_id_header,
-            created_at: r.created_at.0,
-        }
+/// Where a source's sealed secret belongs (its associated data).
+fn source_aad(name: &str) -> String {
+    format!("event_sources.secret:{name}")
+}
+
+impl SourceRow {
+    fn open(self, store: &Store) -> Result<Source> {
+        Ok(Source {
+            secret: store.open_secret(&source_aad(&self.name), &self.secret)?,
+            name: self.name,
+            signature_header: self.signature_header,
+            event_key_expr: self.event_key_expr,
+            delivery_id_header: self.delivery_id_header,
+            created_at: self.created_at.0,
+        })
     }
 }
 
@@ -368,13 +373,14 @@ impl Store {
 
     /// Inserts a custom source; false if the name is taken.
     pub async fn insert_source(&self, s: &Source) -> Result<bool> {
+        let sealed = self.seal(&source_aad(&s.name), &s.secret)?;
         let n = with_db!(self, write, |db| {
             sqlx::query(
                 "insert into event_sources (name, secret, signature_header, event_key_expr, delivery_id_header, \
                  created_at, updated_at) values ($1, $2, $3, $4, $5, $6, $6) on conflict (name) do nothing",
             )
             .bind(&s.name)
-            .bind(&s.secret)
+            .bind(&sealed)
             .bind(&s.signature_header)
             .bind(&s.event_key_expr)
             .bind(&s.delivery_id_header)
@@ -397,7 +403,22 @@ impl Store {
             .fetch_optional(db)
             .await?
         });
-        Ok(row.map(Source::from))
+        row.map(|r| r.open(self)).transpose()
+    }
+
+    /// Changes a custom source's secret (rotation); false if there is none.
+    pub async fn set_source_secret(&self, name: &str, secret: &str) -> Result<bool> {
+        let sealed = self.seal(&source_aad(name), secret)?;
+        let n = with_db!(self, write, |db| {
+            sqlx::query("update event_sources set secret = $2, updated_at = $3 where name = $1")
+                .bind(name)
+                .bind(&sealed)
+                .bind(DbTime::new(crate::model::now()))
+                .execute(db)
+                .await?
+                .rows_affected()
+        });
+        Ok(n == 1)
     }
 
     /// Lists custom sources by name.
@@ -410,7 +431,7 @@ impl Store {
             .fetch_all(db)
             .await?
         });
-        Ok(rows.into_iter().map(Source::from).collect())
+        rows.into_iter().map(|r| r.open(self)).collect()
     }
 
     /// Deletes a custom source; false if there was none.

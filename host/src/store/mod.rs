@@ -32,6 +32,7 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
+pub use api_keys::AuditPage;
 pub use automations::{AutomationFilter, AutomationPage};
 pub use dispatch::Claim;
 pub use events::{Delivery, MatchRecord, NewDelivery, Source, Stored};
@@ -39,6 +40,7 @@ pub use health::{Failing, Health};
 pub use plugins::{RecordedGrant, StoredPlugin};
 pub use runs::{RunChanges, RunPage};
 pub use scheduler::{DueAutomation, FireReport, FiredSlot, SlotRecord};
+pub use settings::SealReport;
 pub use uploads::{DeleteUpload, UploadPage};
 
 static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -93,6 +95,8 @@ pub struct Store {
     health: std::sync::Arc<Health>,
     /// The SQLite file, watched for deletion and replacement.
     file: Option<std::sync::Arc<health::FileWatch>>,
+    /// Seals secrets at rest; set by [`Store::with_secret_key`].
+    secrets: Option<crate::secrets::SecretKey>,
 }
 
 #[derive(Clone)]
@@ -156,7 +160,7 @@ impl Store {
                 .acquire_timeout(Duration::from_secs(10))
                 .connect_with(opts)
                 .await?;
-            Ok(Store { inner: Inner::Postgres(pool), health, file: None })
+            Ok(Store { inner: Inner::Postgres(pool), health, file: None, secrets: None })
         } else {
             let opts = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(true)
@@ -204,8 +208,28 @@ impl Store {
             // replaced connection must not create an empty database.
             write.set_connect_options(opts.clone().create_if_missing(false));
             read.set_connect_options(opts.read_only(true).create_if_missing(false));
-            Ok(Store { inner: Inner::Sqlite { write, read }, health, file: Some(file) })
+            Ok(Store { inner: Inner::Sqlite { write, read }, health, file: Some(file), secrets: None })
         }
+    }
+
+    /// This store, sealing secrets at rest with `key`.
+    pub fn with_secret_key(mut self, key: crate::secrets::SecretKey) -> Store {
+        self.secrets = Some(key);
+        self
+    }
+
+    /// Seals `plain` for the place `aad` names.
+    pub(crate) fn seal(&self, aad: &str, plain: &str) -> Result<String> {
+        Ok(self.secret_key()?.seal(aad, plain))
+    }
+
+    /// Opens a stored secret.
+    pub(crate) fn open_secret(&self, aad: &str, stored: &str) -> Result<String> {
+        self.secret_key()?.open(aad, stored).map_err(|e| Error::Corrupt(e.to_string()))
+    }
+
+    fn secret_key(&self) -> Result<&crate::secrets::SecretKey> {
+        self.secrets.as_ref().ok_or_else(|| Error::Corrupt("this store was opened without a secret key".into()))
     }
 
     /// The SQLite URL for `automation.db` in `data_dir`.

@@ -105,9 +105,36 @@ impl Store {
     }
 
     /// Writes a plugin's key.
-    pub async fn kv_set(&self, plugin: &str, key: &str, value: &[u8]) -> Result<()> {
+    pub async fn kv_set(
+        &self,
+        plugin: &str,
+        key: &str,
+        value: &[u8],
+        quota: crate::model::KvQuota,
+    ) -> Result<std::result::Result<(), String>> {
         let now = DbTime::new(crate::model::now());
+        let usage_sql = match self.dialect() {
+            super::Dialect::Sqlite => {
+                "select count(*), coalesce(sum(length(cast(key as blob)) + length(value)), 0) \
+                 from plugin_kv where plugin = $1 and key <> $2"
+            }
+            super::Dialect::Postgres => {
+                "select count(*), coalesce(sum(octet_length(key) + octet_length(value)), 0)::bigint \
+                 from plugin_kv where plugin = $1 and key <> $2"
+            }
+        };
         with_db!(self, write, |db| {
+            let mut tx = db.begin().await?;
+            if matches!(self.dialect(), super::Dialect::Postgres) {
+                // Sets of one plugin on several replicas queue here, so none
+                // passes the quota on a count another is about to change.
+                sqlx::query("select pg_advisory_xact_lock(hashtext($1))").bind(plugin).execute(&mut *tx).await?;
+            }
+            let (keys, bytes): (i64, i64) =
+                sqlx::query_as(usage_sql).bind(plugin).bind(key).fetch_one(&mut *tx).await?;
+            if let Err(refusal) = quota.allows(keys, bytes, (key.len() + value.len()) as i64) {
+                return Ok(Err(refusal));
+            }
             sqlx::query(
                 "insert into plugin_kv (plugin, key, value, updated_at) values ($1, $2, $3, $4) \
                  on conflict (plugin, key) do update set value = excluded.value, updated_at = excluded.updated_at",
@@ -116,10 +143,11 @@ impl Store {
             .bind(key)
             .bind(value)
             .bind(now)
-            .execute(db)
+            .execute(&mut *tx)
             .await?;
-        });
-        Ok(())
+            tx.commit().await?;
+            Ok(Ok(()))
+        })
     }
 
     /// Deletes a plugin's key; true if it existed.

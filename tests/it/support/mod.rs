@@ -189,6 +189,12 @@ impl TestServer {
     pub async fn start_peer(&self, env: &[(&str, &str)]) -> TestServer {
         let url = self.pg.as_ref().expect("peers share a Postgres database").url.clone();
         let dir = tempfile::tempdir().unwrap();
+        // Replicas of one database share its secret key, as the README says.
+        let key_file = self.dir.path().join("secret.key").display().to_string();
+        let mut env: Vec<(&str, &str)> = env.to_vec();
+        if !env.iter().any(|(k, _)| k.starts_with("AUTOMATION_SECRET_KEY")) {
+            env.push(("AUTOMATION_SECRET_KEY_FILE", &key_file));
+        }
         let mut server = TestServer {
             child: None,
             base: String::new(),
@@ -221,8 +227,20 @@ impl TestServer {
         if let Some(url) = &self.shared_db {
             env.push(("AUTOMATION_DATABASE_URL".to_owned(), url.clone()));
         }
+        if self.env.iter().any(|(k, _)| k == "AUTOMATION_API_KEY_FILE") {
+            env.retain(|(k, _)| k != "AUTOMATION_API_KEY");
+        }
         env.extend(self.env.iter().cloned());
         env
+    }
+
+    /// The database URL the server uses.
+    pub fn database_url(&self) -> String {
+        match (&self.pg, &self.shared_db) {
+            (Some(pg), _) => pg.url.clone(),
+            (None, Some(url)) => url.clone(),
+            (None, None) => format!("sqlite://{}", self.dir.path().join("automation.db").display()),
+        }
     }
 
     /// A `Command` for the binary with this server's environment.
