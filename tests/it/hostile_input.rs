@@ -125,3 +125,28 @@ async fn an_archive_bomb_is_refused_with_memory_bounded() {
     assert!(after < before + (64 << 10), "the host's peak memory grew from {before} to {after} KiB");
     assert_eq!(s.get("/v1/uploads").await.expect(200).body["total"], 0);
 }
+
+/// Attack: a custom source's event-key expression runs natively on every
+/// delivery, before any plugin bound applies. One that copies the payload
+/// many times over (`to_string([@, @, ...])` on a 25 MiB delivery) held
+/// the acknowledgement path for seconds per delivery. Such shapes are now
+/// refused when the source is made; field paths and joins still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_key_expressions_are_bounded() {
+    let s = TestServer::start_with(Backend::Sqlite, &[("AUTOMATION_NO_DISPATCH", "true")]).await;
+    let copies = vec!["@"; 200].join(",");
+    for expr in [format!("to_string([{copies}])"), "a[*].b".to_owned(), "sort_by(items, &n)[0].kind".to_owned()] {
+        let r = s.post("/v1/sources", json!({"name": "costly", "event_key_expr": expr})).await;
+        r.expect_error(422, "invalid_event_key_expr", "event-key expression");
+    }
+    let expr = "join('.', [object_kind, object_attributes.action])";
+    let made = s.post("/v1/sources", json!({"name": "gitlab", "event_key_expr": expr})).await.expect(201);
+    let secret = made.body["secret"].as_str().unwrap().to_owned();
+    let body = json!({"object_kind": "merge_request", "object_attributes": {"action": "open"}}).to_string();
+    let sig = automation_host::events::signature::sign(secret.as_bytes(), body.as_bytes());
+    let r = s
+        .raw(reqwest::Method::POST, "/v1/events/gitlab", &[("X-Signature-256", &sig)], body.into_bytes())
+        .await
+        .expect(202);
+    assert_eq!(r.body["event_key"], "merge_request.open");
+}

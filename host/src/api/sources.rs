@@ -90,7 +90,7 @@ async fn sources_create(
     if event_key_expr.len() > 1024 {
         return Err(Error::invalid("too_long", "event_key_expr is longer than 1024 bytes"));
     }
-    jmespath::compile(&event_key_expr)
+    crate::events::keys::compile_key_expr(&event_key_expr)
         .map_err(|e| Error::invalid("invalid_event_key_expr", format!("event_key_expr: {e}")))?;
     let (secret, generated) = choose_secret(body.secret)?;
     let source = Source {

@@ -41,14 +41,80 @@ fn detect_github_type(p: &Value) -> Option<&'static str> {
     })
 }
 
-/// The key a custom source's JMESPath expression extracts: a string as is,
-/// a number or boolean as text; anything else (or an error) is no key.
-pub fn custom_key(expr: &str, payload: &Value) -> Result<Option<String>, String> {
+/// Most nodes an event-key expression may have.
+pub const MAX_KEY_EXPR_NODES: usize = 16;
+/// Longest event key kept; a longer result is no key.
+pub const MAX_KEY_BYTES: usize = 256;
+/// Functions an event-key expression may call: none takes an expression
+/// reference, so none evaluates a sub-expression more than once.
+const KEY_FUNCTIONS: &[&str] =
+    &["join", "to_string", "to_number", "not_null", "type", "length", "contains", "starts_with", "ends_with"];
+
+/// Compiles a custom source's event-key expression, refusing what could
+/// make one delivery's key expensive. The expression runs natively on
+/// every delivery, so it is bounded by its shape: at most
+/// [`MAX_KEY_EXPR_NODES`] nodes and no projection, flatten, object-values
+/// or expression reference. Without those, each node is evaluated once,
+/// and a key costs at most that many passes over the payload.
+pub fn compile_key_expr(expr: &str) -> Result<jmespath::Expression<'static>, String> {
     let compiled = jmespath::compile(expr).map_err(|e| e.to_string())?;
+    let mut nodes = 0;
+    check_key_ast(compiled.as_ast(), &mut nodes)?;
+    Ok(compiled)
+}
+
+fn check_key_ast(ast: &jmespath::ast::Ast, nodes: &mut usize) -> Result<(), String> {
+    use jmespath::ast::Ast;
+    *nodes += 1;
+    if *nodes > MAX_KEY_EXPR_NODES {
+        return Err(format!("an event-key expression may have at most {MAX_KEY_EXPR_NODES} parts"));
+    }
+    let refuse = |what: &str| {
+        Err(format!(
+            "an event-key expression may not use {what} (it runs on every delivery; use field paths, \
+             indexes, ||, && and simple functions)"
+        ))
+    };
+    match ast {
+        Ast::Identity { .. } | Ast::Field { .. } | Ast::Index { .. } | Ast::Literal { .. } | Ast::Slice { .. } => {
+            Ok(())
+        }
+        Ast::Projection { .. } => refuse("projections ([*], [?...], .*)"),
+        Ast::Flatten { .. } => refuse("flatten ([])"),
+        Ast::ObjectValues { .. } => refuse("object values (*)"),
+        Ast::Expref { .. } => refuse("expression references (&)"),
+        Ast::Not { node, .. } => check_key_ast(node, nodes),
+        Ast::Comparison { lhs, rhs, .. }
+        | Ast::And { lhs, rhs, .. }
+        | Ast::Or { lhs, rhs, .. }
+        | Ast::Subexpr { lhs, rhs, .. } => {
+            check_key_ast(lhs, nodes)?;
+            check_key_ast(rhs, nodes)
+        }
+        Ast::Condition { predicate, then, .. } => {
+            check_key_ast(predicate, nodes)?;
+            check_key_ast(then, nodes)
+        }
+        Ast::MultiList { elements, .. } => elements.iter().try_for_each(|e| check_key_ast(e, nodes)),
+        Ast::MultiHash { elements, .. } => elements.iter().try_for_each(|kv| check_key_ast(&kv.value, nodes)),
+        Ast::Function { name, args, .. } => {
+            if !KEY_FUNCTIONS.contains(&name.as_str()) {
+                return refuse(&format!("the function {name}()"));
+            }
+            args.iter().try_for_each(|a| check_key_ast(a, nodes))
+        }
+    }
+}
+
+/// The key a custom source's JMESPath expression extracts: a string as is,
+/// a number or boolean as text; anything else (or an error, or a key over
+/// [`MAX_KEY_BYTES`]) is no key.
+pub fn custom_key(expr: &str, payload: &Value) -> Result<Option<String>, String> {
+    let compiled = compile_key_expr(expr)?;
     let data = jmespath::Variable::from_json(&payload.to_string()).map_err(|e| e.to_string())?;
     let result = compiled.search(data).map_err(|e| e.to_string())?;
     Ok(match &*result {
-        jmespath::Variable::String(s) if !s.is_empty() => Some(s.clone()),
+        jmespath::Variable::String(s) if !s.is_empty() && s.len() <= MAX_KEY_BYTES => Some(s.clone()),
         jmespath::Variable::Number(n) => Some(n.to_string()),
         jmespath::Variable::Bool(b) => Some(b.to_string()),
         _ => None,
@@ -188,5 +254,23 @@ mod tests {
         assert_eq!(custom_key("n", &json!({"n": 3})), Ok(Some("3".into())));
         assert_eq!(custom_key("kind.name", &json!({"kind": {}})), Ok(None));
         assert!(custom_key("a[", &json!({})).is_err());
+        // Shapes that could make a key expensive are refused.
+        for bad in ["a[*].b", "a[?x == `1`]", "a[]", "a.*", "sort_by(a, &b)", "max_by(a, &b)", "keys(@)"] {
+            assert!(compile_key_expr(bad).is_err(), "{bad} should be refused");
+        }
+        let many = vec!["@"; 20].join(", ");
+        assert!(compile_key_expr(&format!("join('', [{many}])")).unwrap_err().contains("at most 16"));
+        for ok in ["type", "event.kind", "object_kind || event_type", "join('.', [object_kind, action])", "a[0].b"] {
+            compile_key_expr(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        assert_eq!(
+            custom_key(
+                "join('.', [object_kind, object_attributes.action])",
+                &json!({"object_kind": "merge_request", "object_attributes": {"action": "open"}})
+            ),
+            Ok(Some("merge_request.open".into()))
+        );
+        // A huge key is no key.
+        assert_eq!(custom_key("k", &json!({"k": "x".repeat(MAX_KEY_BYTES + 1)})), Ok(None));
     }
 }
