@@ -235,3 +235,49 @@ async fn http_to_a_host_not_granted_is_denied(backend: Backend) {
     assert!(done["error"].as_str().unwrap().contains("denied"), "{done}");
     assert!(s.log_text().contains("not granted"), "the host logs the refused request");
 }
+
+/// Attack (DNS rebinding, SSRF): a name in a plugin's HTTP grant that
+/// resolves to an internal address (here `localhost`, in the agent-server's
+/// default grant, resolving to loopback) used to be connected to. Names now
+/// reach only public addresses; the address itself, listed (127.0.0.1),
+/// still works. Checked at connect time, on the address connected to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_granted_name_resolving_to_an_internal_address_is_refused() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let hits = hits.clone();
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf);
+                let _ = conn.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n");
+            }
+        });
+    }
+    let s = TestServer::start_with(Backend::Sqlite, &[("AUTOMATION_START_ATTEMPTS", "1")]).await;
+    let run_with = |url: String| {
+        let s = &s;
+        async move {
+            let body = script_automation(
+                "remote",
+                "true",
+                json!({"executor": {"plugin": "agent-server", "config": {"url": url}}}),
+            );
+            let a = s.post("/v1/automations", body).await.expect(201);
+            let run = s.post(&format!("/v1/automations/{}/dispatch", a.id()), json!({})).await.expect(201).id();
+            wait_final(s, &run, 60).await
+        }
+    };
+    let done = run_with(format!("http://localhost:{port}")).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0, "the host connected to loopback through a name");
+    assert!(s.log_text().contains("resolves to an internal address"), "the refusal is logged");
+    // The literal address is granted too: that connection is made.
+    let done = run_with(format!("http://127.0.0.1:{port}")).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert!(hits.load(std::sync::atomic::Ordering::SeqCst) >= 1, "a listed address must stay reachable: {done}");
+}

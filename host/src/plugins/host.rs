@@ -384,7 +384,7 @@ pub struct AllowList {
     enabled: bool,
 }
 
-type IoFuture = Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>;
+use super::outbound::IoFuture;
 
 impl WasiHttpHooks for AllowList {
     fn send_request(
@@ -396,20 +396,21 @@ impl WasiHttpHooks for AllowList {
         dyn Future<Output = Result<(http::Response<wasmtime_wasi_http::WasiBody>, IoFuture), wasmtime_wasi_http::Error>>
             + Send,
     > {
-        let host = request.uri().host().map(str::to_ascii_lowercase);
-        let allowed = self.enabled && host.as_deref().is_some_and(|h| self.hosts.contains(h));
-        if !allowed {
-            tracing::warn!(host = ?host, "plugin HTTP request to a host it was not granted: denied");
+        let uri = request.uri();
+        let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
+        let host = uri.host().map(str::to_ascii_lowercase);
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let entry = if self.enabled {
+            host.as_deref().and_then(|h| super::http_policy::permitting(&self.hosts, https, h, port))
+        } else {
+            None
+        };
+        let Some(entry) = entry else {
+            tracing::warn!(host = ?host, port, https, "plugin HTTP request to a host it was not granted: denied");
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
-        }
-        Box::new(async move {
-            use http_body_util::BodyExt;
-            let send = wasmtime_wasi_http::default_send_request(request, options);
-            let (res, io) = tokio::time::timeout(HTTP_TIMEOUT, send)
-                .await
-                .map_err(|_| wasmtime_wasi_http::Error::ConnectionReadTimeout)??;
-            Ok((res.map(BodyExt::boxed_unsync), Box::new(io) as IoFuture))
-        })
+        };
+        let _ = options; // the host's deadline applies, whatever the plugin asks
+        Box::new(super::outbound::send(request, entry, HTTP_TIMEOUT))
     }
 }
 

@@ -387,7 +387,7 @@ impl Grants {
             if offered.allowed_hosts.contains("*") {
                 manifest.allowed_hosts.clone()
             } else {
-                manifest.allowed_hosts.intersection(&offered.allowed_hosts).cloned().collect()
+                super::http_policy::intersect(&manifest.allowed_hosts, &offered.allowed_hosts)
             }
         } else {
             BTreeSet::new()

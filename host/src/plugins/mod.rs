@@ -15,7 +15,9 @@ pub mod bindings;
 pub mod bundled;
 pub mod engine;
 pub mod host;
+pub mod http_policy;
 pub mod manifest;
+mod outbound;
 pub mod registry;
 
 use std::sync::Arc;
