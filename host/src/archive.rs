@@ -558,4 +558,45 @@ pub(crate) mod tests {
         }
         assert_eq!(check(&gz.finish().unwrap(), LIMITS), Err(ArchiveError::TooLarge(1 << 20)));
     }
+
+    /// Bounded property test (the fuzz target `archive_check` runs the same
+    /// check unbounded): random bytes, and valid archives with their tar
+    /// stream mutated before compression, never panic, and whatever passes
+    /// is within the limits.
+    #[test]
+    fn property_mutated_archives_never_panic_and_stay_within_limits() {
+        use rand::{Rng, RngCore, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed_a4c1);
+        let valid = build(&[
+            ("bin/", EntryType::Directory, b""),
+            ("bin/run.sh", EntryType::Regular, b"echo hi\n"),
+            ("run", EntryType::Symlink, b"bin/run.sh"),
+            ("data/x", EntryType::Regular, &[7u8; 3000]),
+        ]);
+        let mut tar_bytes = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&valid[..]), &mut tar_bytes).unwrap();
+        let limits = Limits { max_unpacked_bytes: 64 << 10, max_entries: 20 };
+        for i in 0..400 {
+            let bytes = if i % 4 == 0 {
+                let mut b = vec![0u8; rng.random_range(0..4096)];
+                rng.fill_bytes(&mut b);
+                b
+            } else {
+                let mut t = tar_bytes.clone();
+                for _ in 0..rng.random_range(1..16) {
+                    let at = rng.random_range(0..t.len());
+                    t[at] = rng.random();
+                }
+                if rng.random_bool(0.2) {
+                    t.truncate(rng.random_range(0..t.len()));
+                }
+                let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
+                std::io::Write::write_all(&mut gz, &t).unwrap();
+                gz.finish().unwrap()
+            };
+            if let Ok(summary) = check(&bytes, limits) {
+                assert!(summary.entries <= limits.max_entries && summary.unpacked_bytes <= limits.max_unpacked_bytes);
+            }
+        }
+    }
 }

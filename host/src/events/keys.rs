@@ -273,4 +273,53 @@ mod tests {
         // A huge key is no key.
         assert_eq!(custom_key("k", &json!({"k": "x".repeat(MAX_KEY_BYTES + 1)})), Ok(None));
     }
+
+    /// Bounded property test (fuzz target `event_key`): random expressions
+    /// from JMESPath's alphabet on random payloads never panic; an accepted
+    /// expression gives a key of at most `MAX_KEY_BYTES`, and the GitHub
+    /// rule always gives one for a payload with a known top-level key.
+    #[test]
+    fn property_event_keys_are_bounded_and_never_panic() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x4e7);
+        let atoms = [
+            "a",
+            "b",
+            ".",
+            "[0]",
+            "[*]",
+            "[]",
+            "||",
+            "&&",
+            "!",
+            "`1`",
+            "'x'",
+            "@",
+            "join('.', [a, b])",
+            "to_string(@)",
+            "length(a)",
+            "(",
+            ")",
+            "*",
+            "==",
+            "{k: a}",
+        ];
+        let payloads = [
+            json!({"a": "x", "b": {"a": [1, 2, "y"]}}),
+            json!({"a": ["p", "q"], "b": "z".repeat(300)}),
+            json!([1, {"a": true}]),
+            json!({"pull_request": {}, "action": "opened"}),
+        ];
+        for _ in 0..500 {
+            let n = rng.random_range(1..8);
+            let expr: String = (0..n).map(|_| atoms[rng.random_range(0..atoms.len())]).collect();
+            let payload = &payloads[rng.random_range(0..payloads.len())];
+            if let Ok(Some(key)) = custom_key(&expr, payload) {
+                assert!(key.len() <= MAX_KEY_BYTES, "{expr}: {key}");
+            }
+            let header = if rng.random_bool(0.5) { Some("push") } else { None };
+            let _ = github_key(header, payload);
+        }
+        assert_eq!(github_key(None, &payloads[3]).as_deref(), Some("pull_request.opened"));
+    }
 }

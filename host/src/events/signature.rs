@@ -67,4 +67,26 @@ mod tests {
         assert_eq!(verify(b"k", b"other", "H", Some(&sig)), Err(SignatureError::Mismatch("H".into())));
         assert_eq!(verify(b"other", b"body", "H", Some(&sig)), Err(SignatureError::Mismatch("H".into())));
     }
+
+    /// Bounded property test (fuzz target `signature_verify`): a signature
+    /// verifies for its own secret and body only; arbitrary header values
+    /// never panic and never verify.
+    #[test]
+    fn property_signatures_verify_only_their_own_body() {
+        use rand::{Rng, RngCore, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x51_6e);
+        for _ in 0..300 {
+            let mut secret = vec![0u8; rng.random_range(1..64)];
+            let mut body = vec![0u8; rng.random_range(0..512)];
+            rng.fill_bytes(&mut secret);
+            rng.fill_bytes(&mut body);
+            let sig = sign(&secret, &body);
+            assert!(verify(&secret, &body, "H", Some(&sig)).is_ok());
+            let mut other = body.clone();
+            other.push(rng.random());
+            assert!(verify(&secret, &other, "H", Some(&sig)).is_err());
+            let junk: String = (0..rng.random_range(0..80)).map(|_| rng.random_range(0x20u8..0x7f) as char).collect();
+            assert!(verify(&secret, &body, "H", Some(&junk)).is_err(), "{junk:?} verified");
+        }
+    }
 }

@@ -315,4 +315,61 @@ mod tests {
             }
         }
     }
+
+    /// Bounded property test (fuzz target `cron_parse`): expressions made of
+    /// cron's own alphabet never panic; those that parse give strictly
+    /// increasing fire times.
+    #[test]
+    fn property_random_cron_expressions_parse_or_refuse_and_fire_in_order() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0xc40f);
+        let atoms = [
+            "*",
+            "*/5",
+            "0",
+            "1",
+            "7",
+            "12",
+            "23",
+            "31",
+            "59",
+            "60",
+            "1-5",
+            "5-1",
+            "1,3",
+            "?",
+            "L",
+            "MON",
+            "jan",
+            "*/0",
+            "-",
+            ",",
+            "99999999999",
+        ];
+        let zones = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Kathmandu", "Nope/Zone"];
+        let from = utc("2026-03-29T00:30:00Z");
+        let mut parsed = 0;
+        for _ in 0..500 {
+            // Mostly five fields of plausible atoms, so many parse; the rest anything.
+            let fields = if rng.random_bool(0.7) { 5 } else { rng.random_range(1..8) };
+            let expr: Vec<&str> = (0..fields)
+                .map(|_| {
+                    if rng.random_bool(0.6) {
+                        atoms[rng.random_range(0..3)]
+                    } else {
+                        atoms[rng.random_range(0..atoms.len())]
+                    }
+                })
+                .collect();
+            let expr = expr.join(" ");
+            let zone = zones[rng.random_range(0..zones.len())];
+            if let Ok(s) = Schedule::parse(&expr, zone) {
+                parsed += 1;
+                let times = s.upcoming(from, 5);
+                assert!(times.windows(2).all(|w| w[0] < w[1]), "{expr} {zone}: {times:?}");
+                assert!(times.iter().all(|t| *t > from), "{expr} {zone}");
+            }
+        }
+        assert!(parsed > 10, "the generator should make some valid expressions ({parsed})");
+    }
 }
