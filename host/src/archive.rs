@@ -180,7 +180,11 @@ fn check_headers(bytes: &[u8], limits: Limits) -> Result<(), ArchiveError> {
         }
         // Skip the data (PAX `size` overrides only matter past 8 GiB, which
         // the stream bound refuses anyway).
-        let padded = size.div_ceil(512) * 512;
+        // A base-256 size can be near u64::MAX: round up without overflowing
+        // (found by the archive_check fuzz target).
+        let padded = size
+            .checked_next_multiple_of(512)
+            .ok_or_else(|| ArchiveError::Corrupt(format!("an entry claims {size} bytes")))?;
         std::io::copy(&mut (&mut r).take(padded), &mut std::io::sink()).map_err(|e| too_large_or_corrupt(e, limits))?;
     }
 }
@@ -557,6 +561,24 @@ pub(crate) mod tests {
             gz.write_all(&zeros).unwrap();
         }
         assert_eq!(check(&gz.finish().unwrap(), LIMITS), Err(ArchiveError::TooLarge(1 << 20)));
+    }
+
+    /// Found by fuzzing: an entry whose (base-256) size is near u64::MAX
+    /// overflowed the padding arithmetic (a panic in debug builds, a wrong
+    /// skip in release ones). It is refused as corrupt.
+    #[test]
+    fn an_entry_size_near_u64_max_is_refused_not_overflowed() {
+        let mut header = tar::Header::new_gnu();
+        header.as_gnu_mut().unwrap().name[..5].copy_from_slice(b"a.txt");
+        header.set_entry_type(EntryType::Regular);
+        header.set_size(u64::MAX - 3);
+        header.set_cksum();
+        let mut tar_bytes = header.as_bytes().to_vec();
+        tar_bytes.extend_from_slice(&[0u8; 1024]);
+        let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
+        std::io::Write::write_all(&mut gz, &tar_bytes).unwrap();
+        let err = check(&gz.finish().unwrap(), LIMITS).unwrap_err();
+        assert!(matches!(err, ArchiveError::Corrupt(_) | ArchiveError::TooLarge(_)), "{err:?}");
     }
 
     /// Bounded property test (the fuzz target `archive_check` runs the same
