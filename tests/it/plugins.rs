@@ -306,3 +306,19 @@ async fn a_plugin_cannot_fill_the_database_through_kv(backend: Backend) {
     assert!(r.text.contains("key-value quota") && r.text.contains("1 keys of 1"), "{}", r.text);
     assert_eq!(s.get("/v1/automations").await.expect(200).body["total"], 0);
 }
+
+/// Found by the `jmespath_filter` fuzz target: a 297-byte expression for
+/// which the JMESPath engine asks for more than 2 GiB. Natively that would
+/// take the host; in the filter plugin it meets the store's memory limit
+/// and fails only its own call, and the host keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expression_that_exhausts_memory_fails_only_its_call() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    let expr = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/fuzz/jmespath-oom.txt"))
+        .unwrap();
+    let r = s.post("/v1/filters/evaluate", json!({"filter": expr, "payload": {}})).await;
+    r.expect_error(422, "filter_failed", "exceeded its memory limit");
+    s.get("/v1/plugins").await.expect(200);
+    let ok = s.post("/v1/filters/evaluate", json!({"filter": "a == `1`", "payload": {"a": 1}})).await.expect(200);
+    assert_eq!(ok.body["matches"], true);
+}
