@@ -163,8 +163,10 @@ fn check_private(path: &Path) -> Result<(), SecretError> {
     Ok(())
 }
 
-/// Writes a new key file 0600, never replacing one that exists.
-fn write_new_key(path: &Path, text: &str) -> std::io::Result<()> {
+/// Writes a new key file 0600, never replacing one that exists: written
+/// whole under a temporary name, then hard-linked into place (the first link
+/// wins). Shared with the compile cache's key.
+pub(crate) fn write_new_key(path: &Path, text: &str) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;

@@ -113,31 +113,12 @@ impl CacheKey {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
         let mut bytes = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
-        // Written whole under a temporary name, then linked into place: a
-        // host starting at the same moment reads either no key or a whole
-        // one, and the first link wins.
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-            f.write_all(hex::encode(bytes).as_bytes())?;
-            f.sync_all()?;
-        }
-        let linked = std::fs::hard_link(&tmp, path);
-        let _ = std::fs::remove_file(&tmp);
-        match linked {
-            Ok(()) => Ok(CacheKey(bytes)),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                CacheKey::parse(path, &std::fs::read_to_string(path)?)
-            }
-            Err(e) => Err(e),
-        }
+        // A host starting at the same moment reads either no key or a whole
+        // one, and the first one written wins: read back what is there.
+        crate::secrets::write_new_key(path, &hex::encode(bytes))?;
+        CacheKey::parse(path, &std::fs::read_to_string(path)?)
     }
 
     fn parse(path: &Path, text: &str) -> std::io::Result<CacheKey> {
