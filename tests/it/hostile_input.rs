@@ -150,3 +150,23 @@ async fn event_key_expressions_are_bounded() {
         .expect(202);
     assert_eq!(r.body["event_key"], "merge_request.open");
 }
+
+/// Found by the `archive_check` fuzz target: an entry whose GNU base-256
+/// size is near u64::MAX overflowed the archive check's block rounding (a
+/// panic in the upload handler of a debug build, a misaligned skip in a
+/// release one). It is now a clear 422, and the host carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_size_near_u64_max_is_a_clear_refusal() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    let mut h = tar::Header::new_gnu();
+    h.as_gnu_mut().unwrap().name[..5].copy_from_slice(b"a.txt");
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(u64::MAX - 3);
+    h.set_cksum();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(h.as_bytes()).unwrap();
+    gz.write_all(&[0u8; 1024]).unwrap();
+    s.upload(gz.finish().unwrap()).await.expect_error(422, "invalid_archive", "claims");
+    s.get("/v1/uploads").await.expect(200);
+    assert_eq!(s.get("/v1/uploads").await.body["total"], 0, "nothing was stored");
+}
