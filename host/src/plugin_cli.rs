@@ -65,7 +65,7 @@ pub async fn call(args: CallArgs, cache_dir: PathBuf) -> anyhow::Result<i32> {
     let runtime = Runtime::standalone(&work, &cache_dir, grants, true)?;
     let kind = match args.kind.as_deref() {
         Some(k) => Kind::parse(k).ok_or_else(|| anyhow!("--kind must be filter, preset or executor"))?,
-        None => detect_kind(&runtime, &wasm)?,
+        None => detect_kind(&wasm)?,
     };
     let manifest = Manifest { capabilities, allowed_hosts: hosts, ..Manifest::new(name, kind) };
     let started = std::time::Instant::now();
@@ -89,11 +89,11 @@ fn plugin_name(file: &Path) -> String {
     if name.is_empty() { "plugin".to_owned() } else { name }
 }
 
-fn detect_kind(runtime: &Runtime, wasm: &[u8]) -> anyhow::Result<Kind> {
-    let component =
-        wasmtime::component::Component::new(runtime.engine(), wasm).map_err(|e| anyhow!("not a component: {e:#}"))?;
-    let ty = component.component_type();
-    for (export, _) in ty.exports(runtime.engine()) {
+/// The kind, from the component's exports, read without compiling it (the
+/// load that follows compiles once).
+fn detect_kind(wasm: &[u8]) -> anyhow::Result<Kind> {
+    let inventory = crate::plugins::inspect::inventory(wasm, u32::MAX).map_err(|e| anyhow!("{e}"))?;
+    for export in &inventory.exports {
         for kind in [Kind::Filter, Kind::Preset, Kind::Executor] {
             if export.split('@').next() == Some(kind.export()) {
                 return Ok(kind);

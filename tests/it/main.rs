@@ -35,6 +35,8 @@ mod events;
 mod plugins;
 // Trust boundaries: plugin grants by identity, cache, supervision.
 mod trust;
+// Provide, then deny: WASI 0.2 linked whole, denied where it matters.
+mod wasi;
 // The HTTP front against slow clients and floods.
 mod http_limits;
 // Cron: slots, misfire policies, next fire times, two hosts.

@@ -61,8 +61,9 @@ pub(crate) struct PluginView {
     /// who gave it and when (`GET /v1/plugins/{name}` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     recorded_grant: Option<RecordedGrant>,
-    /// What the component imports.
-    imports: Vec<String>,
+    /// What the component imports, each `live` or `denied` with what that
+    /// means on this host (WASI 0.2 is linked whole; see the README).
+    imports: Vec<crate::plugins::imports::ImportStatus>,
     /// JSON Schema of its configuration (presets and executors).
     #[schema(value_type = Option<Object>)]
     config_schema: Option<serde_json::Value>,

@@ -16,6 +16,11 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// equal (see `limits`).
 pub const MAX_MEMORY_BYTES: usize = 256 << 20;
 
+/// Core module instances one component may have. CPython built with
+/// `componentize-py --stub-wasi` needs 38; the limit costs nothing until used
+/// (the pool's total, `max_instances * 8`, is what is reserved).
+pub const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 64;
+
 /// Builds the engine. `fuel` turns on fuel metering (the `plugin call` command
 /// uses it to report instructions; the server does not, see BENCHMARKS.md).
 ///
@@ -42,7 +47,7 @@ pub fn build(fuel: bool, max_instances: u32) -> wasmtime::Result<Engine> {
         .total_tables(max_instances * 4)
         .total_stacks(max_instances)
         .max_memory_size(MAX_MEMORY_BYTES)
-        .max_core_instances_per_component(32)
+        .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
         .max_memories_per_component(4)
         .max_tables_per_component(16)
         .linear_memory_keep_resident(64 << 10)
@@ -174,6 +179,8 @@ impl CompileCache {
     /// unauthentic entry is a miss. Errors are about the component itself (not
     /// valid wasm, not a component, a precompiled artifact offered as source).
     pub fn load(&self, engine: &Engine, wasm: &[u8]) -> wasmtime::Result<(Component, CacheOutcome)> {
+        // `Runtime::load` has checked the magic already (`inspect`); this
+        // guards other callers.
         if Engine::detect_precompiled(wasm).is_some() {
             wasmtime::bail!("precompiled artifacts (.cwasm) are not accepted; give the .wasm component");
         }

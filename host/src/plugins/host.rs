@@ -136,8 +136,18 @@ impl HostState {
     ) -> HostState {
         let stdout = CappedOutput::new(output_limit);
         let stderr = CappedOutput::new(output_limit);
-        // No arguments, environment, preopened directories or sockets.
-        let wasi = WasiCtx::builder().stdout(stdout.clone()).stderr(stderr.clone()).build();
+        // No arguments, environment, preopened directories, stdin, sockets
+        // or name lookup: every WASI 0.2 interface is linked (see
+        // `imports`), and these are the ones that must do nothing. Said
+        // explicitly, not left to wasmtime-wasi's defaults.
+        let wasi = WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(|_, _| Box::pin(async { false }))
+            .build();
         let hooks =
             AllowList { hosts: grant.allowed_hosts.clone(), enabled: grant.capabilities.contains(&Capability::Http) };
         HostState {

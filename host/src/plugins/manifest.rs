@@ -103,28 +103,6 @@ impl Capability {
             _ => None,
         }
     }
-
-    /// The capability an import needs, if it needs one; `None` for imports
-    /// every plugin may have.
-    pub fn for_import(import: &str) -> Result<Option<Capability>, String> {
-        let base = import.split_once('@').map_or(import, |(b, _)| b);
-        match base {
-            "automation:plugin/types" | "automation:plugin/log" | "automation:plugin/clock" => Ok(None),
-            "automation:plugin/kv" => Ok(Some(Capability::Kv)),
-            "automation:plugin/sandbox" => Ok(Some(Capability::Sandbox)),
-            b if b.starts_with("wasi:http/") => Ok(Some(Capability::Http)),
-            // What a language's standard library imports. The WASI context
-            // grants nothing through them: no preopened directories, no
-            // environment, no arguments, stdout/stderr captured.
-            b if ["wasi:cli/", "wasi:clocks/", "wasi:io/", "wasi:random/", "wasi:filesystem/"]
-                .iter()
-                .any(|p| b.starts_with(p)) =>
-            {
-                Ok(None)
-            }
-            _ => Err(format!("imports `{import}`, which this host does not provide to plugins")),
-        }
-    }
 }
 
 /// A plugin's manifest: `<name>.toml` beside `<name>.wasm`, or the query
@@ -466,13 +444,5 @@ mod tests {
         assert!(check_wit_version("0.0.9").unwrap_err().contains("no longer"));
         check_wit_version("0.1.0").unwrap();
         assert!(check_wit_version("banana").is_err());
-    }
-
-    #[test]
-    fn imports_map_to_capabilities() {
-        assert_eq!(Capability::for_import("wasi:http/outgoing-handler@0.2.4"), Ok(Some(Capability::Http)));
-        assert_eq!(Capability::for_import("automation:plugin/sandbox@0.1.0"), Ok(Some(Capability::Sandbox)));
-        assert_eq!(Capability::for_import("wasi:cli/stdout@0.2.0"), Ok(None));
-        assert!(Capability::for_import("wasi:sockets/tcp@0.2.0").is_err());
     }
 }

@@ -5,6 +5,10 @@
 //!   on-disk compile cache;
 //! - `bindings`: host bindings generated from the WIT worlds;
 //! - `host`: per-call state and the host side of every import;
+//! - `inspect`: a component's outline (imports, exports, core instances)
+//!   read from its bytes before it is compiled;
+//! - `imports`: which imports are live, denied or refused ("provide, then
+//!   deny");
 //! - `manifest`: what a plugin asks for and what the operator grants;
 //! - `registry`: loaded plugins by name, replaced atomically.
 //!
@@ -16,6 +20,8 @@ pub mod bundled;
 pub mod engine;
 pub mod host;
 pub mod http_policy;
+pub mod imports;
+pub mod inspect;
 pub mod manifest;
 mod outbound;
 pub mod registry;
@@ -26,13 +32,14 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
-use wasmtime::component::{Component, Linker, types::ComponentItem};
+use wasmtime::component::{Linker, types::ComponentItem};
 use wasmtime::{Engine, Store, Trap};
 
 use self::bindings::types;
 use self::engine::{CacheOutcome, CompileCache};
 use self::host::{HostState, LogLine, Services};
-use self::manifest::{Capability, Grant, Grants, Kind, Manifest};
+use self::imports::ImportStatus;
+use self::manifest::{Grant, Grants, Kind, Manifest};
 use crate::model::RunOutput;
 
 pub use registry::Registry;
@@ -333,8 +340,8 @@ pub struct Plugin {
     pub description: Option<Description>,
     /// How long loading took, and whether the compile cache served it.
     pub load: (Duration, CacheOutcome),
-    /// Its imports, as the component declares them.
-    pub imports: Vec<String>,
+    /// Its imports, as the component declares them, each live or denied.
+    pub imports: Vec<ImportStatus>,
     name: Arc<str>,
     pre: Pre,
     /// Idle filter instances (see `Runtime::filter_call`); dropped with the
@@ -443,11 +450,25 @@ impl Runtime {
         manifest.check().map_err(fail)?;
         let sha256 = digest(wasm);
         let (grant, grant_origins) = self.grants.effective(&manifest, source, &sha256, recorded);
-        let (component, outcome) = self
-            .cache
-            .load(&self.engine, wasm)
-            .map_err(|e| fail(format!("not a valid WebAssembly component: {e:#}")))?;
-        let imports = self.check_component(&component, &manifest, &grant, &sha256).map_err(fail)?;
+        // Everything that can refuse the component runs before the compile,
+        // which takes seconds for a language runtime's component.
+        let inventory = inspect::inventory(wasm, engine::MAX_CORE_INSTANCES_PER_COMPONENT)
+            .map_err(|e| fail(e.to_string()))?;
+        let export = exported_world(&inventory.exports, &manifest).map_err(fail)?;
+        let imports = imports::check(&inventory.imports, &manifest, &grant, &sha256).map_err(fail)?;
+        let (component, outcome) = self.cache.load(&self.engine, wasm).map_err(|e| {
+            let e = format!("{e:#}");
+            fail(
+                inspect::explain_pool_limit(&e, engine::MAX_CORE_INSTANCES_PER_COMPONENT)
+                    .unwrap_or_else(|| format!("not a valid WebAssembly component: {e}")),
+            )
+        })?;
+        let ty = component.component_type();
+        if let Some((_, ext)) = ty.exports(&self.engine).find(|(n, _)| *n == export)
+            && !matches!(ext.ty, ComponentItem::ComponentInstance(_))
+        {
+            return Err(fail(format!("`{export}` is not an interface instance")));
+        }
         let instance_pre =
             self.linker.instantiate_pre(&component).map_err(|e| fail(format!("cannot be linked: {e:#}")))?;
         let pre = match manifest.kind {
@@ -477,61 +498,6 @@ impl Runtime {
         }
         plugin.load.0 = started.elapsed();
         Ok(plugin)
-    }
-
-    /// Refuses components that target the wrong world or a newer WIT, or
-    /// import what their kind may not have or the operator did not grant.
-    fn check_component(
-        &self,
-        component: &Component,
-        manifest: &Manifest,
-        grant: &Grant,
-        sha256: &str,
-    ) -> Result<Vec<String>, String> {
-        let ty = component.component_type();
-        let want = manifest.kind.export();
-        let exports: Vec<String> = ty.exports(&self.engine).map(|(n, _)| n.to_owned()).collect();
-        let Some(export) = exports.iter().find(|n| n.split('@').next() == Some(want)) else {
-            let ours: Vec<&String> = exports.iter().filter(|e| e.starts_with("automation:plugin/")).collect();
-            return Err(format!(
-                "wrong world: a {} plugin must export `{want}` (world `{}`), but this component exports {}",
-                manifest.kind.as_str(),
-                manifest.kind.world(),
-                if ours.is_empty() { format!("{exports:?}") } else { format!("{ours:?}") }
-            ));
-        };
-        if let Some((_, version)) = export.split_once('@') {
-            manifest::check_wit_version(version)?;
-        }
-        if let Some((_, ext)) = ty.exports(&self.engine).find(|(n, _)| n == export)
-            && !matches!(ext.ty, ComponentItem::ComponentInstance(_))
-        {
-            return Err(format!("`{export}` is not an interface instance"));
-        }
-        let mut imports = Vec::new();
-        for (import, _) in ty.imports(&self.engine) {
-            imports.push(import.to_owned());
-            let Some(cap) = Capability::for_import(import)? else { continue };
-            if !manifest.kind.allowed_capabilities().contains(&cap) {
-                return Err(format!(
-                    "a {} plugin may not import `{import}` ({} is never granted to {} plugins)",
-                    manifest.kind.as_str(),
-                    cap.as_str(),
-                    manifest.kind.as_str()
-                ));
-            }
-            if !grant.capabilities.contains(&cap) {
-                return Err(format!(
-                    "imports `{import}`, which needs the `{cap}` capability; it is not granted to this component \
-                     (sha256 {sha256}): the manifest must ask for it, and the operator grant it to this digest \
-                     (AUTOMATION_PLUGIN_GRANTS={name}@sha256:{sha256}={cap}, or POST /v1/plugins/{name}/grants \
-                     with an admin key; bundled and directory plugins may be granted by name)",
-                    cap = cap.as_str(),
-                    name = manifest.name
-                ));
-            }
-        }
-        Ok(imports)
     }
 
     /// A fresh store for one call: its host state, memory limiter, an epoch
@@ -836,6 +802,25 @@ impl Runtime {
         }
         Ok(started.elapsed())
     }
+}
+
+/// The export a plugin of `manifest.kind` must have, found among the
+/// component's exports; refuses the wrong world or a newer WIT.
+fn exported_world(exports: &[String], manifest: &Manifest) -> Result<String, String> {
+    let want = manifest.kind.export();
+    let Some(export) = exports.iter().find(|n| n.split('@').next() == Some(want)) else {
+        let ours: Vec<&String> = exports.iter().filter(|e| e.starts_with("automation:plugin/")).collect();
+        return Err(format!(
+            "wrong world: a {} plugin must export `{want}` (world `{}`), but this component exports {}",
+            manifest.kind.as_str(),
+            manifest.kind.world(),
+            if ours.is_empty() { format!("{exports:?}") } else { format!("{ours:?}") }
+        ));
+    };
+    if let Some((_, version)) = export.split_once('@') {
+        manifest::check_wit_version(version)?;
+    }
+    Ok(export.clone())
 }
 
 fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
