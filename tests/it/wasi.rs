@@ -114,8 +114,9 @@ async fn a_filter_importing_all_of_wasi_loads_and_gets_nothing() {
         )
         .await
         .expect(201);
-    let body = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/github-webhooks/push/payload.json"))
-        .unwrap();
+    let body =
+        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/github-webhooks/push/payload.json"))
+            .unwrap();
     let d = deliver(&s, "push", "probe-1", &body).await.expect(202);
     let d = wait_matched(&s, &d.id()).await;
     assert!(d["result"]["not_matched"][0]["reason"].as_str().unwrap().contains("filter failed"), "{d}");
@@ -137,7 +138,8 @@ async fn a_filter_importing_wasi_http_loads_but_sends_nothing() {
     let p = s.get("/v1/plugins/http-filter").await.expect(200).body;
     let http = statuses(&p, "wasi:http/");
     assert!(!http.is_empty() && http.iter().all(|(_, st)| *st == "denied"), "{}", p["imports"]);
-    let r = s.post("/v1/filters/evaluate", json!({"filter": witness.addr, "payload": {}, "plugin": "http-filter"})).await;
+    let r =
+        s.post("/v1/filters/evaluate", json!({"filter": witness.addr, "payload": {}, "plugin": "http-filter"})).await;
     let detail = r.body["detail"].as_str().unwrap_or_else(|| panic!("no error detail: {}", r.text));
     assert!(detail.contains("HttpRequestDenied"), "{detail}");
     assert_eq!(witness.accepted(), 0, "the request reached the witness");
@@ -156,9 +158,7 @@ fn component(text: &str) -> Vec<u8> {
 /// A component exporting the filter interface's name (nothing behind it:
 /// these are refused before that matters) with `extra` inside.
 fn filter_shaped(extra: &str) -> Vec<u8> {
-    component(&format!(
-        r#"(component {extra} (instance $e) (export "automation:plugin/filter@0.1.0" (instance $e)))"#
-    ))
+    component(&format!(r#"(component {extra} (instance $e) (export "automation:plugin/filter@0.1.0" (instance $e)))"#))
 }
 
 /// What cannot be a plugin is refused before the compile (no compile cache
@@ -176,11 +176,7 @@ async fn refusals_come_before_the_compile_and_name_every_import() {
             filter_shaped(r#"(import "wasi:nn/graph@0.2.0" (instance)) (import "acme:secret/door" (instance))"#),
             "2 imports cannot be had",
         ),
-        (
-            "wasi3",
-            filter_shaped(r#"(import "wasi:io/streams@0.3.0" (instance))"#),
-            "WASI 0.2.x only",
-        ),
+        ("wasi3", filter_shaped(r#"(import "wasi:io/streams@0.3.0" (instance))"#), "WASI 0.2.x only"),
         (
             "instances",
             filter_shaped(&format!("(core module $m) {many}")),

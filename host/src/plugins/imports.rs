@@ -45,7 +45,12 @@ const WASI_LINE: &str = "0.2.";
 
 /// Classifies every import of a plugin with `manifest` and `grant`; refuses
 /// with one message naming every import that cannot be had.
-pub fn check(imports: &[String], manifest: &Manifest, grant: &Grant, sha256: &str) -> Result<Vec<ImportStatus>, String> {
+pub fn check(
+    imports: &[String],
+    manifest: &Manifest,
+    grant: &Grant,
+    sha256: &str,
+) -> Result<Vec<ImportStatus>, String> {
     let mut statuses = Vec::with_capacity(imports.len());
     let mut refused = Vec::new();
     for import in imports {
@@ -131,7 +136,10 @@ fn capability(
         let detail = match cap {
             Capability::Http => {
                 let hosts: Vec<&str> = grant.allowed_hosts.iter().map(String::as_str).collect();
-                format!("granted: requests only to {}", if hosts.is_empty() { "nowhere".into() } else { hosts.join(", ") })
+                format!(
+                    "granted: requests only to {}",
+                    if hosts.is_empty() { "nowhere".into() } else { hosts.join(", ") }
+                )
             }
             _ => "granted".to_owned(),
         };
@@ -140,7 +148,10 @@ fn capability(
     if toolchain_default {
         return Ok((
             Provision::Denied,
-            format!("the `{}` capability is not granted (the manifest does not ask for it): every request fails", cap.as_str()),
+            format!(
+                "the `{}` capability is not granted (the manifest does not ask for it): every request fails",
+                cap.as_str()
+            ),
         ));
     }
     Err(format!(

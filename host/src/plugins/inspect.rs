@@ -184,7 +184,9 @@ mod tests {
                    configured maximum of 32 in the pooling allocator";
         assert_eq!(
             explain_pool_limit(msg, 32).as_deref(),
-            Some("the component needs 38 core instances, which exceeds this host's limit of 32 core instances per component")
+            Some(
+                "the component needs 38 core instances, which exceeds this host's limit of 32 core instances per component"
+            )
         );
         assert_eq!(explain_pool_limit("The component transitively contains 9 tables", 32), None);
         assert_eq!(explain_pool_limit("anything else", 32), None);
