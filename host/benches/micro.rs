@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use automation_host::plugins::manifest::{Grants, Kind, Manifest};
-use automation_host::plugins::{Plugin, Runtime, Source, bundled, event_to_wit};
+use automation_host::plugins::{FilterEvent, Plugin, Runtime, Source, bundled};
 use automation_host::scheduler::cron::Schedule;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
@@ -49,8 +49,7 @@ fn plugins(c: &mut Criterion) {
     g.bench_function("warm_call_noop", |b| {
         b.iter_custom(|n| s.runtime.bench_warm_validate(&s.noop_filter, "a", n).unwrap())
     });
-    let small =
-        event_to_wit(uuid::Uuid::nil(), "github", "push", r#"{"ref": "refs/heads/main", "n": 1}"#, chrono::Utc::now());
+    let small = FilterEvent::new("github", "push", r#"{"ref": "refs/heads/main", "n": 1}"#);
     let exprs = vec!["ref == 'refs/heads/main'".to_owned()];
     g.bench_function("fresh_instance_filter_call", |b| {
         b.iter(|| {
@@ -68,7 +67,7 @@ fn plugins(c: &mut Criterion) {
     g.finish();
 
     let payload = common::delivery_14kb();
-    let event = event_to_wit(uuid::Uuid::nil(), "github", "issues.labeled", &payload, chrono::Utc::now());
+    let event = FilterEvent::new("github", "issues.labeled", &payload);
     // First sight: a new instance compiles every expression.
     let mut g = c.benchmark_group("filters_14kb");
     g.sample_size(20).measurement_time(Duration::from_secs(8));

@@ -10,7 +10,7 @@ use anyhow::{Context, anyhow, bail};
 use serde_json::{Value, json};
 
 use crate::plugins::manifest::{Capability, Grant, Grants, Kind, Manifest};
-use crate::plugins::{Bundle, CallReport, ExecStatus, Plugin, RunContext, Runtime, Source, event_to_wit};
+use crate::plugins::{Bundle, CallReport, ExecStatus, FilterEvent, Plugin, RunContext, Runtime, Source};
 
 /// What to call.
 #[derive(Debug, Clone, clap::Args)]
@@ -140,10 +140,13 @@ fn invoke(rt: &Runtime, plugin: &Plugin, export: &str, input: &Value) -> anyhow:
         "matches" => {
             let exprs: Vec<String> =
                 input["expressions"].as_array().map(|a| a.iter().map(text).collect()).unwrap_or_default();
-            let payload = input.get("payload").cloned().unwrap_or(json!({})).to_string();
-            let key = input["key"].as_str().unwrap_or("");
-            let source = input["source"].as_str().unwrap_or("cli");
-            let event = event_to_wit(uuid::Uuid::now_v7(), source, key, &payload, crate::model::now());
+            let event = FilterEvent {
+                id: uuid::Uuid::now_v7(),
+                source: input["source"].as_str().unwrap_or("cli").to_owned(),
+                key: input["key"].as_str().unwrap_or("").to_owned(),
+                payload: input.get("payload").cloned().unwrap_or(json!({})).to_string(),
+                received_at: crate::model::now(),
+            };
             let (r, report) = rt.filter_matches_fresh(plugin, &event, &exprs);
             let r = r.map(|v| {
                 v.into_iter()

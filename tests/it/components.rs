@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use automation_host::plugins::manifest::Grants;
-use automation_host::plugins::{Plugin, Runtime, Source, bundled, event_to_wit};
+use automation_host::plugins::{FilterEvent, Plugin, Runtime, Source, bundled};
 use serde_json::Value;
 
 fn fixtures() -> PathBuf {
@@ -56,8 +56,7 @@ async fn jmespath_compliance_suite_through_the_component() {
         for suite in suites {
             let cases = suite["cases"].as_array().unwrap();
             let exprs: Vec<String> = cases.iter().map(|c| c["expression"].as_str().unwrap().to_owned()).collect();
-            let event =
-                event_to_wit(uuid::Uuid::nil(), "test", "test", &suite["given"].to_string(), chrono::Utc::now());
+            let event = FilterEvent::new("test", "test", &suite["given"].to_string());
             let (verdicts, _) = rt.filter_matches(&plugin, &event, &exprs);
             let verdicts = verdicts.unwrap_or_else(|e| panic!("{}: the batch call failed: {e}", path.display()));
             assert_eq!(verdicts.len(), cases.len());
@@ -112,7 +111,7 @@ async fn github_fixtures_through_the_component() {
             if let Some(login) = payload["sender"]["login"].as_str() {
                 exprs.push((format!("ends_with(sender.login, '{}')", &login[login.len() - 1..]), true));
             }
-            let event = event_to_wit(uuid::Uuid::nil(), "github", "x", &text, chrono::Utc::now());
+            let event = FilterEvent::new("github", "x", &text);
             let (verdicts, _) =
                 rt.filter_matches(&plugin, &event, &exprs.iter().map(|(e, _)| e.clone()).collect::<Vec<_>>());
             let verdicts = verdicts.unwrap_or_else(|e| panic!("{}: {e}", file.display()));
@@ -163,7 +162,7 @@ async fn a_kept_filter_instance_answers_like_a_new_one() {
     let (mut reused, mut matched, mut errors) = (0, 0, 0);
     for file in &files {
         let text = std::fs::read_to_string(file).unwrap();
-        let event = event_to_wit(uuid::Uuid::nil(), "github", "x", &text, chrono::Utc::now());
+        let event = FilterEvent::new("github", "x", &text);
         let (kept, report) = rt.filter_matches(&plugin, &event, &exprs);
         let (fresh, fresh_report) = rt.filter_matches_fresh(&plugin, &event, &exprs);
         let kept = kept.unwrap_or_else(|e| panic!("{}: {e}", file.display()));
@@ -189,7 +188,7 @@ async fn a_filter_instance_that_failed_is_not_kept() {
     use automation_host::plugins::manifest::{Kind, Manifest};
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime(dir.path());
-    let event = event_to_wit(uuid::Uuid::nil(), "test", "x", r#"{"a": 1}"#, chrono::Utc::now());
+    let event = FilterEvent::new("test", "x", r#"{"a": 1}"#);
     let exprs = vec!["a".to_owned()];
     for (file, needle) in [("test_panic_filter.wasm", "crashed"), ("test_membomb_filter.wasm", "memory limit")] {
         let wasm = std::fs::read(Path::new(env!("GUEST_WASM_DIR")).join(file)).unwrap();

@@ -61,8 +61,7 @@ async fn filters_evaluate(
         .require(&req.plugin, Kind::Filter)
         .map_err(|e| Error::invalid("unknown_plugin", e.to_string()))?;
     super::automations::validate_filter(&state, &req.plugin, &req.filter).await?;
-    let payload = req.payload.to_string();
-    let event = crate::plugins::event_to_wit(uuid::Uuid::nil(), "evaluate", &req.key, &payload, crate::model::now());
+    let event = crate::plugins::FilterEvent::new("evaluate", &req.key, &req.payload.to_string());
     let filter = req.filter;
     let (result, _) =
         state.plugins.blocking(move |rt| rt.filter_matches(&plugin, &event, std::slice::from_ref(&filter))).await;

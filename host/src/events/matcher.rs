@@ -14,7 +14,7 @@ use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
 use crate::model::{Automation, Run, RunTrigger, Trigger};
 use crate::plugins::manifest::Kind;
-use crate::plugins::{Registry, event_to_wit};
+use crate::plugins::{FilterEvent, Registry};
 use crate::store::{Delivery, MatchRecord, Store};
 use futures::StreamExt;
 
@@ -212,7 +212,13 @@ impl Matcher {
             }
         }
         if !to_filter.is_empty() {
-            let event = event_to_wit(delivery.id, &delivery.source, &key, &delivery.payload_text, delivery.received_at);
+            let event = FilterEvent {
+                id: delivery.id,
+                source: delivery.source.clone(),
+                key: key.clone(),
+                payload: delivery.payload_text.clone(),
+                received_at: delivery.received_at,
+            };
             for (plugin_name, items) in to_filter {
                 // One call per plugin, each distinct expression once.
                 let mut exprs: Vec<String> = items.iter().map(|(_, e)| e.clone()).collect();

@@ -12,313 +12,53 @@
 //! - `manifest`: what a plugin asks for and what the operator grants;
 //! - `registry`: loaded plugins by name, replaced atomically.
 //!
-//! WIT types stop here: callers use the plain Rust types in this module
-//! (`Bundle`, `RunContext`, `ExecStatus`, `GuestError`).
+//! - `domain`, `errors`, `limits`: the plain types callers use (`Bundle`,
+//!   `RunContext`, `FilterEvent`, `ExecStatus`, `CallError`, `CallLimits`);
+//! - `convert`: WIT types to and from those, the only place they meet;
+//! - `warm`: filter instances kept between calls.
+//!
+//! WIT types stop here: callers never see a `bindings` type.
 
 pub mod bindings;
 pub mod bundled;
+mod convert;
+mod domain;
 pub mod engine;
+mod errors;
 pub mod host;
 pub mod http_policy;
 pub mod imports;
 pub mod inspect;
+mod limits;
 pub mod manifest;
 mod outbound;
 pub mod registry;
+mod warm;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-use utoipa::ToSchema;
-use uuid::Uuid;
 use wasmtime::component::{Linker, types::ComponentItem};
 use wasmtime::{Engine, Store, Trap};
 
 use self::bindings::types;
 use self::engine::{CacheOutcome, CompileCache};
-use self::host::{HostState, LogLine, Services};
+use self::host::{HostState, Services};
 use self::imports::ImportStatus;
 use self::manifest::{Grant, Grants, Kind, Manifest};
-use crate::model::RunOutput;
 
+pub use domain::{Bundle, Description, ExecStatus, FilterEvent, RunContext, Source};
+pub use errors::{CallError, CallReport, GuestError, GuestErrorKind, LoadError};
+pub use limits::CallLimits;
 pub use registry::Registry;
+
+use self::convert::{bundle_from_wit, bundle_to_wit, context_to_wit, event_to_wit, status_from_wit, verdicts};
+use self::limits::{deadline_ticks, filter_matches_limits};
+use self::warm::{WARM_CALLS, WARM_PER_PLUGIN, WarmFilter, WarmSlot};
 
 /// The fuel a metered store starts with: effectively unlimited (deadlines
 /// come from epochs); what is left tells what the call used.
 const FUEL: u64 = u64::MAX / 2;
-
-/// Most calls one kept filter instance serves before it is replaced by a
-/// fresh one, so whatever a filter accumulates is bounded in time too.
-const WARM_CALLS: u32 = 10_000;
-
-/// Most idle instances kept per filter plugin. The matcher calls one at a
-/// time; the rest serve `POST /v1/filters/evaluate` and validation.
-const WARM_PER_PLUGIN: usize = 2;
-
-/// Most instances kept across all filter plugins: kept instances hold slots
-/// of the pooling allocator, which every other call needs too.
-const WARM_BUDGET: usize = 32;
-
-/// A filter instance kept between calls, with its store.
-struct WarmFilter {
-    store: Store<HostState>,
-    instance: bindings::filter::FilterPlugin,
-    calls: u32,
-    /// Its share of [`WARM_BUDGET`]; `None` until it is first kept.
-    slot: Option<WarmSlot>,
-}
-
-/// One unit of [`WARM_BUDGET`], given back when dropped.
-struct WarmSlot(Arc<std::sync::atomic::AtomicUsize>);
-
-impl WarmSlot {
-    fn take(budget: &Arc<std::sync::atomic::AtomicUsize>) -> Option<WarmSlot> {
-        use std::sync::atomic::Ordering::SeqCst;
-        budget.fetch_update(SeqCst, SeqCst, |used| (used < WARM_BUDGET).then_some(used + 1)).ok()?;
-        Some(WarmSlot(budget.clone()))
-    }
-}
-
-impl Drop for WarmSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-/// A call's epoch deadline in ticks from now (a tick more than the limit, so
-/// a call is never cut short by the tick already under way).
-fn deadline_ticks(limits: CallLimits) -> u64 {
-    (limits.deadline.as_millis() / engine::EPOCH_TICK.as_millis()).max(1) as u64 + 1
-}
-
-/// A `matches` call's limits: a filter's, plus 5 ms per expression.
-fn filter_matches_limits(expressions: &[String]) -> CallLimits {
-    let mut limits = CallLimits::for_kind(Kind::Filter);
-    limits.deadline += Duration::from_millis(5) * expressions.len().min(2000) as u32;
-    limits
-}
-
-/// Limits for one kind of call.
-#[derive(Debug, Clone, Copy)]
-pub struct CallLimits {
-    /// Most bytes a linear memory may grow to.
-    pub memory: usize,
-    /// Wall-clock deadline, enforced by epochs.
-    pub deadline: Duration,
-    /// Bytes of stdout and of stderr kept.
-    pub output: usize,
-}
-
-impl CallLimits {
-    /// The defaults for a kind of plugin.
-    pub fn for_kind(kind: Kind) -> CallLimits {
-        match kind {
-            Kind::Filter => CallLimits { memory: 64 << 20, deadline: Duration::from_secs(1), output: 16 << 10 },
-            Kind::Preset => CallLimits { memory: 64 << 20, deadline: Duration::from_secs(5), output: 64 << 10 },
-            Kind::Executor => CallLimits { memory: 128 << 20, deadline: Duration::from_secs(30), output: 64 << 10 },
-        }
-    }
-}
-
-/// Why a plugin could not be loaded. The message says what to fix.
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-#[error("plugin {name}: {reason}")]
-pub struct LoadError {
-    /// The plugin's name.
-    pub name: String,
-    /// What is wrong.
-    pub reason: String,
-}
-
-/// An expected failure a plugin reported (a WIT `error` value).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema, thiserror::Error)]
-#[error("{kind}: {message}")]
-pub struct GuestError {
-    /// `invalid_input`, `denied`, `unavailable`, `not_found` or `internal`.
-    pub kind: &'static str,
-    /// The plugin's message.
-    pub message: String,
-}
-
-impl GuestError {
-    /// True for failures worth retrying later.
-    pub fn is_transient(&self) -> bool {
-        self.kind == "unavailable"
-    }
-}
-
-impl From<types::Error> for GuestError {
-    fn from(e: types::Error) -> GuestError {
-        let (kind, message) = match e {
-            types::Error::InvalidInput(m) => ("invalid_input", m),
-            types::Error::Denied(m) => ("denied", m),
-            types::Error::Unavailable(m) => ("unavailable", m),
-            types::Error::NotFound(m) => ("not_found", m),
-            types::Error::Internal(m) => ("internal", m),
-        };
-        GuestError { kind, message }
-    }
-}
-
-/// Why a call failed without the plugin returning a value: it trapped, ran
-/// out of time or memory, or returned an error value.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum CallError {
-    /// Ran past its deadline and was stopped.
-    #[error("plugin {plugin} ran past its {limit_ms} ms deadline and was stopped")]
-    Timeout {
-        /// The plugin.
-        plugin: String,
-        /// The deadline in milliseconds.
-        limit_ms: u128,
-    },
-    /// Tried to grow its memory past the limit, then failed.
-    #[error("plugin {plugin} exceeded its memory limit: asked for {asked} bytes, the limit is {limit}")]
-    Memory {
-        /// The plugin.
-        plugin: String,
-        /// The size it asked for.
-        asked: usize,
-        /// The limit.
-        limit: usize,
-    },
-    /// Trapped (a panic, `unreachable`, a bad memory access).
-    #[error("plugin {plugin} crashed: {message}")]
-    Trap {
-        /// The plugin.
-        plugin: String,
-        /// The trap, and what the plugin wrote to stderr.
-        message: String,
-    },
-    /// Returned a WIT `error`.
-    #[error("plugin {plugin} returned an error: {error}")]
-    Guest {
-        /// The plugin.
-        plugin: String,
-        /// The error.
-        error: GuestError,
-    },
-    /// Returned something its interface rules out (a filter answering a
-    /// different number of verdicts than it was given expressions).
-    #[error("plugin {plugin} broke its interface: {message}")]
-    Contract {
-        /// The plugin.
-        plugin: String,
-        /// What it got wrong.
-        message: String,
-    },
-}
-
-impl CallError {
-    /// True for failures worth retrying (the plugin said `unavailable`).
-    pub fn is_transient(&self) -> bool {
-        matches!(self, CallError::Guest { error, .. } if error.is_transient())
-    }
-}
-
-/// What a call did besides its result.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct CallReport {
-    /// Log lines.
-    pub logs: Vec<LogLine>,
-    /// Captured stdout.
-    pub stdout: String,
-    /// Captured stderr.
-    pub stderr: String,
-    /// Wall time, including instantiation.
-    pub elapsed: Duration,
-    /// Largest linear memory reached, in bytes.
-    pub peak_memory: usize,
-    /// Fuel consumed, when the engine meters fuel.
-    pub fuel: Option<u64>,
-    /// Whether the call ran on an instance kept from an earlier call
-    /// (filters only; see `Runtime::filter_call`).
-    pub reused: bool,
-}
-
-/// A bundle: the code a run executes.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Bundle {
-    /// A gzip tar archive, unpacked first.
-    pub archive: Option<Vec<u8>>,
-    /// Files written after the archive: (path, mode, contents).
-    pub files: Vec<(String, u32, Vec<u8>)>,
-    /// The command to run.
-    pub entrypoint: String,
-    /// Environment variables.
-    pub env: Vec<(String, String)>,
-}
-
-/// What an executor is told about the run it carries out.
-#[derive(Debug, Clone)]
-pub struct RunContext {
-    /// The run.
-    pub run_id: Uuid,
-    /// The automation.
-    pub automation_id: Uuid,
-    /// The automation's name.
-    pub automation_name: String,
-    /// 1 on the first start, more on retries.
-    pub attempt: u32,
-    /// `cron`, `event` or `manual`.
-    pub trigger_kind: String,
-    /// The trigger payload as JSON text.
-    pub trigger_payload: String,
-    /// The event key, for event runs.
-    pub event_key: Option<String>,
-    /// The cron slot, for cron runs.
-    pub scheduled_for: Option<chrono::DateTime<chrono::Utc>>,
-    /// The executor configuration as JSON text.
-    pub config: String,
-    /// The time budget.
-    pub timeout: Duration,
-    /// Where the run may report completion.
-    pub callback_url: String,
-    /// The per-run token for the callback.
-    pub callback_token: String,
-}
-
-/// Where an executor says a run is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExecStatus {
-    /// Still going.
-    Running,
-    /// Finished well.
-    Succeeded(RunOutput),
-    /// Finished badly, with a reason.
-    Failed(String, RunOutput),
-    /// The executor's own time limit ended it.
-    TimedOut(RunOutput),
-    /// It was cancelled.
-    Cancelled(RunOutput),
-}
-
-/// What a preset or executor says about itself.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
-pub struct Description {
-    /// Its name.
-    pub name: String,
-    /// Its version.
-    pub version: String,
-    /// What it does.
-    pub description: String,
-    /// JSON Schema of its configuration.
-    #[schema(value_type = Option<Object>)]
-    pub config_schema: Option<serde_json::Value>,
-}
-
-/// Where a loaded plugin came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Source {
-    /// Built from `guest-examples/` into the binary.
-    Bundled,
-    /// A `.wasm` + `.toml` pair in the plugins directory.
-    Directory,
-    /// Uploaded with `PUT /v1/plugins/{name}`.
-    Uploaded,
-}
 
 /// A loaded plugin, ready to call.
 pub struct Plugin {
@@ -452,8 +192,8 @@ impl Runtime {
         let (grant, grant_origins) = self.grants.effective(&manifest, source, &sha256, recorded);
         // Everything that can refuse the component runs before the compile,
         // which takes seconds for a language runtime's component.
-        let inventory = inspect::inventory(wasm, engine::MAX_CORE_INSTANCES_PER_COMPONENT)
-            .map_err(|e| fail(e.to_string()))?;
+        let inventory =
+            inspect::inventory(wasm, engine::MAX_CORE_INSTANCES_PER_COMPONENT).map_err(|e| fail(e.to_string()))?;
         let export = exported_world(&inventory.exports, &manifest).map_err(fail)?;
         let imports = imports::check(&inventory.imports, &manifest, &grant, &sha256).map_err(fail)?;
         let (component, outcome) = self.cache.load(&self.engine, wasm).map_err(|e| {
@@ -665,11 +405,12 @@ impl Runtime {
     pub fn filter_matches(
         &self,
         plugin: &Plugin,
-        event: &types::Event,
+        event: &FilterEvent,
         expressions: &[String],
     ) -> (Result<Vec<Result<bool, GuestError>>, CallError>, CallReport) {
+        let event = event_to_wit(event);
         let (r, report) = self.filter_call(plugin, filter_matches_limits(expressions), |store, filter| {
-            filter.automation_plugin_filter().call_matches(store, event, expressions)
+            filter.automation_plugin_filter().call_matches(store, &event, expressions)
         });
         (r.and_then(|v| verdicts(plugin, v, expressions.len())), report)
     }
@@ -681,12 +422,13 @@ impl Runtime {
     pub fn filter_matches_fresh(
         &self,
         plugin: &Plugin,
-        event: &types::Event,
+        event: &FilterEvent,
         expressions: &[String],
     ) -> (Result<Vec<Result<bool, GuestError>>, CallError>, CallReport) {
+        let event = event_to_wit(event);
         let (r, report) = self.call(plugin, None, filter_matches_limits(expressions), |store, pre| match pre {
             Pre::Filter(p) => {
-                p.instantiate(&mut *store)?.automation_plugin_filter().call_matches(&mut *store, event, expressions)
+                p.instantiate(&mut *store)?.automation_plugin_filter().call_matches(&mut *store, &event, expressions)
             }
             _ => wasmtime::bail!("{} is not a filter", plugin.name()),
         });
@@ -835,99 +577,7 @@ fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
     Ok(linker)
 }
 
-/// Builds a WIT event.
-pub fn event_to_wit(
-    id: Uuid,
-    source: &str,
-    key: &str,
-    payload: &str,
-    received_at: chrono::DateTime<chrono::Utc>,
-) -> types::Event {
-    types::Event {
-        id: id.to_string(),
-        source: source.to_owned(),
-        key: key.to_owned(),
-        payload: payload.to_owned(),
-        received_at: datetime_to_wit(received_at),
-    }
-}
-
-fn datetime_to_wit(t: chrono::DateTime<chrono::Utc>) -> types::Datetime {
-    types::Datetime { seconds: t.timestamp(), nanoseconds: t.timestamp_subsec_nanos() }
-}
-
-fn bundle_from_wit(b: types::Bundle) -> Bundle {
-    Bundle {
-        archive: b.archive,
-        files: b.files.into_iter().map(|f| (f.path, f.mode, f.contents)).collect(),
-        entrypoint: b.entrypoint,
-        env: b.env,
-    }
-}
-
-fn bundle_to_wit(b: &Bundle) -> types::Bundle {
-    types::Bundle {
-        archive: b.archive.clone(),
-        files: b
-            .files
-            .iter()
-            .map(|(path, mode, contents)| types::File { path: path.clone(), mode: *mode, contents: contents.clone() })
-            .collect(),
-        entrypoint: b.entrypoint.clone(),
-        env: b.env.clone(),
-    }
-}
-
-fn context_to_wit(c: &RunContext) -> types::RunContext {
-    types::RunContext {
-        run_id: c.run_id.to_string(),
-        automation_id: c.automation_id.to_string(),
-        automation_name: c.automation_name.clone(),
-        attempt: c.attempt,
-        trigger: types::TriggerInfo {
-            kind: c.trigger_kind.clone(),
-            payload: c.trigger_payload.clone(),
-            event_key: c.event_key.clone(),
-            scheduled_for: c.scheduled_for.map(datetime_to_wit),
-        },
-        config: c.config.clone(),
-        timeout_ms: c.timeout.as_millis() as u64,
-        callback_url: c.callback_url.clone(),
-        callback_token: c.callback_token.clone(),
-    }
-}
-
-fn output_from_wit(o: types::RunOutput) -> RunOutput {
-    RunOutput { exit_code: o.exit_code, stdout: o.stdout, stderr: o.stderr, truncated: o.truncated }
-}
-
-fn status_from_wit(s: types::RunStatus) -> ExecStatus {
-    match s {
-        types::RunStatus::Running => ExecStatus::Running,
-        types::RunStatus::Succeeded(o) => ExecStatus::Succeeded(output_from_wit(o)),
-        types::RunStatus::Failed((why, o)) => ExecStatus::Failed(why, output_from_wit(o)),
-        types::RunStatus::TimedOut(o) => ExecStatus::TimedOut(output_from_wit(o)),
-        types::RunStatus::Cancelled(o) => ExecStatus::Cancelled(output_from_wit(o)),
-    }
-}
-
 /// The SHA-256 of a component, lowercase hex: the identity grants name.
 pub fn digest(wasm: &[u8]) -> String {
     hex::encode(<sha2::Sha256 as sha2::Digest>::digest(wasm))
-}
-
-/// A filter's answer to `matches`, checked: one verdict per expression, in
-/// order, or the whole call fails.
-fn verdicts(
-    plugin: &Plugin,
-    answer: Vec<Result<bool, types::Error>>,
-    expressions: usize,
-) -> Result<Vec<Result<bool, GuestError>>, CallError> {
-    if answer.len() != expressions {
-        return Err(CallError::Contract {
-            plugin: plugin.name().to_owned(),
-            message: format!("`matches` returned {} verdicts for {expressions} expressions", answer.len()),
-        });
-    }
-    Ok(answer.into_iter().map(|x| x.map_err(GuestError::from)).collect())
 }
