@@ -17,7 +17,7 @@ db_tests!(
     acknowledged_deliveries_survive_kill_9,
 );
 
-fn fixtures() -> Vec<(String, PathBuf)> {
+pub(crate) fn fixtures() -> Vec<(String, PathBuf)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/github-webhooks");
     let mut out = Vec::new();
     for dir in std::fs::read_dir(root).unwrap() {

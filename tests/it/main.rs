@@ -37,6 +37,8 @@ mod plugins;
 mod trust;
 // Provide, then deny: WASI 0.2 linked whole, denied where it matters.
 mod wasi;
+// The Python and JavaScript guest filters, built by their toolchains.
+mod polyglot;
 // The HTTP front against slow clients and floods.
 mod http_limits;
 // Cron: slots, misfire policies, next fire times, two hosts.

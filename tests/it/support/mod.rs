@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // Not every test binary module uses every helper.
 
+pub mod polyglot;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -1,0 +1,141 @@
+//! Builds the Python and JavaScript guests in `guest-examples/` with their
+//! own toolchains (componentize-py from PyPI, componentize-js from npm),
+//! cached under `target/tmp/polyglot/` and rebuilt when a source, the WIT or
+//! the pinned toolchain changes. A missing `python3`/`npm` or a failed
+//! install fails the test that needs the guest, loudly: nothing is skipped.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use sha2::{Digest, Sha256};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn cache() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("polyglot");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A digest of `files` and every `wit/*.wit`: what the component is built from.
+fn fingerprint(files: &[PathBuf]) -> String {
+    let mut all: Vec<PathBuf> = files.to_vec();
+    let mut wit: Vec<PathBuf> = std::fs::read_dir(repo().join("wit"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wit"))
+        .collect();
+    wit.sort();
+    all.extend(wit);
+    let mut h = Sha256::new();
+    for f in &all {
+        h.update(f.file_name().unwrap().as_encoded_bytes());
+        h.update(std::fs::read(f).unwrap_or_else(|e| panic!("{}: {e}", f.display())));
+    }
+    hex::encode(&h.finalize()[..8])
+}
+
+fn run(cmd: &mut Command, what: &str) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: cannot start {:?}: {e}", cmd.get_program()));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Builds once per fingerprint: `build(tmp)` writes the component to `tmp`,
+/// which is renamed into place only when it succeeded.
+fn cached(name: &str, fp: &str, build: impl FnOnce(&Path)) -> Vec<u8> {
+    let out = cache().join(format!("{name}-{fp}.wasm"));
+    if !out.exists() {
+        let tmp = cache().join(format!("{name}-{fp}.wasm.tmp"));
+        build(&tmp);
+        std::fs::rename(&tmp, &out).unwrap();
+    }
+    std::fs::read(&out).unwrap()
+}
+
+/// `guest-examples/python-filter`, built with componentize-py.
+pub(crate) fn python_filter() -> Vec<u8> {
+    static WASM: OnceLock<Vec<u8>> = OnceLock::new();
+    WASM.get_or_init(|| {
+        let src = repo().join("guest-examples/python-filter");
+        let requirements = src.join("requirements.txt");
+        let fp = fingerprint(&[src.join("app.py"), requirements.clone()]);
+        cached("python-filter", &fp, |tmp| {
+            let deps = cache().join(format!("pydeps-{}", fingerprint(std::slice::from_ref(&requirements))));
+            let tool = deps.join("bin/componentize-py");
+            if !tool.exists() {
+                let partial = deps.with_extension("partial");
+                let _ = std::fs::remove_dir_all(&partial);
+                run(
+                    Command::new("python3")
+                        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-cache-dir"])
+                        .arg("--target")
+                        .arg(&partial)
+                        .arg("-r")
+                        .arg(&requirements),
+                    "pip install -r guest-examples/python-filter/requirements.txt",
+                );
+                std::fs::rename(&partial, &deps).unwrap();
+            }
+            run(
+                Command::new(&tool)
+                    .env("PYTHONPATH", &deps)
+                    .env("PYTHONDONTWRITEBYTECODE", "1")
+                    .arg("-d")
+                    .arg(repo().join("wit"))
+                    .args(["-w", "filter-plugin", "componentize", "app", "-p"])
+                    .arg(&src)
+                    .arg("-o")
+                    .arg(tmp),
+                "componentize-py (guest-examples/python-filter)",
+            );
+        })
+    })
+    .clone()
+}
+
+/// `guest-examples/js-filter`, built with componentize-js (npm ci from its
+/// lockfile into the cache, not into the source tree).
+pub(crate) fn js_filter() -> Vec<u8> {
+    static WASM: OnceLock<Vec<u8>> = OnceLock::new();
+    WASM.get_or_init(|| {
+        let src = repo().join("guest-examples/js-filter");
+        let lock = [src.join("package.json"), src.join("package-lock.json")];
+        let mut inputs = lock.to_vec();
+        inputs.push(src.join("filter.js"));
+        let fp = fingerprint(&inputs);
+        cached("js-filter", &fp, |tmp| {
+            let work = cache().join(format!("npm-{}", fingerprint(&lock)));
+            let tool = work.join("node_modules/.bin/componentize-js");
+            if !tool.exists() {
+                std::fs::create_dir_all(&work).unwrap();
+                for f in &lock {
+                    std::fs::copy(f, work.join(f.file_name().unwrap())).unwrap();
+                }
+                run(
+                    Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]).current_dir(&work),
+                    "npm ci (guest-examples/js-filter)",
+                );
+            }
+            run(
+                Command::new(&tool)
+                    .current_dir(&work)
+                    .arg(src.join("filter.js"))
+                    .arg("-w")
+                    .arg(repo().join("wit"))
+                    .args(["-n", "filter-plugin", "-o"])
+                    .arg(tmp),
+                "componentize-js (guest-examples/js-filter)",
+            );
+        })
+    })
+    .clone()
+}
