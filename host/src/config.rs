@@ -43,6 +43,9 @@ pub enum PluginCommand {
     /// Load a component and call one export with JSON input; prints the
     /// result, logs, output, time, peak memory and fuel.
     Call(crate::plugin_cli::CallArgs),
+    /// Make a new plugin from a template in a directory of its own: source,
+    /// the host's WIT, a README from build to upload, a sample input.
+    New(crate::plugin_new::NewArgs),
 }
 
 /// API key commands.

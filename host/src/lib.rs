@@ -28,6 +28,7 @@ pub mod events;
 pub mod metrics;
 pub mod model;
 pub mod plugin_cli;
+pub mod plugin_new;
 pub mod plugins;
 pub mod sandbox;
 pub mod scheduler;

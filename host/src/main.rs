@@ -71,8 +71,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("migrations applied to {}", automation_host::redact(&config.effective_database_url()));
             Ok(())
         }
+        Command::Plugin(PluginCommand::New(args)) => {
+            let dir = automation_host::plugin_new::new(&args)?;
+            println!("made {} in {}: see its README.md to build, call and upload it", args.name, dir.display());
+            Ok(())
+        }
         Command::Plugin(PluginCommand::Call(args)) => {
-            let cache = config.cache_dir();
+            // Not `./data/plugin-cache` in whatever directory the author is
+            // in (a plugin's source tree), unless they chose a data dir.
+            let chosen = config.plugin_cache_dir.is_some() || config.data_dir != std::path::Path::new("./data");
+            let cache = if chosen {
+                config.cache_dir()
+            } else {
+                std::env::var_os("XDG_CACHE_HOME")
+                    .map(std::path::PathBuf::from)
+                    .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))
+                    .unwrap_or_else(std::env::temp_dir)
+                    .join("automation-host/plugin-cache")
+            };
             let code = automation_host::plugin_cli::call(args, cache).await?;
             if code != 0 {
                 std::process::exit(code);

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::events::{SECRET, deliver, fixtures, wait_matched};
 use crate::plugins::put_plugin;
-use crate::support::polyglot::{js_filter, python_filter};
+use crate::support::polyglot::{cargo_component, componentize_js, componentize_py, js_filter, python_filter};
 use crate::support::{Backend, TestServer};
 use automation_host::events::signature::sign;
 
@@ -174,4 +174,72 @@ async fn js_filter_decides_like_the_rust_one() {
         &["wasi:http/outgoing-handler@", "wasi:filesystem/preopens@", "wasi:cli/stdin@"],
     )
     .await;
+}
+
+/// A newcomer's path, in each language: `plugin new` in an empty directory
+/// outside the repository, the README's build, `plugin call` on the sample
+/// input from inside the plugin's directory (which must stay clean), the
+/// upload, and a matched delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_new_scaffolds_filters_that_reach_a_matched_delivery() {
+    let bin = env!("CARGO_BIN_EXE_automation-host");
+    let s = TestServer::start_with(
+        Backend::Sqlite,
+        &[("AUTOMATION_GITHUB_WEBHOOK_SECRET", SECRET), ("AUTOMATION_NO_DISPATCH", "true")],
+    )
+    .await;
+    let opened = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/github-webhooks/pull_request/opened.payload.json"
+    ))
+    .unwrap();
+    for lang in ["rust", "python", "js"] {
+        let home = tempfile::tempdir().unwrap();
+        let name = format!("my-{lang}-filter");
+        let dir = home.path().join(&name);
+        let made = std::process::Command::new(bin)
+            .current_dir(home.path())
+            .args(["plugin", "new", "filter", &name, "--lang", lang])
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{lang}: {}", String::from_utf8_lossy(&made.stderr));
+        let wasm = tokio::task::block_in_place(|| match lang {
+            "rust" => cargo_component(&dir).join(format!("{}.wasm", name.replace('-', "_"))),
+            "python" => {
+                let out = dir.join(format!("{name}.wasm"));
+                componentize_py(&dir, &dir.join("wit"), &out);
+                out
+            }
+            _ => {
+                let out = dir.join(format!("{name}.wasm"));
+                componentize_js(&dir.join("filter.js"), &dir.join("wit"), &out);
+                out
+            }
+        });
+        let call = std::process::Command::new(bin)
+            .current_dir(&dir)
+            .env("HOME", home.path())
+            .env_remove("XDG_CACHE_HOME")
+            .args(["plugin", "call"])
+            .arg(&wasm)
+            .args(["matches", "--input", "sample-input.json"])
+            .output()
+            .unwrap();
+        assert!(call.status.success(), "{lang}: {}", String::from_utf8_lossy(&call.stderr));
+        let v: Value = serde_json::from_slice(&call.stdout).unwrap();
+        assert_eq!(v["result"]["ok"], json!([{"matches": true}, {"matches": false}, {"matches": true}]), "{lang}: {v}");
+        assert!(!dir.join("data").exists(), "{lang}: plugin call wrote ./data into the plugin's directory");
+        put_plugin(&s, &name, "kind=filter", std::fs::read(&wasm).unwrap()).await.expect(201);
+        s.post("/v1/automations", automation(&format!("{lang} bad"), "no equals sign", &name)).await.expect_error(
+            422,
+            "invalid_filter",
+            "path=value",
+        );
+        let a = s.post("/v1/automations", automation(&format!("{lang} opened"), "action=opened", &name)).await;
+        let a = a.expect(201).id();
+        let d = deliver(&s, "pull_request", &format!("new-{lang}"), &opened).await.expect(202);
+        let d = wait_matched(&s, &d.id()).await;
+        let matched = d["result"]["matched"].to_string();
+        assert!(matched.contains(&a), "{lang}: {d}");
+    }
 }

@@ -68,36 +68,7 @@ pub(crate) fn python_filter() -> Vec<u8> {
         let src = repo().join("guest-examples/python-filter");
         let requirements = src.join("requirements.txt");
         let fp = fingerprint(&[src.join("app.py"), requirements.clone()]);
-        cached("python-filter", &fp, |tmp| {
-            let deps = cache().join(format!("pydeps-{}", fingerprint(std::slice::from_ref(&requirements))));
-            let tool = deps.join("bin/componentize-py");
-            if !tool.exists() {
-                let partial = deps.with_extension("partial");
-                let _ = std::fs::remove_dir_all(&partial);
-                run(
-                    Command::new("python3")
-                        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-cache-dir"])
-                        .arg("--target")
-                        .arg(&partial)
-                        .arg("-r")
-                        .arg(&requirements),
-                    "pip install -r guest-examples/python-filter/requirements.txt",
-                );
-                std::fs::rename(&partial, &deps).unwrap();
-            }
-            run(
-                Command::new(&tool)
-                    .env("PYTHONPATH", &deps)
-                    .env("PYTHONDONTWRITEBYTECODE", "1")
-                    .arg("-d")
-                    .arg(repo().join("wit"))
-                    .args(["-w", "filter-plugin", "componentize", "app", "-p"])
-                    .arg(&src)
-                    .arg("-o")
-                    .arg(tmp),
-                "componentize-py (guest-examples/python-filter)",
-            );
-        })
+        cached("python-filter", &fp, |tmp| componentize_py(&src, &repo().join("wit"), tmp))
     })
     .clone()
 }
@@ -112,30 +83,92 @@ pub(crate) fn js_filter() -> Vec<u8> {
         let mut inputs = lock.to_vec();
         inputs.push(src.join("filter.js"));
         let fp = fingerprint(&inputs);
-        cached("js-filter", &fp, |tmp| {
-            let work = cache().join(format!("npm-{}", fingerprint(&lock)));
-            let tool = work.join("node_modules/.bin/componentize-js");
-            if !tool.exists() {
-                std::fs::create_dir_all(&work).unwrap();
-                for f in &lock {
-                    std::fs::copy(f, work.join(f.file_name().unwrap())).unwrap();
-                }
-                run(
-                    Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]).current_dir(&work),
-                    "npm ci (guest-examples/js-filter)",
-                );
-            }
-            run(
-                Command::new(&tool)
-                    .current_dir(&work)
-                    .arg(src.join("filter.js"))
-                    .arg("-w")
-                    .arg(repo().join("wit"))
-                    .args(["-n", "filter-plugin", "-o"])
-                    .arg(tmp),
-                "componentize-js (guest-examples/js-filter)",
-            );
-        })
+        cached("js-filter", &fp, |tmp| componentize_js(&src.join("filter.js"), &repo().join("wit"), tmp))
     })
     .clone()
+}
+
+/// Builds the Python app `app.py` in `dir` against `wit` into `out`, with
+/// the componentize-py that `guest-examples/python-filter/requirements.txt`
+/// pins (installed once into the cache).
+pub(crate) fn componentize_py(dir: &Path, wit: &Path, out: &Path) {
+    let requirements = repo().join("guest-examples/python-filter/requirements.txt");
+    let deps = cache().join(format!("pydeps-{}", fingerprint(std::slice::from_ref(&requirements))));
+    let tool = deps.join("bin/componentize-py");
+    if !tool.exists() {
+        let partial = deps.with_extension("partial");
+        let _ = std::fs::remove_dir_all(&partial);
+        run(
+            Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-cache-dir"])
+                .arg("--target")
+                .arg(&partial)
+                .arg("-r")
+                .arg(&requirements),
+            "pip install -r guest-examples/python-filter/requirements.txt",
+        );
+        std::fs::rename(&partial, &deps).unwrap();
+    }
+    run(
+        Command::new(&tool)
+            .env("PYTHONPATH", &deps)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .arg("-d")
+            .arg(wit)
+            .args(["-w", "filter-plugin", "componentize", "app", "-p"])
+            .arg(dir)
+            .arg("-o")
+            .arg(out),
+        &format!("componentize-py ({})", dir.display()),
+    );
+}
+
+/// Builds the JavaScript module `source` against `wit` into `out`, with the
+/// componentize-js that `guest-examples/js-filter`'s lockfile pins
+/// (`npm ci` once into the cache, not into the source tree).
+pub(crate) fn componentize_js(source: &Path, wit: &Path, out: &Path) {
+    let src = repo().join("guest-examples/js-filter");
+    let lock = [src.join("package.json"), src.join("package-lock.json")];
+    let work = cache().join(format!("npm-{}", fingerprint(&lock)));
+    let tool = work.join("node_modules/.bin/componentize-js");
+    if !tool.exists() {
+        std::fs::create_dir_all(&work).unwrap();
+        for f in &lock {
+            std::fs::copy(f, work.join(f.file_name().unwrap())).unwrap();
+        }
+        run(
+            Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]).current_dir(&work),
+            "npm ci (guest-examples/js-filter)",
+        );
+    }
+    run(
+        Command::new(&tool)
+            .current_dir(&work)
+            .arg(source)
+            .arg("-w")
+            .arg(wit)
+            .args(["-n", "filter-plugin", "-o"])
+            .arg(out),
+        &format!("componentize-js ({})", source.display()),
+    );
+}
+
+/// Builds the Rust crate in `dir` for wasm32-wasip2 (release), with a
+/// target directory kept in the cache so dependencies build once.
+pub(crate) fn cargo_component(dir: &Path) -> PathBuf {
+    let target = cache().join("rust-target");
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(dir)
+        .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
+        .env("CARGO_TARGET_DIR", &target);
+    // The outer build's settings are for the host, not for this crate.
+    for (key, _) in std::env::vars() {
+        if (key.starts_with("CARGO_") && key != "CARGO_HOME") || key.starts_with("RUSTC") || key == "RUSTFLAGS" {
+            if key != "CARGO_TARGET_DIR" {
+                cmd.env_remove(&key);
+            }
+        }
+    }
+    run(&mut cmd, &format!("cargo build ({})", dir.display()));
+    target.join("wasm32-wasip2/release")
 }
