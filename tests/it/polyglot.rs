@@ -60,7 +60,7 @@ fn import_statuses(plugin: &Value, prefix: &str) -> BTreeSet<String> {
 }
 
 async fn a_guest_filter_decides_like_the_rust_one(name: &str, wasm: Vec<u8>, denied_imports: &[&str]) {
-    let s = TestServer::start_with(
+    let s = TestServer::start_niced(
         Backend::Sqlite,
         &[("AUTOMATION_GITHUB_WEBHOOK_SECRET", SECRET), ("AUTOMATION_NO_DISPATCH", "true")],
     )
@@ -183,7 +183,7 @@ async fn js_filter_decides_like_the_rust_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugin_new_scaffolds_filters_that_reach_a_matched_delivery() {
     let bin = env!("CARGO_BIN_EXE_automation-host");
-    let s = TestServer::start_with(
+    let s = TestServer::start_niced(
         Backend::Sqlite,
         &[("AUTOMATION_GITHUB_WEBHOOK_SECRET", SECRET), ("AUTOMATION_NO_DISPATCH", "true")],
     )
