@@ -125,43 +125,56 @@ pub fn custom_key(expr: &str, payload: &Value) -> Result<Option<String>, String>
 /// (Python `fnmatch` without case folding: `*` spans anything, `.` and `/`
 /// included; `?`; `[abc]`, `[!abc]`, `[a-z]`).
 pub fn key_matches(pattern: &str, key: &str) -> bool {
-    pattern == key || glob(pattern.as_bytes(), key.as_bytes())
+    pattern == key || glob(pattern, key)
 }
 
-fn glob(p: &[u8], s: &[u8]) -> bool {
-    // Iterative matching with one backtrack point for the last `*`.
+/// The first character of `s` (which is not empty) and its length in bytes.
+fn first(s: &str) -> (char, usize) {
+    let c = s.chars().next().expect("not empty");
+    (c, c.len_utf8())
+}
+
+/// Glob matching by characters, not bytes (as Python's `fnmatch` and the
+/// bundled filter's `glob()` do: `?` is one character, `é` included),
+/// without allocating: the matcher calls this for every pattern of every
+/// automation on every delivery.
+fn glob(p: &str, s: &str) -> bool {
+    // Iterative matching with one backtrack point for the last `*`; indices
+    // are byte offsets at character boundaries.
     let (mut pi, mut si) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while si < s.len() {
+        let (c, clen) = first(&s[si..]);
         if pi < p.len() {
-            match p[pi] {
-                b'*' => {
+            let (pc, plen) = first(&p[pi..]);
+            match pc {
+                '*' => {
                     star = Some((pi, si));
                     pi += 1;
                     continue;
                 }
-                b'?' => {
+                '?' => {
                     pi += 1;
-                    si += 1;
+                    si += clen;
                     continue;
                 }
-                b'[' => {
-                    if let Some((matched, next)) = class(&p[pi..], s[si]) {
+                '[' => {
+                    if let Some((matched, next)) = class(&p[pi..], c) {
                         if matched {
                             pi += next;
-                            si += 1;
+                            si += clen;
                             continue;
                         }
-                    } else if s[si] == b'[' {
+                    } else if c == '[' {
                         // An unclosed `[` is a literal.
                         pi += 1;
                         si += 1;
                         continue;
                     }
                 }
-                c if c == s[si] => {
-                    pi += 1;
-                    si += 1;
+                pc if pc == c => {
+                    pi += plen;
+                    si += clen;
                     continue;
                 }
                 _ => {}
@@ -169,41 +182,42 @@ fn glob(p: &[u8], s: &[u8]) -> bool {
         }
         match star {
             Some((sp, ss)) => {
+                // The star swallows one more character and the rest retries.
+                let next = ss + first(&s[ss..]).1;
                 pi = sp + 1;
-                si = ss + 1;
-                star = Some((sp, ss + 1));
+                si = next;
+                star = Some((sp, next));
             }
             None => return false,
         }
     }
-    p[pi..].iter().all(|c| *c == b'*')
+    p[pi..].bytes().all(|c| c == b'*')
 }
 
-/// Matches one byte against a `[...]` class at the start of `p`; returns
-/// (matched, length of the class) or `None` if the class is not closed.
-fn class(p: &[u8], c: u8) -> Option<(bool, usize)> {
-    let mut i = 1;
-    let negate = p.get(i) == Some(&b'!');
-    if negate {
-        i += 1;
-    }
-    let start = i;
+/// Matches one character against a `[...]` class at the start of `p`;
+/// returns (matched, length of the class in bytes) or `None` if the class is
+/// not closed.
+fn class(p: &str, c: char) -> Option<(bool, usize)> {
+    let negate = p[1..].starts_with('!');
+    let start = if negate { 2 } else { 1 };
+    let mut chars = p[start..].char_indices();
     let mut matched = false;
-    while i < p.len() {
-        if p[i] == b']' && i > start {
-            return Some((matched != negate, i + 1));
+    let mut first_char = true;
+    while let Some((i, lo)) = chars.next() {
+        if lo == ']' && !first_char {
+            return Some((matched != negate, start + i + 1));
         }
-        if i + 2 < p.len() && p[i + 1] == b'-' && p[i + 2] != b']' {
-            if p[i] <= c && c <= p[i + 2] {
-                matched = true;
-            }
-            i += 3;
-        } else {
-            if p[i] == c {
-                matched = true;
-            }
-            i += 1;
+        first_char = false;
+        // `lo-hi` is a range unless the `-` is followed by the closing `]`.
+        let mut ahead = chars.clone();
+        if let (Some((_, '-')), Some((_, hi))) = (ahead.next(), ahead.next())
+            && hi != ']'
+        {
+            matched |= lo <= c && c <= hi;
+            chars = ahead;
+            continue;
         }
+        matched |= lo == c;
     }
     None
 }
@@ -230,6 +244,29 @@ mod tests {
         assert_eq!(github_key(None, &json!({"ref": "x", "commits": []})), Some("push".into()));
         assert_eq!(github_key(None, &json!({"zen": "x"})), None);
         assert_eq!(github_key(Some("issues"), &json!({"action": ""})), Some("issues".into()));
+    }
+
+    #[test]
+    fn globs_count_characters_not_bytes() {
+        // Expected values from Python's fnmatch.fnmatchcase, which the
+        // bundled filter's glob() follows.
+        for (key, pattern, want) in [
+            ("é", "?", true),
+            ("issues.é", "issues.?", true),
+            ("pré.opened", "pr?.opened", true),
+            ("pré", "pr[é]", true),
+            ("pré", "pr[a-z]", false),
+            ("prë", "pr[à-ÿ]", true),
+            ("naïve.x", "na*e.x", true),
+            ("日本.push", "??.push", true),
+            ("日本.push", "?.push", false),
+            ("日本.push", "*.push", true),
+            ("ab", "a[!é]", true),
+            ("aé", "a[!é]", false),
+            ("é", "[", false),
+        ] {
+            assert_eq!(key_matches(pattern, key), want, "{pattern:?} on {key:?}");
+        }
     }
 
     #[test]
