@@ -15,9 +15,11 @@ use crate::support::polyglot::{cargo_component, componentize_js, componentize_py
 use crate::support::{Backend, TestServer};
 use automation_host::events::signature::sign;
 
-/// Each rule in the guests' language, the same test in JMESPath, and the
-/// same test in Rust.
-fn rules() -> Vec<(&'static str, &'static str, fn(&Value) -> bool)> {
+/// A rule in the guests' language, the same test in JMESPath, and the same
+/// test in Rust.
+type Rule = (&'static str, &'static str, fn(&Value) -> bool);
+
+fn rules() -> Vec<Rule> {
     fn labels(p: &Value) -> Vec<&str> {
         ["pull_request", "issue"]
             .iter()

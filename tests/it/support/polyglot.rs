@@ -158,6 +158,7 @@ pub(crate) fn componentize_js(source: &Path, wit: &Path, out: &Path) {
 
 /// Builds the Rust crate in `dir` for wasm32-wasip2 (release), with a
 /// target directory kept in the cache so dependencies build once.
+#[allow(dead_code)] // The benchmarks include this file but build no crate.
 pub(crate) fn cargo_component(dir: &Path) -> PathBuf {
     let target = cache().join("rust-target");
     let mut cmd = niced(env!("CARGO"));
@@ -166,10 +167,10 @@ pub(crate) fn cargo_component(dir: &Path) -> PathBuf {
         .env("CARGO_TARGET_DIR", &target);
     // The outer build's settings are for the host, not for this crate.
     for (key, _) in std::env::vars() {
-        if (key.starts_with("CARGO_") && key != "CARGO_HOME") || key.starts_with("RUSTC") || key == "RUSTFLAGS" {
-            if key != "CARGO_TARGET_DIR" {
-                cmd.env_remove(&key);
-            }
+        let host_only =
+            (key.starts_with("CARGO_") && key != "CARGO_HOME") || key.starts_with("RUSTC") || key == "RUSTFLAGS";
+        if host_only && key != "CARGO_TARGET_DIR" {
+            cmd.env_remove(&key);
         }
     }
     run(&mut cmd, &format!("cargo build ({})", dir.display()));
