@@ -193,6 +193,30 @@ mod tests {
         assert!(!fnmatch("ab", "*?*?*?*"));
     }
 
+    /// The same table as the host's `globs_count_characters_not_bytes`
+    /// (host/src/events/keys.rs), from Python's `fnmatch.fnmatchcase`: the
+    /// host's event-key globs and this `glob()` agree on non-ASCII.
+    #[test]
+    fn non_ascii_counts_characters() {
+        for (name, pattern, want) in [
+            ("é", "?", true),
+            ("issues.é", "issues.?", true),
+            ("pré.opened", "pr?.opened", true),
+            ("pré", "pr[é]", true),
+            ("pré", "pr[a-z]", false),
+            ("prë", "pr[à-ÿ]", true),
+            ("naïve.x", "na*e.x", true),
+            ("日本.push", "??.push", true),
+            ("日本.push", "?.push", false),
+            ("日本.push", "*.push", true),
+            ("ab", "a[!é]", true),
+            ("aé", "a[!é]", false),
+            ("é", "[", false),
+        ] {
+            assert_eq!(fnmatch(name, pattern), want, "{pattern:?} on {name:?}");
+        }
+    }
+
     #[test]
     fn case_sensitive() {
         assert!(!fnmatch("openhands/x", "OpenHands/*"));
