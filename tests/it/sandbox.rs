@@ -337,10 +337,16 @@ async fn a_fork_bomb_is_bounded_and_the_host_keeps_answering() {
         assert!(t.elapsed() < Duration::from_secs(2), "/health took {:?} during the fork bomb", t.elapsed());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(most > 8, "the bomb did not get going ({most} processes)");
-    assert!(most <= 64, "the run had {most} processes, over its limit of 64");
     let done = wait_final(&s, &r, 30).await;
     let detail = &done["status_detail"];
+    // The bomb's processes exit as soon as their forks are refused, so the
+    // tree can reach the limit and collapse between two samples (seen when
+    // another run filled its disk at the same time): the kernel's count of
+    // refused forks is the evidence that it got going, the samples a
+    // second witness.
+    let refused = detail["reason"].as_str().is_some_and(|r| r.contains("forks refused"));
+    assert!(most > 8 || refused, "the bomb did not get going ({most} processes, no fork refused): {done}");
+    assert!(most <= 64, "the run had {most} processes, over its limit of 64");
     assert_eq!(done["status"], "timed_out", "{detail}");
     assert!(detail["reason"].as_str().unwrap().contains("limit of 64 processes"), "the limit is named: {detail}");
     for _ in 0..50 {
