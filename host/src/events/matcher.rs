@@ -212,13 +212,15 @@ impl Matcher {
             }
         }
         if !to_filter.is_empty() {
-            let event = FilterEvent {
+            // Shared by every plugin's call: the payload is copied once here
+            // and once into each call's WIT event, not once more per plugin.
+            let event = Arc::new(FilterEvent {
                 id: delivery.id,
                 source: delivery.source.clone(),
                 key: key.clone(),
                 payload: delivery.payload_text.clone(),
                 received_at: delivery.received_at,
-            };
+            });
             for (plugin_name, items) in to_filter {
                 // One call per plugin, each distinct expression once.
                 let mut exprs: Vec<String> = items.iter().map(|(_, e)| e.clone()).collect();
