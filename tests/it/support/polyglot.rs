@@ -58,6 +58,11 @@ fn run(cmd: &mut Command, what: &str) {
     );
 }
 
+/// Held while a toolchain is installed into the cache, so two tests that
+/// need it at once do not install it over each other (on a fresh machine
+/// the second one's rename found the first one's directory in place).
+static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Builds once per fingerprint: `build(tmp)` writes the component to `tmp`,
 /// which is renamed into place only when it succeeded.
 fn cached(name: &str, fp: &str, build: impl FnOnce(&Path)) -> Vec<u8> {
@@ -104,6 +109,8 @@ pub(crate) fn componentize_py(dir: &Path, wit: &Path, out: &Path) {
     let requirements = repo().join("guest-examples/python-filter/requirements.txt");
     let deps = cache().join(format!("pydeps-{}", fingerprint(std::slice::from_ref(&requirements))));
     let tool = deps.join("bin/componentize-py");
+    // Tests run on threads of one process: one installs, the others wait.
+    let installing = INSTALLING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if !tool.exists() {
         let partial = deps.with_extension("partial");
         let _ = std::fs::remove_dir_all(&partial);
@@ -118,6 +125,7 @@ pub(crate) fn componentize_py(dir: &Path, wit: &Path, out: &Path) {
         );
         std::fs::rename(&partial, &deps).unwrap();
     }
+    drop(installing);
     run(
         niced(&tool)
             .env("PYTHONPATH", &deps)
@@ -140,6 +148,7 @@ pub(crate) fn componentize_js(source: &Path, wit: &Path, out: &Path) {
     let lock = [src.join("package.json"), src.join("package-lock.json")];
     let work = cache().join(format!("npm-{}", fingerprint(&lock)));
     let tool = work.join("node_modules/.bin/componentize-js");
+    let installing = INSTALLING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if !tool.exists() {
         std::fs::create_dir_all(&work).unwrap();
         for f in &lock {
@@ -150,6 +159,7 @@ pub(crate) fn componentize_js(source: &Path, wit: &Path, out: &Path) {
             "npm ci (guest-examples/js-filter)",
         );
     }
+    drop(installing);
     run(
         niced(&tool).current_dir(&work).arg(source).arg("-w").arg(wit).args(["-n", "filter-plugin", "-o"]).arg(out),
         &format!("componentize-js ({})", source.display()),
