@@ -10,7 +10,9 @@ use anyhow::{Context, anyhow, bail};
 use serde_json::{Value, json};
 
 use crate::plugins::manifest::{Capability, Grant, Grants, Kind, Manifest};
-use crate::plugins::{Bundle, CallReport, ExecStatus, FilterEvent, Plugin, RunContext, Runtime, Source};
+use crate::plugins::{
+    Bundle, CallReport, ExecStatus, FilterEvent, Plugin, RunContext, Runtime, Source, SourceOutcome, SourceRequest,
+};
 
 /// What to call.
 #[derive(Debug, Clone, clap::Args)]
@@ -18,8 +20,8 @@ pub struct CallArgs {
     /// The component (`.wasm`).
     pub file: PathBuf,
     /// The export: validate, matches (filters); describe, render (presets);
-    /// describe, start, poll, cancel (executors). `start` then polls the run
-    /// to its end.
+    /// describe, start, poll, cancel (executors); describe, verify
+    /// (sources). `start` then polls the run to its end.
     pub export: String,
     /// JSON input: a file, or `-` for stdin. The shapes are in the README of
     /// guest-examples/.
@@ -64,7 +66,7 @@ pub async fn call(args: CallArgs, cache_dir: PathBuf) -> anyhow::Result<i32> {
     grants.grant_by_name(&name, Grant { capabilities: capabilities.clone(), allowed_hosts: hosts.clone() });
     let runtime = Runtime::standalone(&work, &cache_dir, grants, true)?;
     let kind = match args.kind.as_deref() {
-        Some(k) => Kind::parse(k).ok_or_else(|| anyhow!("--kind must be filter, preset or executor"))?,
+        Some(k) => Kind::parse(k).ok_or_else(|| anyhow!("--kind must be filter, preset, executor or source"))?,
         None => detect_kind(&wasm)?,
     };
     let manifest = Manifest { capabilities, allowed_hosts: hosts, ..Manifest::new(name, kind) };
@@ -94,13 +96,13 @@ fn plugin_name(file: &Path) -> String {
 fn detect_kind(wasm: &[u8]) -> anyhow::Result<Kind> {
     let inventory = crate::plugins::inspect::inventory(wasm, u32::MAX).map_err(|e| anyhow!("{e}"))?;
     for export in &inventory.exports {
-        for kind in [Kind::Filter, Kind::Preset, Kind::Executor] {
+        for kind in Kind::ALL {
             if export.split('@').next() == Some(kind.export()) {
                 return Ok(kind);
             }
         }
     }
-    bail!("the component exports none of automation:plugin/filter, preset or executor; pass --kind")
+    bail!("the component exports none of automation:plugin/filter, preset, executor or source; pass --kind")
 }
 
 fn print(result: Value, report: &CallReport) {
@@ -165,6 +167,25 @@ fn invoke(rt: &Runtime, plugin: &Plugin, export: &str, input: &Value) -> anyhow:
             };
             outcome(r, &report)
         }
+        "verify" => {
+            // {"headers": {"name": "value"}, "body": "<text>" or {...}, "secret": "..."}
+            let headers = input["headers"]
+                .as_object()
+                .map(|h| h.iter().map(|(k, v)| (k.to_ascii_lowercase(), text(v))).collect())
+                .unwrap_or_default();
+            let body = input.get("body").map(text).unwrap_or_default().into_bytes();
+            let secret = input["secret"].as_str().unwrap_or_default();
+            let (r, report) = rt.source_verify(plugin, SourceRequest { headers, body }, secret);
+            let r = r.map(|o| match o {
+                SourceOutcome::Deliver { key, delivery_id, payload } => {
+                    json!({"deliver": {"key": key, "delivery_id": delivery_id, "payload": payload}})
+                }
+                SourceOutcome::Reply { status, content_type, body } => {
+                    json!({"reply": {"status": status, "content_type": content_type, "body": body}})
+                }
+            });
+            outcome(r, &report)
+        }
         "render" => {
             let config = input.get("config").cloned().unwrap_or_else(|| input.clone());
             let (r, report) = rt.preset_render(plugin, &config.to_string());
@@ -201,7 +222,7 @@ fn invoke(rt: &Runtime, plugin: &Plugin, export: &str, input: &Value) -> anyhow:
                 outcome(r, &report)
             }
         }
-        other => bail!("unknown export {other:?}: validate, matches, describe, render, start, poll or cancel"),
+        other => bail!("unknown export {other:?}: validate, matches, describe, render, start, poll, cancel or verify"),
     })
 }
 

@@ -39,6 +39,10 @@ mod trust;
 mod wasi;
 // The Python and JavaScript guest filters, built by their toolchains.
 mod polyglot;
+// WIT releases side by side: a committed 0.1.0 guest next to 0.2.0 ones.
+mod wit_versions;
+// Source plugins: Linear's webhooks, and a source plugin that misbehaves.
+mod source_plugins;
 // The HTTP front against slow clients and floods.
 mod http_limits;
 // Cron: slots, misfire policies, next fire times, two hosts.

@@ -42,13 +42,16 @@ async fn bundled_plugins_are_listed_with_their_facts(backend: Backend) {
     let s = TestServer::start(backend).await;
     let list = s.get("/v1/plugins").await.expect(200).body;
     let names: Vec<&str> = list.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
-    for (name, kind) in [("jmespath", "filter"), ("script", "preset"), ("local-sandbox", "executor")] {
+    for (name, kind) in
+        [("jmespath", "filter"), ("script", "preset"), ("local-sandbox", "executor"), ("linear", "source")]
+    {
         assert!(names.contains(&name), "{name} missing from {names:?}");
         let p = s.get(&format!("/v1/plugins/{name}")).await.expect(200).body;
         assert_eq!(p["kind"], kind);
         assert_eq!(p["source"], "bundled");
-        assert_eq!(p["wit"], "0.1.0");
-        assert_eq!(p["world"], format!("automation:plugin/{kind}-plugin@0.1.0"));
+        assert_eq!(p["wit"], "0.2.0");
+        assert_eq!(p["wit_adapted"], false);
+        assert_eq!(p["world"], format!("automation:plugin/{kind}-plugin@0.2.0"));
         assert_eq!(p["sha256"].as_str().unwrap().len(), 64);
         assert!(p["size_bytes"].as_u64().unwrap() > 1000);
     }
@@ -164,7 +167,7 @@ async fn misbehaving_plugins_fail_their_own_call(backend: Backend) {
         ("wrong-world", "kind=filter", guest("script_preset.wasm"), "wrong world"),
         ("corrupt", "kind=filter", b"\0asm\x0d\0\x01\0garbage".to_vec(), "not a valid WebAssembly component"),
         ("text", "kind=filter", b"hello".to_vec(), "not a WebAssembly binary"),
-        ("future", "kind=filter&wit=0.2.0", guest("jmespath_filter.wasm"), "newer than this host supports"),
+        ("future", "kind=filter&wit=0.3.0", guest("jmespath_filter.wasm"), "newer than this host supports"),
         ("my-exec", "kind=executor&capabilities=sandbox", guest("local_sandbox.wasm"), "not granted"),
         (
             "asks-too-much",

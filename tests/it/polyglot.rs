@@ -17,9 +17,9 @@ use automation_host::events::signature::sign;
 
 /// A rule in the guests' language, the same test in JMESPath, and the same
 /// test in Rust.
-type Rule = (&'static str, &'static str, fn(&Value) -> bool);
+pub(crate) type Rule = (&'static str, &'static str, fn(&Value) -> bool);
 
-fn rules() -> Vec<Rule> {
+pub(crate) fn rules() -> Vec<Rule> {
     fn labels(p: &Value) -> Vec<&str> {
         ["pull_request", "issue"]
             .iter()
@@ -42,7 +42,7 @@ fn rules() -> Vec<Rule> {
     ]
 }
 
-fn automation(name: &str, filter: &str, plugin: &str) -> Value {
+pub(crate) fn automation(name: &str, filter: &str, plugin: &str) -> Value {
     json!({
         "name": name,
         "trigger": {"type": "event", "source": "github", "on": ["*", "*.*"], "filter": filter, "filter_plugin": plugin},
@@ -244,4 +244,78 @@ async fn plugin_new_scaffolds_filters_that_reach_a_matched_delivery() {
         let matched = d["result"]["matched"].to_string();
         assert!(matched.contains(&a), "{lang}: {d}");
     }
+}
+
+/// `plugin new` for the other kinds (Rust, written with the vendored SDK):
+/// each scaffold builds, answers `plugin call` with its sample input, and
+/// works in the server: the preset renders an automation's bundle, the
+/// executor carries out its run, the source takes a delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_new_scaffolds_presets_executors_and_sources() {
+    let bin = env!("CARGO_BIN_EXE_automation-host");
+    let s = TestServer::start_niced(Backend::Sqlite, &[]).await;
+    let home = tempfile::tempdir().unwrap();
+    let mut built = Vec::new();
+    for (kind, export) in [("preset", "render"), ("executor", "start"), ("source", "verify")] {
+        let name = format!("my-{kind}");
+        let dir = home.path().join(&name);
+        let made = std::process::Command::new(bin)
+            .current_dir(home.path())
+            .args(["plugin", "new", kind, &name])
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{kind}: {}", String::from_utf8_lossy(&made.stderr));
+        let wasm =
+            tokio::task::block_in_place(|| cargo_component(&dir).join(format!("{}.wasm", name.replace('-', "_"))));
+        let call = std::process::Command::new(bin)
+            .current_dir(&dir)
+            .env("HOME", home.path())
+            .env_remove("XDG_CACHE_HOME")
+            .args(["plugin", "call"])
+            .arg(&wasm)
+            .args([export, "--input", "sample-input.json"])
+            .output()
+            .unwrap();
+        assert!(call.status.success(), "{kind}: {}", String::from_utf8_lossy(&call.stderr));
+        let v: Value = serde_json::from_slice(&call.stdout).unwrap();
+        let ok = &v["result"]["ok"];
+        match kind {
+            "preset" => assert_eq!(ok["entrypoint"], "./main.sh", "{v}"),
+            "executor" => {
+                assert!(ok["output"]["stdout"].as_str().unwrap_or_default().contains("would run `./main.sh`"), "{v}")
+            }
+            _ => assert_eq!(ok["deliver"]["key"], "order.created", "{v}"),
+        }
+        let up = put_plugin(&s, &name, &format!("kind={kind}"), std::fs::read(&wasm).unwrap()).await.expect(201);
+        assert_eq!(up.body["wit"], "0.2.0");
+        built.push(name);
+    }
+
+    // The preset and the executor together: a manual run, carried out.
+    let a = json!({
+        "name": "scaffolded", "trigger": {"type": "manual"},
+        "preset": {"name": "my-preset", "config": {"greeting": "hello"}},
+        "executor": {"plugin": "my-executor", "config": {}},
+    });
+    s.post(
+        "/v1/automations",
+        json!({"name": "bad", "trigger": {"type": "manual"}, "preset": {"name": "my-preset", "config": {}}}),
+    )
+    .await
+    .expect_error(422, "invalid_preset_config", "greeting");
+    let a = s.post("/v1/automations", a).await.expect(201).id();
+    let run = s.post(&format!("/v1/automations/{a}/dispatch"), json!({})).await.expect(201).id();
+    let run = crate::support::wait_final(&s, &run, 30).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert!(run["output"]["stdout"].as_str().unwrap().contains("would run `./main.sh`"), "{run}");
+
+    // The source: a delivery with the right token is stored under its key.
+    let secret = "change-me-to-a-long-secret";
+    s.post("/v1/sources", json!({"name": "shop", "plugin": "my-source", "secret": secret})).await.expect(201);
+    let body = br#"{"type": "order.created", "order": {"id": 42}}"#.to_vec();
+    let wrong = [("x-webhook-token", "guess"), ("content-type", "application/json")];
+    s.raw(Method::POST, "/v1/events/shop", &wrong, body.clone()).await.expect_error(401, "unauthorized", "secret");
+    let right = [("x-webhook-token", secret), ("x-delivery-id", "d-1"), ("content-type", "application/json")];
+    let ack = s.raw(Method::POST, "/v1/events/shop", &right, body).await.expect(202);
+    assert_eq!(ack.body["event_key"], "order.created");
 }

@@ -7,8 +7,8 @@ use wasi::http::types::{
 };
 use wasi::io::streams::StreamError;
 
-use crate::bindings::automation::plugin::types::Error;
 use crate::plan::ServerUrl;
+use automation_plugin::Error;
 
 /// Connect timeout of every request.
 const CONNECT_TIMEOUT_NS: u64 = 5_000_000_000;

@@ -19,41 +19,28 @@ pub mod archive;
 pub mod http;
 pub mod plan;
 
-mod bindings {
-    //! Generated from the host's WIT package.
-    #![allow(missing_docs, unreachable_pub)]
-
-    wit_bindgen::generate!({
-        path: "../../wit",
-        world: "executor-plugin",
-    });
-}
-
-use bindings::automation::plugin::clock;
-use bindings::automation::plugin::log::{Level, log};
-use bindings::automation::plugin::types::{Bundle, Error, PluginInfo, RunContext, RunOutput, RunStatus};
-use bindings::exports::automation::plugin::executor::Guest;
+use automation_plugin::executor::{Executor, Output, RunContext, RunStatus};
+use automation_plugin::preset::Bundle;
+use automation_plugin::{Error, Info, clock, log};
 use http::{Client, status_error};
 use plan::{Config, Handle, Status};
 
 /// The exported `executor` interface.
-#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
-struct AgentServer;
+pub struct AgentServer;
 
-impl Guest for AgentServer {
-    fn describe() -> PluginInfo {
-        PluginInfo {
-            name: "agent-server".to_owned(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            description: "Runs the bundle on an OpenHands agent-server over HTTP: uploads it to a per-run \
-                          directory, runs setup.sh and the entrypoint as one bash command with the run's \
-                          variables and time limit, and reads back its exit code and output."
-                .to_owned(),
-            config_schema: Some(plan::CONFIG_SCHEMA.to_owned()),
-        }
+impl Executor for AgentServer {
+    fn describe() -> Info {
+        Info::new(
+            "agent-server",
+            env!("CARGO_PKG_VERSION"),
+            "Runs the bundle on an OpenHands agent-server over HTTP: uploads it to a per-run directory, runs \
+             setup.sh and the entrypoint as one bash command with the run's variables and time limit, and \
+             reads back its exit code and output.",
+        )
+        .with_config_schema(plan::CONFIG_SCHEMA)
     }
 
-    fn start(ctx: RunContext, bundle: Bundle) -> Result<String, Error> {
+    fn start(ctx: &RunContext, bundle: Bundle) -> Result<String, Error> {
         let config = Config::parse(&ctx.config).map_err(Error::InvalidInput)?;
         let words = plan::entrypoint_words(&bundle.entrypoint).map_err(Error::InvalidInput)?;
         let paths = plan::run_paths(&config.workspace_base, &ctx.run_id).map_err(Error::InvalidInput)?;
@@ -62,7 +49,7 @@ impl Guest for AgentServer {
             automation_id: &ctx.automation_id,
             automation_name: &ctx.automation_name,
             attempt: ctx.attempt,
-            trigger_kind: &ctx.trigger.kind,
+            trigger_kind: ctx.trigger.kind.as_str(),
             trigger_payload: &ctx.trigger.payload,
             event_key: ctx.trigger.event_key.as_deref(),
             callback_url: &ctx.callback_url,
@@ -98,7 +85,8 @@ impl Guest for AgentServer {
         }
 
         let command = plan::run_command(&paths, bundle.archive.is_some(), files.is_some(), &words);
-        let body = plan::start_request(&command, None, plan::timeout_secs(ctx.timeout_ms));
+        let timeout_ms = u64::try_from(ctx.timeout.as_millis()).unwrap_or(u64::MAX);
+        let body = plan::start_request(&command, None, plan::timeout_secs(timeout_ms));
         let response = client.post_json(plan::START_PATH, &body)?;
         if !response.ok() {
             // The agent-server answered, so nothing started: take the files back.
@@ -106,18 +94,15 @@ impl Guest for AgentServer {
             return Err(status_error("start_bash_command", response.status, &response.text()));
         }
         let command_id = plan::parse_started(&response.text()).map_err(Error::Internal)?;
-        log(
-            Level::Info,
-            &format!(
-                "run {} started on {} as command {command_id} in {}",
-                ctx.run_id, config.url.authority, paths.work
-            ),
-        );
+        log::info(&format!(
+            "run {} started on {} as command {command_id} in {}",
+            ctx.run_id, config.url.authority, paths.work
+        ));
         Ok(Handle { command_id, run_dir: paths.run_dir }.encode())
     }
 
-    fn poll(ctx: RunContext, handle: String) -> Result<RunStatus, Error> {
-        let handle = Handle::decode(&handle).map_err(Error::NotFound)?;
+    fn poll(ctx: &RunContext, handle: &str) -> Result<RunStatus, Error> {
+        let handle = Handle::decode(handle).map_err(Error::NotFound)?;
         let config = Config::parse(&ctx.config).map_err(Error::InvalidInput)?;
         let client = Client::new(&config.url, config.session_api_key.as_deref());
         let status = status_of(&client, &handle.command_id)?;
@@ -127,26 +112,22 @@ impl Guest for AgentServer {
         Ok(run_status(status))
     }
 
-    fn cancel(ctx: RunContext, handle: String) -> Result<(), Error> {
-        let handle = Handle::decode(&handle).map_err(Error::NotFound)?;
+    fn cancel(ctx: &RunContext, handle: &str) -> Result<(), Error> {
+        let handle = Handle::decode(handle).map_err(Error::NotFound)?;
         let config = Config::parse(&ctx.config).map_err(Error::InvalidInput)?;
         let client = Client::new(&config.url, config.session_api_key.as_deref());
         // SIGTERM to the command's process group, SIGKILL a second later; the
         // agent-server answers once the process is gone (at most ~2 s).
         let response = client.post(&plan::stop_path(&handle.command_id), "application/json", b"")?;
         match response.status {
-            200..=299 => log(
-                Level::Info,
-                &format!(
-                    "run {}: the agent-server stopped command {} (or it had ended)",
-                    ctx.run_id, handle.command_id
-                ),
-            ),
+            200..=299 => log::info(&format!(
+                "run {}: the agent-server stopped command {} (or it had ended)",
+                ctx.run_id, handle.command_id
+            )),
             // Unknown to this agent-server: nothing left to stop.
-            404 => log(
-                Level::Warn,
-                &format!("run {}: the agent-server does not know command {}", ctx.run_id, handle.command_id),
-            ),
+            404 => {
+                log::warn(&format!("run {}: the agent-server does not know command {}", ctx.run_id, handle.command_id))
+            }
             status => return Err(status_error("stop", status, &response.text())),
         }
         if !config.keep_workspace {
@@ -236,29 +217,20 @@ fn remove_run_dir(client: &Client<'_>, run_dir: &str) {
     let body = plan::start_request(&plan::cleanup_command(run_dir), None, plan::CLEANUP_TIMEOUT_SECS);
     match client.post_json(plan::START_PATH, &body) {
         Ok(r) if r.ok() => {}
-        Ok(r) => {
-            log(Level::Warn, &format!("cannot remove {run_dir} on the agent-server: answer {}: {}", r.status, r.text()))
-        }
-        Err(e) => log(Level::Warn, &format!("cannot remove {run_dir} on the agent-server: {e:?}")),
+        Ok(r) => log::warn(&format!("cannot remove {run_dir} on the agent-server: answer {}: {}", r.status, r.text())),
+        Err(e) => log::warn(&format!("cannot remove {run_dir} on the agent-server: {e}")),
     }
 }
 
 fn run_status(status: Status) -> RunStatus {
-    let out = |o: plan::Output| RunOutput {
-        exit_code: o.exit_code,
-        stdout: o.stdout,
-        stderr: o.stderr,
-        truncated: o.truncated,
-    };
+    let out =
+        |o: plan::Output| Output { exit_code: o.exit_code, stdout: o.stdout, stderr: o.stderr, truncated: o.truncated };
     match status {
         Status::Running => RunStatus::Running,
         Status::Succeeded(o) => RunStatus::Succeeded(out(o)),
-        Status::Failed(why, o) => RunStatus::Failed((why, out(o))),
+        Status::Failed(why, o) => RunStatus::Failed(why, out(o)),
         Status::TimedOut(o) => RunStatus::TimedOut(out(o)),
     }
 }
 
-// Only the WebAssembly build exports the functions: their symbol names are
-// not valid in a native linker's version script.
-#[cfg(target_arch = "wasm32")]
-bindings::export!(AgentServer with_types_in bindings);
+automation_plugin::export_executor!(AgentServer);

@@ -15,22 +15,11 @@ pub mod pyre;
 
 use eval::{Engine, EvalError, ExpressionCache};
 
-mod bindings {
-    //! Generated from the host's WIT package.
-    #![allow(missing_docs, unreachable_pub)]
-
-    wit_bindgen::generate!({
-        path: "../../wit",
-        world: "filter-plugin",
-    });
-}
-
-use bindings::automation::plugin::types::{Error, Event};
-use bindings::exports::automation::plugin::filter::Guest;
+use automation_plugin::Error;
+use automation_plugin::filter::{Event, Filter};
 
 /// The exported `filter` interface.
-#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
-struct JmespathFilter;
+pub struct JmespathFilter;
 
 thread_local! {
     /// Compiled expressions, kept for the life of the instance: the host may
@@ -39,18 +28,24 @@ thread_local! {
     static COMPILED: ExpressionCache<'static> = ExpressionCache::new();
 }
 
-impl Guest for JmespathFilter {
-    fn validate(expression: String) -> Result<(), Error> {
-        COMPILED.with(|cache| match &*cache.compile(Engine::global(), &expression) {
+impl Filter for JmespathFilter {
+    fn validate(expression: &str) -> Result<(), Error> {
+        COMPILED.with(|cache| match &*cache.compile(Engine::global(), expression) {
             Ok(_) => Ok(()),
             Err(err) => Err(invalid_input(err.clone())),
         })
     }
 
-    fn matches(event: Event, expressions: Vec<String>) -> Vec<Result<bool, Error>> {
+    fn matches(event: &Event, expression: &str) -> Result<bool, Error> {
+        Self::matches_all(event, &[expression.to_owned()]).pop().unwrap_or(Ok(false))
+    }
+
+    /// The whole batch at once: the payload is parsed once, into the
+    /// engine's own value type (not `serde_json::Value`), from its text.
+    fn matches_all(event: &Event, expressions: &[String]) -> Vec<Result<bool, Error>> {
         COMPILED.with(|cache| {
             Engine::global()
-                .matches_cached(cache, &event.payload, &expressions)
+                .matches_cached(cache, event.payload_text(), expressions)
                 .into_iter()
                 .map(|result| result.map_err(invalid_input))
                 .collect()
@@ -64,8 +59,4 @@ fn invalid_input(err: EvalError) -> Error {
     Error::InvalidInput(err.to_string())
 }
 
-// Only the WebAssembly build exports the functions: their symbol names
-// (`automation:plugin/...#...`) are not valid in a native linker's version
-// script, and natively the crate only has to compile (and run unit tests).
-#[cfg(target_arch = "wasm32")]
-bindings::export!(JmespathFilter with_types_in bindings);
+automation_plugin::export_filter!(JmespathFilter);

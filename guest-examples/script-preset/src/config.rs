@@ -173,8 +173,13 @@ pub fn config_schema() -> String {
 pub fn parse(config: &str) -> Result<ScriptConfig, ConfigError> {
     let value: Value = serde_json::from_str(config)
         .map_err(|err| ConfigError::new(format!("the configuration is not valid JSON: {err}")))?;
+    from_value(&value)
+}
+
+/// Validates a configuration already parsed from JSON.
+pub fn from_value(value: &Value) -> Result<ScriptConfig, ConfigError> {
     let Value::Object(fields) = value else {
-        return Err(ConfigError::new(format!("the configuration must be a JSON object, not {}", type_name(&value))));
+        return Err(ConfigError::new(format!("the configuration must be a JSON object, not {}", type_name(value))));
     };
     if let Some(unknown) = fields.keys().find(|key| !FIELDS.contains(&key.as_str())) {
         return Err(ConfigError::new(format!(

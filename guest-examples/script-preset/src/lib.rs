@@ -12,55 +12,34 @@
 
 pub mod config;
 
-mod bindings {
-    //! Generated from the host's WIT package.
-    #![allow(missing_docs, unreachable_pub)]
-
-    wit_bindgen::generate!({
-        path: "../../wit",
-        world: "preset-plugin",
-    });
-}
-
-use bindings::automation::plugin::types::{Bundle, Error, File, PluginInfo};
-use bindings::exports::automation::plugin::preset::Guest;
+use automation_plugin::preset::{Bundle, Preset};
+use automation_plugin::{Error, Info, Value};
 
 /// The exported `preset` interface.
-#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
-struct ScriptPreset;
+pub struct ScriptPreset;
 
-impl Guest for ScriptPreset {
-    fn describe() -> PluginInfo {
-        PluginInfo {
-            name: "script".to_owned(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            description: "Runs an inline script with bash, sh, python3 or node; \
-                          the script, its environment and an optional setup script \
-                          come from the configuration."
-                .to_owned(),
-            config_schema: Some(config::config_schema()),
-        }
+impl Preset for ScriptPreset {
+    fn describe() -> Info {
+        Info::new(
+            "script",
+            env!("CARGO_PKG_VERSION"),
+            "Runs an inline script with bash, sh, python3 or node; the script, its environment and an \
+             optional setup script come from the configuration.",
+        )
+        .with_config_schema(config::config_schema())
     }
 
-    fn render(config: String) -> Result<Bundle, Error> {
-        let parsed = config::parse(&config).map_err(|err| Error::InvalidInput(err.to_string()))?;
+    fn render(config: &Value) -> Result<Bundle, Error> {
+        let parsed = config::from_value(config).map_err(|err| Error::InvalidInput(err.to_string()))?;
         let rendered = config::render(&parsed);
-        Ok(Bundle {
-            // Everything the run needs is in `files`; there is nothing to unpack.
-            archive: None,
-            files: rendered
-                .files
-                .into_iter()
-                .map(|file| File { path: file.path, mode: file.mode, contents: file.contents })
-                .collect(),
-            entrypoint: rendered.entrypoint,
-            env: rendered.env,
-        })
+        // Everything the run needs is in `files`; there is nothing to unpack.
+        let mut bundle = Bundle::new(rendered.entrypoint);
+        for file in rendered.files {
+            bundle = bundle.file(file.path, file.mode, file.contents);
+        }
+        bundle.env = rendered.env;
+        Ok(bundle)
     }
 }
 
-// Only the WebAssembly build exports the functions: their symbol names
-// (`automation:plugin/...#...`) are not valid in a native linker's version
-// script, and natively the crate only has to compile (and run unit tests).
-#[cfg(target_arch = "wasm32")]
-bindings::export!(ScriptPreset with_types_in bindings);
+automation_plugin::export_preset!(ScriptPreset);

@@ -658,7 +658,7 @@ pub(crate) fn check_name(field: &str, value: &str) -> Result<(), Error> {
 }
 
 /// Checks that `name` is a loaded plugin of `kind`.
-fn check_plugin(state: &AppState, field: &str, name: &str, kind: Kind) -> Result<Arc<Plugin>, Error> {
+pub(super) fn check_plugin(state: &AppState, field: &str, name: &str, kind: Kind) -> Result<Arc<Plugin>, Error> {
     state.plugins.require(name, kind).map_err(|e| match e {
         LookupError::Unknown { .. } => Error::invalid("unknown_plugin", format!("{field}: {e}")),
         LookupError::WrongKind { .. } => Error::invalid("wrong_plugin_kind", format!("{field}: {e}")),

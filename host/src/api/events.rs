@@ -4,7 +4,8 @@
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header::CONTENT_TYPE};
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -77,7 +78,9 @@ async fn events_github(
 
 /// Receives a delivery for a custom source (see `POST /v1/sources`): the
 /// body is verified against the source's signature header and secret, its
-/// event key extracted with the source's JMESPath expression.
+/// event key extracted with the source's JMESPath expression; or, for a
+/// source with a plugin, the plugin verifies and reads the request (and
+/// may answer a handshake instead, storing nothing).
 #[utoipa::path(
     post,
     path = "/v1/events/{id}",
@@ -86,13 +89,13 @@ async fn events_github(
     request_body(content = Object, description = "the event payload"),
     responses(
         (status = 202, body = Ack),
-        (status = 200, description = "a duplicate delivery", body = Ack),
+        (status = 200, description = "a duplicate delivery, or a source plugin's handshake answer", body = Ack),
         (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 413, body = ErrorBody),
         (status = 429, description = "over AUTOMATION_EVENT_RATE_PER_SOURCE; nothing stored", body = ErrorBody),
-        (status = 503, description = "cannot store it now; nothing stored", body = ErrorBody),
+        (status = 503, description = "cannot store it now, or the source plugin failed; nothing stored", body = ErrorBody),
     )
 )]
 async fn events_custom(
@@ -100,8 +103,11 @@ async fn events_custom(
     ApiPath(source): ApiPath<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<Ack>), Error> {
+) -> Result<Response, Error> {
     let src = state.store.get_source(&source).await?.ok_or_else(|| Error::not_found("event source", &source))?;
+    if let Some(plugin) = src.plugin.clone() {
+        return from_source_plugin(&state, src, &plugin, headers, body).await;
+    }
     require_signature_header(&state, &src.signature_header, &headers)?;
     limit_rate(&state, &source)?;
     let (body, _reserved) = read_body(&state, &headers, body).await?;
@@ -109,7 +115,85 @@ async fn events_custom(
     let (payload, text) = parse_payload(&state, &body)?;
     let key = keys::custom_key(&src.event_key_expr, &payload).unwrap_or(None);
     let delivery_id = src.delivery_id_header.as_deref().and_then(|h| header(&headers, h)).map(str::to_owned);
-    ingest(&state, &source, delivery_id, key, text).await
+    ingest(&state, &source, delivery_id, key, text).await.map(IntoResponse::into_response)
+}
+
+/// The most a source plugin's handshake answer may carry.
+const MAX_REPLY_BYTES: usize = 64 << 10;
+
+/// A delivery to a source whose plugin verifies and reads it. The plugin
+/// runs after the rate limit and the body limit, on a fresh instance with
+/// a filter's limits; whatever it does wrong fails this request (401, 400
+/// or 503, nothing stored), never the host.
+async fn from_source_plugin(
+    state: &AppState,
+    src: crate::store::Source,
+    plugin_name: &str,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Error> {
+    use crate::plugins::{CallError, GuestErrorKind, SourceOutcome, SourceRequest, manifest::Kind};
+    limit_rate(state, &src.name)?;
+    let plugin = state.plugins.require(plugin_name, Kind::Source).map_err(|e| {
+        Error::Unavailable(format!("source {} cannot take deliveries now: {e}; nothing stored", src.name))
+    })?;
+    let (body, _reserved) = read_body(state, &headers, body).await?;
+    let request = SourceRequest {
+        headers: headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect(),
+        body: body.to_vec(),
+    };
+    let secret = src.secret;
+    let (outcome, _) = state.plugins.blocking(move |rt| rt.source_verify(&plugin, request, &secret)).await;
+    let outcome = outcome.map_err(|e| match e {
+        CallError::Guest { error, .. } if error.kind == GuestErrorKind::Denied => {
+            state.metrics.deliveries.add("bad_signature", 1);
+            Error::Unauthorized(error.message)
+        }
+        CallError::Guest { error, .. } if error.kind == GuestErrorKind::InvalidInput => {
+            state.metrics.deliveries.add("malformed", 1);
+            Error::BadRequest("rejected_by_source", error.message)
+        }
+        other => {
+            tracing::warn!(source = %src.name, error = %other, "source plugin failed");
+            Error::Unavailable(format!("the source's plugin failed ({other}); nothing stored"))
+        }
+    })?;
+    match outcome {
+        SourceOutcome::Deliver { key, delivery_id, payload } => {
+            if key.as_ref().is_some_and(|k| k.chars().count() > 200) {
+                return Err(plugin_broke(&src.name, "an event key longer than 200 characters"));
+            }
+            let text = match payload {
+                // The body as it came: the sender's JSON, checked as any delivery's.
+                None => parse_payload(state, &body)?.1,
+                // The plugin's own payload: if it is not an object, the plugin is at fault.
+                Some(p) => match serde_json::from_str::<Value>(&p) {
+                    Ok(v) if v.is_object() => p,
+                    _ => return Err(plugin_broke(&src.name, "a payload that is not the JSON text of an object")),
+                },
+            };
+            ingest(state, &src.name, delivery_id, key, text).await.map(IntoResponse::into_response)
+        }
+        SourceOutcome::Reply { status, content_type, body } => {
+            let status = StatusCode::from_u16(status).ok().filter(StatusCode::is_success);
+            let allowed = ["text/plain", "application/json"].contains(&content_type.as_str());
+            let (Some(status), true, true) = (status, allowed, body.len() <= MAX_REPLY_BYTES) else {
+                return Err(plugin_broke(
+                    &src.name,
+                    "a reply that is not a 2xx text/plain or application/json answer of at most 64 KiB",
+                ));
+            };
+            Ok((status, [(CONTENT_TYPE, content_type)], body).into_response())
+        }
+    }
+}
+
+fn plugin_broke(source: &str, what: &str) -> Error {
+    tracing::warn!(source, what, "source plugin answered out of bounds");
+    Error::Unavailable(format!("the source's plugin answered with {what}; nothing stored"))
 }
 
 /// Reads a delivery's body within its size limit and its share of the

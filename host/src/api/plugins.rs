@@ -31,12 +31,17 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 pub(crate) struct PluginView {
     /// Its name.
     name: String,
-    /// `filter`, `preset` or `executor`.
+    /// `filter`, `preset`, `executor` or `source`.
     kind: Kind,
     /// The WIT world it targets.
     world: String,
-    /// The `automation:plugin` version it was built against.
+    /// The `automation:plugin` release the component was built against, as
+    /// its interface names say.
     wit: String,
+    /// True when that is an older release this host serves through an
+    /// adapter (it still loads and behaves as before; rebuild to use what
+    /// is new).
+    wit_adapted: bool,
     /// Its own version.
     version: String,
     /// What it does.
@@ -96,8 +101,9 @@ impl From<&Plugin> for PluginView {
         PluginView {
             name: p.name().to_owned(),
             kind: p.kind(),
-            world: format!("automation:plugin/{}@{}", p.kind().world(), p.manifest.wit),
-            wit: p.manifest.wit.clone(),
+            world: format!("automation:plugin/{}@{}", p.kind().world(), p.wit_version),
+            wit: p.wit_version.clone(),
+            wit_adapted: p.wit_version != WIT_VERSION,
             version: d.map_or_else(|| p.manifest.version.clone(), |d| d.version.clone()),
             description: d.map_or_else(|| p.manifest.description.clone(), |d| d.description.clone()),
             sha256: p.sha256.clone(),
@@ -267,6 +273,22 @@ async fn plugins_delete(State(state): State<AppState>, ApiPath(name): ApiPath<St
             return Err(Error::Conflict(
                 "plugin_in_use",
                 format!("plugin {name} is used by automation(s) {}", ids.join(", ")),
+            ));
+        }
+    }
+    if plugin.kind() == Kind::Source {
+        let users: Vec<String> = state
+            .store
+            .list_sources()
+            .await?
+            .into_iter()
+            .filter(|s| s.plugin.as_deref() == Some(name.as_str()))
+            .map(|s| s.name)
+            .collect();
+        if !users.is_empty() {
+            return Err(Error::Conflict(
+                "plugin_in_use",
+                format!("plugin {name} reads the deliveries of source(s) {}", users.join(", ")),
             ));
         }
     }

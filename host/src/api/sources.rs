@@ -35,6 +35,10 @@ pub(crate) struct SourceCreate {
     event_key_expr: Option<String>,
     /// The header with the sender's delivery id, for dedup (default: none).
     delivery_id_header: Option<String>,
+    /// A source plugin (kind `source`, such as the bundled `linear`) that
+    /// verifies and reads this source's deliveries with its secret, instead
+    /// of the HMAC check and the three fields above (which must then be absent).
+    plugin: Option<String>,
 }
 
 /// A created source; `secret` only when the host generated it.
@@ -81,23 +85,40 @@ async fn sources_create(
     if body.name == "github" {
         return Err(Error::Conflict("source_reserved", "the github source is built in".into()));
     }
-    let signature_header = body.signature_header.unwrap_or_else(|| "X-Signature-256".to_owned());
-    check_header_name("signature_header", &signature_header)?;
+    if let Some(plugin) = &body.plugin {
+        if body.signature_header.is_some() || body.event_key_expr.is_some() || body.delivery_id_header.is_some() {
+            return Err(Error::invalid(
+                "plugin_reads_requests",
+                "a source with a plugin takes no signature_header, event_key_expr or delivery_id_header: \
+                 the plugin verifies and reads its deliveries",
+            ));
+        }
+        super::automations::check_plugin(&state, "plugin", plugin, crate::plugins::manifest::Kind::Source)?;
+    }
+    // A plugin source keeps neither: its plugin reads the request.
+    let default = |v: &str| if body.plugin.is_some() { String::new() } else { v.to_owned() };
+    let signature_header = body.signature_header.unwrap_or_else(|| default("X-Signature-256"));
+    if body.plugin.is_none() {
+        check_header_name("signature_header", &signature_header)?;
+    }
     if let Some(h) = &body.delivery_id_header {
         check_header_name("delivery_id_header", h)?;
     }
-    let event_key_expr = body.event_key_expr.unwrap_or_else(|| "type".to_owned());
+    let event_key_expr = body.event_key_expr.unwrap_or_else(|| default("type"));
     if event_key_expr.len() > 1024 {
         return Err(Error::invalid("too_long", "event_key_expr is longer than 1024 bytes"));
     }
-    crate::events::keys::compile_key_expr(&event_key_expr)
-        .map_err(|e| Error::invalid("invalid_event_key_expr", format!("event_key_expr: {e}")))?;
+    if body.plugin.is_none() {
+        crate::events::keys::compile_key_expr(&event_key_expr)
+            .map_err(|e| Error::invalid("invalid_event_key_expr", format!("event_key_expr: {e}")))?;
+    }
     let (secret, generated) = choose_secret(body.secret)?;
     let source = Source {
         name: body.name,
         signature_header,
         event_key_expr,
         delivery_id_header: body.delivery_id_header,
+        plugin: body.plugin,
         created_at: crate::model::now(),
         secret: secret.clone(),
     };

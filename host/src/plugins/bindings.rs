@@ -43,6 +43,19 @@ pub mod executor {
     });
 }
 
+pub mod source {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "source-plugin",
+        imports: { default: trappable },
+        with: {
+            "automation:plugin/types": super::filter::automation::plugin::types,
+            "automation:plugin/log": super::filter::automation::plugin::log,
+            "automation:plugin/clock": super::filter::automation::plugin::clock,
+        },
+    });
+}
+
 pub use executor::automation::plugin::sandbox;
 pub use filter::automation::plugin::{clock, log, types};
 pub use preset::automation::plugin::kv;

@@ -14,6 +14,7 @@ const BUNDLED: &[(&str, &[u8])] = &[
     (include_str!("../../../guest-examples/script-preset/plugin.toml"), guest!("script_preset.wasm")),
     (include_str!("../../../guest-examples/local-sandbox/plugin.toml"), guest!("local_sandbox.wasm")),
     (include_str!("../../../guest-examples/agent-server/plugin.toml"), guest!("agent_server.wasm")),
+    (include_str!("../../../guest-examples/linear-source/plugin.toml"), guest!("linear_source.wasm")),
 ];
 
 /// Every bundled plugin: its manifest and component bytes.

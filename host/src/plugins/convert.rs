@@ -1,8 +1,9 @@
 //! WIT types in, domain types out: the only place the two meet.
 
 use super::Plugin;
+use super::bindings::source::exports::automation::plugin::source as wit_source;
 use super::bindings::types;
-use super::domain::{Bundle, ExecStatus, FilterEvent, RunContext};
+use super::domain::{Bundle, ExecStatus, FilterEvent, RunContext, SourceOutcome, SourceRequest};
 use super::errors::{CallError, GuestError};
 use crate::model::RunOutput;
 
@@ -104,4 +105,19 @@ pub(super) fn verdicts(
         });
     }
     Ok(answer.into_iter().map(|x| x.map_err(GuestError::from)).collect())
+}
+
+pub(super) fn source_request_to_wit(r: SourceRequest) -> wit_source::Request {
+    wit_source::Request { headers: r.headers, body: r.body }
+}
+
+pub(super) fn source_outcome_from_wit(o: wit_source::Outcome) -> SourceOutcome {
+    match o {
+        wit_source::Outcome::Deliver(d) => {
+            SourceOutcome::Deliver { key: d.key, delivery_id: d.delivery_id, payload: d.payload }
+        }
+        wit_source::Outcome::Reply(r) => {
+            SourceOutcome::Reply { status: r.status, content_type: r.content_type, body: r.body }
+        }
+    }
 }

@@ -120,3 +120,35 @@ pub enum Source {
     /// Uploaded with `PUT /v1/plugins/{name}`.
     Uploaded,
 }
+
+/// A webhook request for a source plugin to verify and read.
+#[derive(Debug, Clone)]
+pub struct SourceRequest {
+    /// Header names in lower case with their values, in the order received.
+    pub headers: Vec<(String, String)>,
+    /// The raw body.
+    pub body: Vec<u8>,
+}
+
+/// What a source plugin made of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceOutcome {
+    /// Store a delivery.
+    Deliver {
+        /// Its event key; `None` stores it as unrecognized.
+        key: Option<String>,
+        /// The sender's delivery id, for dedup.
+        delivery_id: Option<String>,
+        /// The payload to store; `None` for the body as it came.
+        payload: Option<String>,
+    },
+    /// Answer the sender with this; store nothing.
+    Reply {
+        /// 200 to 299.
+        status: u16,
+        /// `text/plain` or `application/json`.
+        content_type: String,
+        /// The body.
+        body: String,
+    },
+}

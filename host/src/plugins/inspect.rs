@@ -21,6 +21,9 @@ pub struct Inventory {
     pub exports: Vec<String>,
     /// Core module instantiations, counted over nested components too.
     pub core_instances: u32,
+    /// Where each top-level `automation:plugin/...` name (import or export)
+    /// sits in the bytes, for `adapt::to_current`.
+    pub plugin_name_spans: Vec<std::ops::Range<usize>>,
 }
 
 /// Why bytes are not a component this host could compile.
@@ -54,6 +57,20 @@ pub enum InspectError {
     },
 }
 
+impl Inventory {
+    /// Records where `name` (borrowed from `wasm` by the parser) sits, if it
+    /// is one of this host's interfaces.
+    fn note_plugin_name(&mut self, wasm: &[u8], name: &str) {
+        if !name.starts_with("automation:plugin/") {
+            return;
+        }
+        let start = (name.as_ptr() as usize).wrapping_sub(wasm.as_ptr() as usize);
+        if start.checked_add(name.len()).is_some_and(|end| end <= wasm.len()) {
+            self.plugin_name_spans.push(start..start + name.len());
+        }
+    }
+}
+
 /// Reads a component's outline, refusing what is not a component or needs
 /// more than `max_core_instances` core instances.
 pub fn inventory(wasm: &[u8], max_core_instances: u32) -> Result<Inventory, InspectError> {
@@ -85,12 +102,14 @@ pub fn inventory(wasm: &[u8], max_core_instances: u32) -> Result<Inventory, Insp
             Payload::ComponentImportSection(reader) if depth == 1 => {
                 for import in reader {
                     let import = import.map_err(|e| InspectError::Malformed(e.to_string()))?;
+                    inv.note_plugin_name(wasm, import.name.name);
                     inv.imports.push(import.name.name.to_owned());
                 }
             }
             Payload::ComponentExportSection(reader) if depth == 1 => {
                 for export in reader {
                     let export = export.map_err(|e| InspectError::Malformed(e.to_string()))?;
+                    inv.note_plugin_name(wasm, export.name.name);
                     inv.exports.push(export.name.name.to_owned());
                 }
             }

@@ -33,7 +33,9 @@ impl CallLimits {
     /// The defaults for a kind of plugin.
     pub fn for_kind(kind: Kind) -> CallLimits {
         match kind {
-            Kind::Filter => CallLimits { memory: 64 << 20, deadline: Duration::from_secs(1), output: 16 << 10 },
+            Kind::Filter | Kind::Source => {
+                CallLimits { memory: 64 << 20, deadline: Duration::from_secs(1), output: 16 << 10 }
+            }
             Kind::Preset => CallLimits { memory: 64 << 20, deadline: Duration::from_secs(5), output: 64 << 10 },
             Kind::Executor => CallLimits { memory: 128 << 20, deadline: Duration::from_secs(30), output: 64 << 10 },
         }

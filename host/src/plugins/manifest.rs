@@ -8,10 +8,16 @@ use super::Source;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// The WIT package version this host implements.
-pub const WIT_VERSION: &str = "0.1.0";
+/// The WIT package version this host implements (`wit/`).
+pub const WIT_VERSION: &str = "0.2.0";
 
-/// The three kinds of plugin, one WIT world each.
+/// Older releases this host still loads, frozen under `wit/v<version>/`.
+/// 0.2.0 only added to 0.1.0 (the `source` interface and world), so a
+/// 0.1.0 guest is served by the 0.2.0 bindings once its interface names are
+/// adapted (see `inspect::adapt_to_current`).
+pub const OLDER_WIT_VERSIONS: &[&str] = &["0.1.0"];
+
+/// The four kinds of plugin, one WIT world each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
@@ -21,6 +27,9 @@ pub enum Kind {
     Preset,
     /// Carries out runs (world `executor-plugin`).
     Executor,
+    /// Turns a webhook request into an event: verifies its signature and
+    /// names its key and delivery id (world `source-plugin`, since 0.2.0).
+    Source,
 }
 
 impl Kind {
@@ -30,8 +39,12 @@ impl Kind {
             Kind::Filter => "filter",
             Kind::Preset => "preset",
             Kind::Executor => "executor",
+            Kind::Source => "source",
         }
     }
+
+    /// Every kind.
+    pub const ALL: [Kind; 4] = [Kind::Filter, Kind::Preset, Kind::Executor, Kind::Source];
 
     /// Parses a stored name.
     pub fn parse(s: &str) -> Option<Kind> {
@@ -39,6 +52,7 @@ impl Kind {
             "filter" => Some(Kind::Filter),
             "preset" => Some(Kind::Preset),
             "executor" => Some(Kind::Executor),
+            "source" => Some(Kind::Source),
             _ => None,
         }
     }
@@ -49,6 +63,7 @@ impl Kind {
             Kind::Filter => "filter-plugin",
             Kind::Preset => "preset-plugin",
             Kind::Executor => "executor-plugin",
+            Kind::Source => "source-plugin",
         }
     }
 
@@ -58,14 +73,16 @@ impl Kind {
             Kind::Filter => "automation:plugin/filter",
             Kind::Preset => "automation:plugin/preset",
             Kind::Executor => "automation:plugin/executor",
+            Kind::Source => "automation:plugin/source",
         }
     }
 
     /// The capabilities a plugin of this kind may ever be granted. Filters
-    /// run on every event and must stay pure: no state, network or processes.
+    /// and sources run on every event and must stay pure: no state, network
+    /// or processes.
     pub fn allowed_capabilities(self) -> &'static [Capability] {
         match self {
-            Kind::Filter => &[],
+            Kind::Filter | Kind::Source => &[],
             Kind::Preset => &[Capability::Kv, Capability::Http],
             Kind::Executor => &[Capability::Kv, Capability::Http, Capability::Sandbox],
         }
@@ -167,23 +184,28 @@ impl Manifest {
     }
 }
 
-/// Accepts the host's own WIT version and older 0.1.x patch releases; refuses
-/// anything newer or of another minor (0.x minors are breaking).
+/// Accepts the host's own WIT version and the older releases it still loads
+/// (each with its own older patch releases); refuses anything newer or of a
+/// minor it never implemented (0.x minors are breaking).
 pub fn check_wit_version(v: &str) -> Result<(), String> {
     let parse = |s: &str| -> Option<(u64, u64, u64)> {
         let mut it = s.split('.').map(|p| p.parse::<u64>().ok());
         Some((it.next()??, it.next()??, it.next()??))
     };
-    let (Some(want), Some(have)) = (parse(v), parse(WIT_VERSION)) else {
-        return Err(format!("WIT version {v:?} is not a version like 0.1.0"));
+    let Some(want) = parse(v) else {
+        return Err(format!("WIT version {v:?} is not a version like {WIT_VERSION}"));
     };
-    if want.0 == have.0 && want.1 == have.1 && want.2 <= have.2 {
-        Ok(())
-    } else if want > have {
+    let known = std::iter::once(WIT_VERSION).chain(OLDER_WIT_VERSIONS.iter().copied()).filter_map(parse);
+    if known.clone().any(|have| want.0 == have.0 && want.1 == have.1 && want.2 <= have.2) {
+        return Ok(());
+    }
+    let newest = parse(WIT_VERSION).expect("the host's own version parses");
+    if want > newest {
         Err(format!("targets automation:plugin@{v}, newer than this host supports ({WIT_VERSION}); upgrade the host"))
     } else {
         Err(format!(
-            "targets automation:plugin@{v}, which this host ({WIT_VERSION}) no longer supports; rebuild the plugin"
+            "targets automation:plugin@{v}, which this host ({WIT_VERSION}, and {}) does not support; rebuild the plugin",
+            OLDER_WIT_VERSIONS.join(", ")
         ))
     }
 }
@@ -440,9 +462,12 @@ mod tests {
     fn kinds_limit_capabilities_and_versions_are_checked() {
         assert!(manifest("f", Kind::Filter, &[Capability::Http], &[]).check().unwrap_err().contains("filter"));
         manifest("e", Kind::Executor, &[Capability::Sandbox], &[]).check().unwrap();
-        assert!(check_wit_version("0.2.0").unwrap_err().contains("newer"));
-        assert!(check_wit_version("0.0.9").unwrap_err().contains("no longer"));
+        assert!(check_wit_version("0.3.0").unwrap_err().contains("newer"));
+        assert!(check_wit_version("0.2.1").unwrap_err().contains("newer"));
+        assert!(check_wit_version("0.0.9").unwrap_err().contains("does not support"));
+        assert!(check_wit_version("0.1.1").unwrap_err().contains("does not support"));
         check_wit_version("0.1.0").unwrap();
+        check_wit_version("0.2.0").unwrap();
         assert!(check_wit_version("banana").is_err());
     }
 }

@@ -5,6 +5,7 @@
 //!   on-disk compile cache;
 //! - `bindings`: host bindings generated from the WIT worlds;
 //! - `host`: per-call state and the host side of every import;
+//! - `adapt`: guests of an older WIT release, served by the current bindings;
 //! - `inspect`: a component's outline (imports, exports, core instances)
 //!   read from its bytes before it is compiled;
 //! - `imports`: which imports are live, denied or refused ("provide, then
@@ -19,6 +20,7 @@
 //!
 //! WIT types stop here: callers never see a `bindings` type.
 
+mod adapt;
 pub mod bindings;
 pub mod bundled;
 mod convert;
@@ -47,12 +49,15 @@ use self::host::{HostState, Services};
 use self::imports::ImportStatus;
 use self::manifest::{Grant, Grants, Kind, Manifest};
 
-pub use domain::{Bundle, Description, ExecStatus, FilterEvent, RunContext, Source};
+pub use domain::{Bundle, Description, ExecStatus, FilterEvent, RunContext, Source, SourceOutcome, SourceRequest};
 pub use errors::{CallError, CallReport, GuestError, GuestErrorKind, LoadError};
 pub use limits::CallLimits;
 pub use registry::Registry;
 
-use self::convert::{bundle_from_wit, bundle_to_wit, context_to_wit, event_to_wit, status_from_wit, verdicts};
+use self::convert::{
+    bundle_from_wit, bundle_to_wit, context_to_wit, event_to_wit, source_outcome_from_wit, source_request_to_wit,
+    status_from_wit, verdicts,
+};
 use self::limits::{deadline_ticks, filter_matches_limits};
 use self::warm::{WARM_CALLS, WARM_PER_PLUGIN, WarmFilter, WarmSlot};
 
@@ -82,6 +87,9 @@ pub struct Plugin {
     pub load: (Duration, CacheOutcome),
     /// Its imports, as the component declares them, each live or denied.
     pub imports: Vec<ImportStatus>,
+    /// The `automation:plugin` release the component was built against
+    /// (older ones are adapted, see `adapt`).
+    pub wit_version: String,
     name: Arc<str>,
     pre: Pre,
     /// Idle filter instances (see `Runtime::filter_call`); dropped with the
@@ -93,6 +101,7 @@ enum Pre {
     Filter(bindings::filter::FilterPluginPre<HostState>),
     Preset(bindings::preset::PresetPluginPre<HostState>),
     Executor(bindings::executor::ExecutorPluginPre<HostState>),
+    Source(bindings::source::SourcePluginPre<HostState>),
 }
 
 impl Plugin {
@@ -196,7 +205,9 @@ impl Runtime {
             inspect::inventory(wasm, engine::MAX_CORE_INSTANCES_PER_COMPONENT).map_err(|e| fail(e.to_string()))?;
         let export = exported_world(&inventory.exports, &manifest).map_err(fail)?;
         let imports = imports::check(&inventory.imports, &manifest, &grant, &sha256).map_err(fail)?;
-        let (component, outcome) = self.cache.load(&self.engine, wasm).map_err(|e| {
+        let wit_version = adapt::wit_version(wasm, &inventory).map_err(fail)?.unwrap_or_default().to_owned();
+        let wasm = adapt::to_current(wasm, &inventory).map_err(fail)?;
+        let (component, outcome) = self.cache.load(&self.engine, &wasm).map_err(|e| {
             let e = format!("{e:#}");
             fail(
                 inspect::explain_pool_limit(&e, engine::MAX_CORE_INSTANCES_PER_COMPONENT)
@@ -215,6 +226,7 @@ impl Runtime {
             Kind::Filter => bindings::filter::FilterPluginPre::new(instance_pre).map(Pre::Filter),
             Kind::Preset => bindings::preset::PresetPluginPre::new(instance_pre).map(Pre::Preset),
             Kind::Executor => bindings::executor::ExecutorPluginPre::new(instance_pre).map(Pre::Executor),
+            Kind::Source => bindings::source::SourcePluginPre::new(instance_pre).map(Pre::Source),
         }
         .map_err(|e| fail(format!("does not match the {} world: {e:#}", manifest.kind.world())))?;
         let mut plugin = Plugin {
@@ -227,6 +239,7 @@ impl Runtime {
             description: None,
             load: (Duration::ZERO, outcome),
             imports,
+            wit_version,
             name: Arc::from(name.as_str()),
             pre,
             warm: Default::default(),
@@ -382,6 +395,7 @@ impl Runtime {
         let (r, report) = self.call(plugin, None, CallLimits::for_kind(plugin.kind()), |store, pre| match pre {
             Pre::Preset(p) => p.instantiate(&mut *store)?.automation_plugin_preset().call_describe(&mut *store),
             Pre::Executor(p) => p.instantiate(&mut *store)?.automation_plugin_executor().call_describe(&mut *store),
+            Pre::Source(p) => p.instantiate(&mut *store)?.automation_plugin_source().call_describe(&mut *store),
             Pre::Filter(_) => wasmtime::bail!("filters have no describe()"),
         });
         let info = r?;
@@ -433,6 +447,24 @@ impl Runtime {
             _ => wasmtime::bail!("{} is not a filter", plugin.name()),
         });
         (r.and_then(|v| verdicts(plugin, v, expressions.len())), report)
+    }
+
+    /// Has a source plugin verify and read a webhook request with the
+    /// source's secret, on a fresh instance.
+    pub fn source_verify(
+        &self,
+        plugin: &Plugin,
+        request: SourceRequest,
+        secret: &str,
+    ) -> (Result<SourceOutcome, CallError>, CallReport) {
+        let request = source_request_to_wit(request);
+        let (r, report) = self.call(plugin, None, CallLimits::for_kind(Kind::Source), |store, pre| match pre {
+            Pre::Source(p) => {
+                p.instantiate(&mut *store)?.automation_plugin_source().call_verify(&mut *store, &request, secret)
+            }
+            _ => wasmtime::bail!("{} is not a source plugin", plugin.name()),
+        });
+        (r.and_then(|r| Self::guest(plugin, r)).map(source_outcome_from_wit), report)
     }
 
     /// Renders a preset's bundle.
@@ -525,6 +557,9 @@ impl Runtime {
                 Pre::Executor(p) => {
                     let _instance = p.instantiate(&mut store)?;
                 }
+                Pre::Source(p) => {
+                    let _instance = p.instantiate(&mut store)?;
+                }
             }
             total += started.elapsed();
         }
@@ -561,6 +596,9 @@ fn exported_world(exports: &[String], manifest: &Manifest) -> Result<String, Str
     };
     if let Some((_, version)) = export.split_once('@') {
         manifest::check_wit_version(version)?;
+        if manifest.kind == Kind::Source && manifest::OLDER_WIT_VERSIONS.contains(&version) {
+            return Err(format!("source plugins came with automation:plugin@0.2.0; this one claims @{version}"));
+        }
     }
     Ok(export.clone())
 }

@@ -116,12 +116,19 @@ impl From<Row> for Delivery {
 pub struct Source {
     /// Its name (the `{source}` in `POST /v1/events/{source}`).
     pub name: String,
-    /// The header carrying the HMAC-SHA256 signature.
+    /// The header carrying the HMAC-SHA256 signature (none for a plugin source).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub signature_header: String,
-    /// JMESPath expression that extracts the event key from the payload.
+    /// JMESPath expression that extracts the event key from the payload
+    /// (none for a plugin source).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub event_key_expr: String,
     /// The header carrying the sender's delivery id (for dedup), if any.
     pub delivery_id_header: Option<String>,
+    /// The source plugin that verifies and reads its deliveries instead of
+    /// the HMAC check and key expression above, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<String>,
     /// When it was created.
     pub created_at: DateTime<Utc>,
     /// The HMAC secret (never serialized).
@@ -136,6 +143,7 @@ struct SourceRow {
     signature_header: String,
     event_key_expr: String,
     delivery_id_header: Option<String>,
+    plugin: Option<String>,
     created_at: DbTime,
 }
 
@@ -152,6 +160,7 @@ impl SourceRow {
             signature_header: self.signature_header,
             event_key_expr: self.event_key_expr,
             delivery_id_header: self.delivery_id_header,
+            plugin: self.plugin,
             created_at: self.created_at.0,
         })
     }
@@ -377,13 +386,14 @@ impl Store {
         let n = with_db!(self, write, |db| {
             sqlx::query(
                 "insert into event_sources (name, secret, signature_header, event_key_expr, delivery_id_header, \
-                 created_at, updated_at) values ($1, $2, $3, $4, $5, $6, $6) on conflict (name) do nothing",
+                 plugin, created_at, updated_at) values ($1, $2, $3, $4, $5, $6, $7, $7) on conflict (name) do nothing",
             )
             .bind(&s.name)
             .bind(&sealed)
             .bind(&s.signature_header)
             .bind(&s.event_key_expr)
             .bind(&s.delivery_id_header)
+            .bind(&s.plugin)
             .bind(DbTime::new(s.created_at))
             .execute(db)
             .await?
@@ -396,7 +406,7 @@ impl Store {
     pub async fn get_source(&self, name: &str) -> Result<Option<Source>> {
         let row: Option<SourceRow> = with_db!(self, read, |db| {
             sqlx::query_as(
-                "select name, secret, signature_header, event_key_expr, delivery_id_header, created_at \
+                "select name, secret, signature_header, event_key_expr, delivery_id_header, plugin, created_at \
                  from event_sources where name = $1",
             )
             .bind(name)
@@ -425,7 +435,7 @@ impl Store {
     pub async fn list_sources(&self) -> Result<Vec<Source>> {
         let rows: Vec<SourceRow> = with_db!(self, read, |db| {
             sqlx::query_as(
-                "select name, secret, signature_header, event_key_expr, delivery_id_header, created_at \
+                "select name, secret, signature_header, event_key_expr, delivery_id_header, plugin, created_at \
                  from event_sources order by name",
             )
             .fetch_all(db)

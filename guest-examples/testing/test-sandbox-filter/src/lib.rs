@@ -14,8 +14,8 @@ mod bindings {
             package test:sandbox-filter;
 
             world sandbox-filter {
-                import automation:plugin/sandbox@0.1.0;
-                export automation:plugin/filter@0.1.0;
+                import automation:plugin/sandbox@0.2.0;
+                export automation:plugin/filter@0.2.0;
             }
         "#,
         path: "../../../wit",

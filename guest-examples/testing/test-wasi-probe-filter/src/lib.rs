@@ -35,10 +35,16 @@ fn attempts(addr: &str) -> Vec<(&'static str, Result<String, String>)> {
         ("udp bind", UdpSocket::bind("0.0.0.0:0").map(|s| format!("{:?}", s.local_addr())).map_err(|e| e.to_string())),
         (
             "name lookup",
-            ("localhost", 80).to_socket_addrs().map(|a| format!("{:?}", a.collect::<Vec<_>>())).map_err(|e| e.to_string()),
+            ("localhost", 80)
+                .to_socket_addrs()
+                .map(|a| format!("{:?}", a.collect::<Vec<_>>()))
+                .map_err(|e| e.to_string()),
         ),
         ("read /", std::fs::read_dir("/").map(|d| format!("{} entries", d.count())).map_err(|e| e.to_string())),
-        ("read /etc/passwd", std::fs::read("/etc/passwd").map(|b| format!("{} bytes", b.len())).map_err(|e| e.to_string())),
+        (
+            "read /etc/passwd",
+            std::fs::read("/etc/passwd").map(|b| format!("{} bytes", b.len())).map_err(|e| e.to_string()),
+        ),
         ("write /tmp", std::fs::write("/tmp/probe", b"x").map(|()| "written".to_owned()).map_err(|e| e.to_string())),
         (
             "environment",
@@ -75,8 +81,10 @@ impl Guest for Probe {
             .iter()
             .map(|addr| {
                 let results = attempts(addr);
-                let leaked: Vec<String> =
-                    results.iter().filter_map(|(what, r)| r.as_ref().ok().map(|got| format!("{what}: {got}"))).collect();
+                let leaked: Vec<String> = results
+                    .iter()
+                    .filter_map(|(what, r)| r.as_ref().ok().map(|got| format!("{what}: {got}")))
+                    .collect();
                 if leaked.is_empty() {
                     let refusals: Vec<String> =
                         results.iter().map(|(what, r)| format!("{what}: {}", r.as_ref().unwrap_err())).collect();

@@ -5,14 +5,8 @@
 //! (`action=opened`, `sender.login=octocat`, `pull_request.draft=false`).
 //! Change `Rule` and `Rule::matches` to decide what you need.
 
-mod bindings {
-    #![allow(missing_docs)]
-    wit_bindgen::generate!({ path: "wit", world: "filter-plugin" });
-}
-
-use bindings::automation::plugin::types::{Error, Event};
-use bindings::exports::automation::plugin::filter::Guest;
-use serde_json::Value;
+use automation_plugin::filter::{Event, Filter};
+use automation_plugin::{Error, Value};
 
 /// A parsed expression.
 struct Rule<'a> {
@@ -47,24 +41,31 @@ impl<'a> Rule<'a> {
     }
 }
 
-struct Filter;
+pub struct PathFilter;
 
-impl Guest for Filter {
-    fn validate(expression: String) -> Result<(), Error> {
-        Rule::parse(&expression).map(|_| ())
+impl Filter for PathFilter {
+    fn validate(expression: &str) -> Result<(), Error> {
+        Rule::parse(expression).map(|_| ())
     }
 
-    fn matches(event: Event, expressions: Vec<String>) -> Vec<Result<bool, Error>> {
-        // The payload is parsed once per call, however many expressions.
-        let payload: Value = match serde_json::from_str(&event.payload) {
-            Ok(v) => v,
-            Err(e) => {
-                let message = format!("the payload is not JSON: {e}");
-                return expressions.iter().map(|_| Err(Error::InvalidInput(message.clone()))).collect();
-            }
-        };
-        expressions.iter().map(|e| Rule::parse(e).map(|rule| rule.matches(&payload))).collect()
+    fn matches(event: &Event, expression: &str) -> Result<bool, Error> {
+        // `payload()` parses once per call, however many expressions ask.
+        Ok(Rule::parse(expression)?.matches(event.payload()?))
     }
 }
 
-bindings::export!(Filter with_types_in bindings);
+automation_plugin::export_filter!(PathFilter);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_and_values() {
+        let event = Event::new("github", "pull_request.opened", r#"{"action": "opened", "n": 2}"#);
+        assert_eq!(PathFilter::matches(&event, "action=opened"), Ok(true));
+        assert_eq!(PathFilter::matches(&event, "n=2"), Ok(true));
+        assert_eq!(PathFilter::matches(&event, "action=closed"), Ok(false));
+        assert!(PathFilter::validate("no equals sign").is_err());
+    }
+}
