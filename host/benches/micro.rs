@@ -1,7 +1,7 @@
 //! Micro benchmarks (criterion): plugin instantiation, host-to-guest call
 //! cost, fresh-instance filter calls, one delivery against 10/100/1000
 //! filters, component load from the compile cache versus a cold compile,
-//! and cron next-fire computation.
+//! cron next-fire computation, and a source plugin's cost per delivery.
 //!
 //! Run with `cargo bench --bench micro` (or `just bench`, which also runs the
 //! load benchmarks and rewrites BENCHMARKS.md).
@@ -211,5 +211,58 @@ fn guest_languages(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, plugins, cron, guest_languages);
+/// What reading one 14 KB delivery costs a custom source: the built-in
+/// HMAC check (what `POST /v1/events/{source}` does for an HMAC source),
+/// against the bundled `linear` source plugin on a fresh instance
+/// (signature, timestamp and key, what it does for a plugin source).
+fn sources(c: &mut Criterion) {
+    use automation_host::events::signature;
+    use automation_host::plugins::{SourceOutcome, SourceRequest};
+    use hmac::Mac;
+    let tokio = tokio::runtime::Runtime::new().unwrap();
+    let _enter = tokio.enter();
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::standalone(dir.path(), &dir.path().join("cache"), Grants::default(), false).unwrap();
+    let (manifest, wasm) = bundled::all().unwrap().into_iter().find(|(m, _)| m.name == "linear").unwrap();
+    let linear = runtime.load(manifest, wasm, Source::Bundled, None).unwrap();
+    let secret = "lin_wh_0123456789abcdef0123456789";
+    let mut payload: serde_json::Value = serde_json::from_str(&common::delivery_14kb()).unwrap();
+    payload["type"] = "Issue".into();
+    payload["action"] = "create".into();
+    let sample = serde_json::to_vec(&payload).unwrap();
+    let hub = signature::sign(secret.as_bytes(), &sample);
+    // A fresh, signed request per iteration (made outside the timed part):
+    // the plugin refuses a webhookTimestamp a minute old.
+    let mut request = move || {
+        payload["webhookTimestamp"] = chrono::Utc::now().timestamp_millis().into();
+        let body = serde_json::to_vec(&payload).unwrap();
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(&body);
+        let sig = hex::encode(mac.finalize().into_bytes());
+        SourceRequest {
+            headers: vec![
+                ("linear-signature".to_owned(), sig),
+                ("linear-delivery".to_owned(), "234d1a4e-b617-4388-90fe-adc3633d6b72".to_owned()),
+            ],
+            body,
+        }
+    };
+    let mut g = c.benchmark_group("sources_14kb");
+    g.bench_function("builtin_hmac_check", |b| {
+        b.iter(|| signature::verify(secret.as_bytes(), &sample, "X-Signature-256", Some(&hub)).unwrap())
+    });
+    g.bench_function("linear_plugin_verify", |b| {
+        b.iter_batched(
+            &mut request,
+            |req| {
+                let (r, _) = runtime.source_verify(&linear, req, secret);
+                assert!(matches!(r.unwrap(), SourceOutcome::Deliver { key: Some(_), .. }));
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, plugins, cron, guest_languages, sources);
 criterion_main!(benches);
