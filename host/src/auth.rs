@@ -105,10 +105,18 @@ pub fn required_scope(method: &Method, route: &str) -> Scope {
     match (method.as_str(), route) {
         // Evaluating an expression changes nothing.
         ("POST", "/v1/filters/evaluate") => Scope::Read,
-        ("POST", "/v1/automations/{id}/dispatch" | "/v1/runs/{id}/cancel") => Scope::Operate,
+        (
+            "POST",
+            "/v1/automations/{id}/dispatch"
+            | "/v1/automations/{id}/test"
+            | "/v1/runs/{id}/cancel"
+            | "/v1/runs/{id}/rerun",
+        ) => Scope::Operate,
         ("POST", "/v1/automations" | "/v1/uploads" | "/v1/sources")
         | ("PATCH", "/v1/automations/{id}" | "/v1/sources/{name}")
-        | ("DELETE", "/v1/automations/{id}" | "/v1/uploads/{id}" | "/v1/sources/{name}") => Scope::Write,
+        | ("DELETE", "/v1/automations/{id}" | "/v1/uploads/{id}" | "/v1/sources/{name}" | "/v1/runs/{id}") => {
+            Scope::Write
+        }
         ("PUT" | "DELETE", "/v1/plugins/{name}") => Scope::Plugins,
         _ => Scope::Admin,
     }
@@ -180,6 +188,9 @@ mod tests {
             (Method::POST, "/v1/filters/evaluate", Scope::Read),
             (Method::POST, "/v1/automations/{id}/dispatch", Scope::Operate),
             (Method::POST, "/v1/runs/{id}/cancel", Scope::Operate),
+            (Method::POST, "/v1/runs/{id}/rerun", Scope::Operate),
+            (Method::POST, "/v1/automations/{id}/test", Scope::Operate),
+            (Method::DELETE, "/v1/runs/{id}", Scope::Write),
             (Method::POST, "/v1/automations", Scope::Write),
             (Method::PATCH, "/v1/automations/{id}", Scope::Write),
             (Method::DELETE, "/v1/uploads/{id}", Scope::Write),

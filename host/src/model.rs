@@ -228,6 +228,10 @@ pub struct Automation {
     pub id: Uuid,
     /// A human-readable name.
     pub name: String,
+    /// What it is for, in a sentence or two (may be empty).
+    pub description: String,
+    /// Short labels to find it by (`GET /v1/automations?tag=`), sorted.
+    pub tags: Vec<String>,
     /// What fires it.
     pub trigger: Trigger,
     /// The uploaded bundle it runs, if any.
@@ -418,6 +422,9 @@ pub struct Run {
     pub timeout_at: Option<DateTime<Utc>>,
     /// When it last changed.
     pub updated_at: DateTime<Utc>,
+    /// The run this one repeats (`POST /v1/runs/{id}/rerun`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerun_of: Option<Uuid>,
 }
 
 impl Run {
@@ -436,6 +443,7 @@ impl Run {
             output: None,
             error: None,
             plugin_log: Vec::new(),
+            rerun_of: None,
             created_at: now,
             started_at: None,
             finished_at: None,
@@ -613,5 +621,68 @@ pub fn check_name(value: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("{value:?} must be 1 to 64 lowercase letters, digits, '-' or '_', starting with a letter or digit"))
+    }
+}
+
+/// What happened to one cron slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotOutcome {
+    /// A run was created for it.
+    Fired,
+    /// It passed while no host ran, and the misfire policy did not fire it.
+    Missed,
+    /// The automation already had `concurrency` runs going (policy `skip`).
+    SkippedOverlap,
+}
+
+impl SlotOutcome {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SlotOutcome::Fired => "fired",
+            SlotOutcome::Missed => "missed",
+            SlotOutcome::SkippedOverlap => "skipped_overlap",
+        }
+    }
+}
+
+/// Most tags an automation may have.
+pub const MAX_TAGS: usize = 20;
+
+/// Checks and normalises tags: each 1 to 40 characters of lowercase
+/// letters, digits and `-_.:/` (upper case is lowered), at most
+/// [`MAX_TAGS`]; returns them sorted without duplicates.
+pub fn check_tags(tags: &[String]) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::with_capacity(tags.len());
+    for t in tags {
+        let t = t.trim().to_lowercase();
+        let ok = (1..=40).contains(&t.chars().count())
+            && t.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.:/".contains(c));
+        if !ok {
+            return Err(format!("tag {t:?} must be 1 to 40 characters of letters, digits and -_.:/"));
+        }
+        out.push(t);
+    }
+    out.sort();
+    out.dedup();
+    if out.len() > MAX_TAGS {
+        return Err(format!("at most {MAX_TAGS} tags (got {})", out.len()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tag_tests {
+    use super::*;
+
+    #[test]
+    fn tags_are_lowered_sorted_deduped_and_bounded() {
+        let t = |v: &[&str]| check_tags(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(t(&["Ops", "ci", "ops", " team:web "]).unwrap(), ["ci", "ops", "team:web"]);
+        assert!(t(&["a,b"]).unwrap_err().contains("letters, digits"));
+        assert!(t(&[""]).is_err());
+        assert!(t(&["ü"]).is_err());
+        let many: Vec<String> = (0..21).map(|i| format!("t{i}")).collect();
+        assert!(check_tags(&many).unwrap_err().contains("at most 20"));
     }
 }

@@ -9,6 +9,8 @@ db_tests!(
     pagination_walks_every_item_once,
     patch_changes_only_what_it_names,
     soft_delete_hides_and_cancels_pending_runs,
+    descriptions_tags_and_search_find_automations,
+    trying_a_trigger_shows_what_would_happen,
 );
 
 async fn create_read_list_every_trigger_type(backend: Backend) {
@@ -224,4 +226,128 @@ async fn soft_delete_hides_and_cancels_pending_runs(backend: Backend) {
     assert!(r.body["finished_at"].is_string());
     // Its upload is no longer in use.
     s.delete(&format!("/v1/uploads/{upload}")).await.expect(204);
+}
+
+/// Descriptions and tags are kept; lists filter by tag, trigger type,
+/// source, enabled and name; `GET /v1/tags` counts the tags in use.
+async fn descriptions_tags_and_search_find_automations(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let upload = simple_upload(&s).await;
+    let make = |name: &str, tags: serde_json::Value| {
+        let mut a = manual_automation(name, &upload);
+        a["tags"] = tags;
+        a["description"] = json!(format!("{name}, described"));
+        a
+    };
+    let nightly = s.post("/v1/automations", make("Nightly report", json!(["Ops", "reports", "ops"]))).await.expect(201);
+    assert_eq!(nightly.body["tags"], json!(["ops", "reports"]), "lowered, sorted, deduplicated");
+    assert_eq!(nightly.body["description"], "Nightly report, described");
+    let deploy = s.post("/v1/automations", make("deploy_100% safe", json!(["ops", "team:web"]))).await.expect(201);
+    let event = json!({
+        "name": "on push", "tags": ["ci"],
+        "trigger": {"type": "event", "source": "github", "on": ["push"]},
+        "preset": {"name": "script", "config": {"script": "true"}},
+    });
+    let on_push = s.post("/v1/automations", event).await.expect(201);
+    s.post("/v1/automations", make("bad", json!(["a,b"]))).await.expect_error(422, "invalid_tags", "letters, digits");
+    let long = "x".repeat(2001);
+    let mut too_long = manual_automation("long", &upload);
+    too_long["description"] = json!(long);
+    s.post("/v1/automations", too_long).await.expect_error(422, "too_long", "description");
+
+    let names = |v: &serde_json::Value| -> Vec<String> {
+        v["items"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap().to_owned()).collect()
+    };
+    let ops = s.get("/v1/automations?tag=OPS").await.expect(200).body;
+    assert_eq!(names(&ops), ["deploy_100% safe", "Nightly report"]);
+    assert_eq!(ops["total"], 2);
+    assert_eq!(names(&s.get("/v1/automations?tag=op").await.expect(200).body), Vec::<String>::new(), "whole tags only");
+    assert_eq!(names(&s.get("/v1/automations?q=NIGHT").await.expect(200).body), ["Nightly report"]);
+    // LIKE's wildcards in q are literal.
+    assert_eq!(names(&s.get("/v1/automations?q=100%25").await.expect(200).body), ["deploy_100% safe"]);
+    assert_eq!(names(&s.get("/v1/automations?q=y_1").await.expect(200).body), ["deploy_100% safe"]);
+    assert_eq!(names(&s.get("/v1/automations?q=_").await.expect(200).body), ["deploy_100% safe"]);
+    assert_eq!(names(&s.get("/v1/automations?source=github").await.expect(200).body), ["on push"]);
+    assert_eq!(names(&s.get("/v1/automations?trigger=event&tag=ci").await.expect(200).body), ["on push"]);
+    assert_eq!(names(&s.get("/v1/automations?tag=ops&q=deploy").await.expect(200).body), ["deploy_100% safe"]);
+
+    let tags = s.get("/v1/tags").await.expect(200).body;
+    assert_eq!(
+        tags,
+        json!([{"tag": "ci", "count": 1}, {"tag": "ops", "count": 2}, {"tag": "reports", "count": 1}, {"tag": "team:web", "count": 1}])
+    );
+    // A patch replaces the tags; a deleted automation's tags are not counted.
+    let patched = s.patch(&format!("/v1/automations/{}", deploy.id()), json!({"tags": []})).await.expect(200);
+    assert_eq!(patched.body["tags"], json!([]));
+    s.delete(&format!("/v1/automations/{}", on_push.id())).await.expect(204);
+    let tags = s.get("/v1/tags").await.expect(200).body;
+    assert_eq!(tags, json!([{"tag": "ops", "count": 1}, {"tag": "reports", "count": 1}]));
+    let got = s.get(&format!("/v1/automations/{}", nightly.id())).await.expect(200).body;
+    assert_eq!(got["tags"], json!(["ops", "reports"]));
+}
+
+/// `POST /v1/automations/{id}/test` says whether a sample event would fire
+/// an automation (source, key, filter, with the filter's error), shows the
+/// bundle its preset renders, and with `"run": true` creates a real run of
+/// kind `test`, even for a disabled automation.
+async fn trying_a_trigger_shows_what_would_happen(backend: Backend) {
+    let s = TestServer::start_with(backend, &[("AUTOMATION_NO_DISPATCH", "true")]).await;
+    let a = json!({
+        "name": "opened PRs", "enabled": false,
+        "trigger": {"type": "event", "source": "github", "on": ["pull_request.*"], "filter": "action == 'opened'"},
+        "preset": {"name": "script", "config": {"script": "echo hi"}},
+    });
+    let a = s.post("/v1/automations", a).await.expect(201).id();
+    let test = format!("/v1/automations/{a}/test");
+    let sample = |key: &str, action: serde_json::Value| json!({"event": {"key": key, "payload": {"action": action}}});
+
+    let yes = s.post(&test, sample("pull_request.opened", json!("opened"))).await.expect(200).body;
+    assert_eq!(yes["fires"], true, "{yes}");
+    assert_eq!(yes["filter"], json!({"matches": true, "error": null}));
+    assert_eq!(yes["bundle"]["files"], json!(["main.sh"]));
+    assert!(!yes["bundle"]["entrypoint"].as_str().unwrap().is_empty());
+    assert!(yes.get("run").is_none());
+
+    let no = s.post(&test, sample("pull_request.closed", json!("closed"))).await.expect(200).body;
+    assert_eq!(no["fires"], false);
+    assert_eq!(no["filter"]["matches"], false);
+    assert!(no["reason"].as_str().unwrap().contains("filter is false"), "{no}");
+    let key = s.post(&test, sample("issues.opened", json!("opened"))).await.expect(200).body;
+    assert_eq!(key["fires"], false);
+    assert!(key["reason"].as_str().unwrap().contains("matches none of"), "{key}");
+    assert!(key.get("filter").is_none(), "the filter is not asked when the key does not match");
+    let other = json!({"event": {"source": "shop", "key": "pull_request.opened", "payload": {}}});
+    let other = s.post(&test, other).await.expect(200).body;
+    assert!(other["reason"].as_str().unwrap().contains("source is github"), "{other}");
+
+    // An evaluation error is shown, and counts as no match.
+    s.patch(
+        &format!("/v1/automations/{a}"),
+        json!({"trigger": {"type": "event", "source": "github", "on": ["*.*"], "filter": "abs(action) > `1`"}}),
+    )
+    .await
+    .expect(200);
+    let err = s.post(&test, sample("pull_request.opened", json!("opened"))).await.expect(200).body;
+    assert_eq!(err["fires"], false);
+    assert!(err["filter"]["error"].is_string(), "{err}");
+    let errors = s.get(&format!("/v1/automations/{a}")).await.expect(200).body["filter_errors"]["count"].clone();
+    assert_eq!(errors, 0, "a test does not count as a filter error of the automation");
+
+    // A real run, of kind test, on the disabled automation.
+    let mut body = sample("pull_request.opened", json!("opened"));
+    body["run"] = json!(true);
+    let ran = s.post(&test, body).await.expect(200).body;
+    assert_eq!(ran["run"]["trigger"]["kind"], "test");
+    assert_eq!(ran["run"]["trigger"]["payload"], json!({"action": "opened"}));
+    assert_eq!(ran["run"]["status"], "pending");
+    let runs = s.get(&format!("/v1/automations/{a}/runs")).await.expect(200).body;
+    assert_eq!(runs["total"], 1);
+    s.post(&test, json!({"nope": 1})).await.expect_error(422, "invalid_body", "nope");
+
+    // Cron and manual automations have nothing to match: they fire.
+    let cron = json!({"name": "tick", "trigger": {"type": "cron", "schedule": "0 9 * * *"}, "preset": {"name": "script", "config": {"script": "true"}}});
+    let cron = s.post("/v1/automations", cron).await.expect(201).id();
+    let tried = s.post(&format!("/v1/automations/{cron}/test"), json!({})).await.expect(200).body;
+    assert_eq!(tried["fires"], true);
+    assert!(tried.get("filter").is_none());
 }

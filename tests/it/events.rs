@@ -15,6 +15,8 @@ db_tests!(
     signatures_are_checked_and_nothing_is_stored_without_one,
     custom_sources_sign_key_and_dedup,
     acknowledged_deliveries_survive_kill_9,
+    an_events_payload_is_stored_once_for_all_its_runs,
+    signature_schemes_verify_refuse_stale_and_dedup,
 );
 
 pub(crate) fn fixtures() -> Vec<(String, PathBuf)> {
@@ -330,4 +332,150 @@ async fn acknowledged_deliveries_survive_kill_9(backend: Backend) {
         runs["total"],
         acked.len()
     );
+}
+
+/// A delivery's payload is stored once, in the delivery: the runs it starts
+/// refer to it (their stored trigger stays small) and still show it whole.
+async fn an_events_payload_is_stored_once_for_all_its_runs(backend: Backend) {
+    let s = TestServer::start_with(
+        backend,
+        &[("AUTOMATION_GITHUB_WEBHOOK_SECRET", SECRET), ("AUTOMATION_NO_DISPATCH", "true")],
+    )
+    .await;
+    for i in 0..3 {
+        let a = json!({
+            "name": format!("copy {i}"),
+            "trigger": {"type": "event", "source": "github", "on": ["issues.*"]},
+            "preset": {"name": "script", "config": {"script": "true"}},
+        });
+        s.post("/v1/automations", a).await.expect(201);
+    }
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/github-webhooks/issues/transferred.payload.json");
+    let body = std::fs::read(&path).unwrap();
+    assert!(body.len() > 20_000);
+    let payload: Value = serde_json::from_slice(&body).unwrap();
+    let id = deliver(&s, "issues", "once-1", &body).await.expect(202).id();
+    let d = wait_matched(&s, &id).await;
+    let runs: Vec<String> =
+        d["result"]["matched"].as_array().unwrap().iter().map(|m| m["run_id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(runs.len(), 3, "{d}");
+    for run in &runs {
+        let r = s.get(&format!("/v1/runs/{run}")).await.expect(200).body;
+        assert_eq!(r["trigger"]["payload"], payload, "the run shows the whole payload");
+        assert_eq!(r["trigger"]["event_id"], id.as_str());
+    }
+    let sizes: Vec<i64> = match backend {
+        Backend::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(&s.database_url()).await.unwrap();
+            sqlx::query_scalar("select length(trigger) from runs").fetch_all(&pool).await.unwrap()
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(&s.database_url()).await.unwrap();
+            sqlx::query_scalar("select octet_length(trigger::text)::bigint from runs").fetch_all(&pool).await.unwrap()
+        }
+    };
+    assert_eq!(sizes.len(), 3);
+    assert!(sizes.iter().all(|n| *n < 1024), "each run stores its trigger without the payload: {sizes:?} bytes");
+}
+
+/// Custom sources signed the Standard Webhooks way, Slack's way, or with a
+/// shared token: good deliveries are stored, forged, stale and unsigned
+/// ones refused with nothing stored, and a Standard Webhooks delivery
+/// replayed under its `webhook-id` is a duplicate.
+async fn signature_schemes_verify_refuse_stale_and_dedup(backend: Backend) {
+    use base64::Engine as _;
+    use hmac::{Hmac, Mac};
+    let s = TestServer::start_with(backend, &[("AUTOMATION_NO_DISPATCH", "true")]).await;
+    let now = chrono::Utc::now().timestamp();
+    let mac = |key: &[u8], parts: &[&[u8]]| {
+        let mut m = Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+        for p in parts {
+            m.update(p);
+        }
+        m.finalize().into_bytes().to_vec()
+    };
+    let stored = |name: &'static str| {
+        let s = &s;
+        async move { s.get(&format!("/v1/events?source={name}")).await.expect(200).body["total"].as_i64().unwrap() }
+    };
+    let post = |name: &'static str, headers: Vec<(&'static str, String)>, body: &'static [u8]| {
+        let s = &s;
+        async move {
+            let mut h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            h.push(("content-type", "application/json"));
+            s.raw(Method::POST, &format!("/v1/events/{name}"), &h, body.to_vec()).await
+        }
+    };
+    s.post("/v1/sources", json!({"name": "odd", "signature_scheme": "rot13"})).await.expect_error(
+        422,
+        "invalid_signature_scheme",
+        "standard-webhooks",
+    );
+
+    // Standard Webhooks, with a generated whsec_ secret.
+    let created =
+        s.post("/v1/sources", json!({"name": "sw", "signature_scheme": "standard-webhooks"})).await.expect(201);
+    assert_eq!(created.body["signature_header"], "webhook-signature");
+    assert_eq!(created.body["signature_scheme"], "standard-webhooks");
+    let secret = created.body["secret"].as_str().unwrap().to_owned();
+    let key = base64::engine::general_purpose::STANDARD.decode(secret.strip_prefix("whsec_").unwrap()).unwrap();
+    let body: &'static [u8] = br#"{"type": "invoice.paid", "id": 7}"#;
+    let sw = |id: &str, ts: i64, key: &[u8]| {
+        let sig = base64::engine::general_purpose::STANDARD
+            .encode(mac(key, &[id.as_bytes(), b".", ts.to_string().as_bytes(), b".", body]));
+        vec![
+            ("webhook-id", id.to_owned()),
+            ("webhook-timestamp", ts.to_string()),
+            ("webhook-signature", format!("v1,{sig}")),
+        ]
+    };
+    post("sw", sw("msg_1", now, b"not the key"), body).await.expect_error(401, "unauthorized", "invalid signature");
+    post("sw", sw("msg_1", now - 600, &key), body).await.expect_error(401, "unauthorized", "more than the 300 s");
+    let mut no_id = sw("msg_1", now, &key);
+    no_id.remove(0);
+    post("sw", no_id, body).await.expect_error(401, "unauthorized", "webhook-id");
+    assert_eq!(stored("sw").await, 0);
+    let ok = post("sw", sw("msg_1", now, &key), body).await.expect(202);
+    assert_eq!(ok.body["event_key"], "invoice.paid");
+    let replay = post("sw", sw("msg_1", now + 1, &key), body).await.expect(200);
+    assert_eq!(replay.body["status"], "duplicate");
+    assert_eq!(stored("sw").await, 1);
+
+    // Slack v0.
+    let slack_secret = "8f742231b10e8888abcd99yyyzzz85a5";
+    s.post("/v1/sources", json!({"name": "slack", "signature_scheme": "slack-v0", "secret": slack_secret}))
+        .await
+        .expect(201);
+    let slack = |ts: i64| {
+        let sig = hex::encode(mac(slack_secret.as_bytes(), &[b"v0:", ts.to_string().as_bytes(), b":", body]));
+        vec![("x-slack-request-timestamp", ts.to_string()), ("x-slack-signature", format!("v0={sig}"))]
+    };
+    post("slack", slack(now - 301), body).await.expect_error(401, "unauthorized", "X-Slack-Request-Timestamp");
+    post("slack", vec![("x-slack-signature", "v0=00".into())], body).await.expect_error(
+        401,
+        "unauthorized",
+        "missing header",
+    );
+    post("slack", slack(now), body).await.expect(202);
+
+    // A shared token (GitLab style).
+    let token = "gitlab-token-0123456789";
+    s.post(
+        "/v1/sources",
+        json!({"name": "gl", "signature_scheme": "token", "secret": token, "event_key_expr": "object_kind"}),
+    )
+    .await
+    .expect(201);
+    let gl_body: &'static [u8] = br#"{"object_kind": "push"}"#;
+    post("gl", vec![("x-gitlab-token", "gitlab-token-012345678".into())], gl_body).await.expect_error(
+        401,
+        "unauthorized",
+        "invalid",
+    );
+    post("gl", vec![], gl_body).await.expect_error(401, "unauthorized", "X-Gitlab-Token");
+    let ok = post("gl", vec![("x-gitlab-token", token.into())], gl_body).await.expect(202);
+    assert_eq!(ok.body["event_key"], "push");
+    assert_eq!(stored("gl").await, 1);
+    assert_eq!(stored("slack").await, 1);
 }

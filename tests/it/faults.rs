@@ -623,8 +623,18 @@ async fn postgres_outages_lose_nothing_and_recover_by_themselves() {
     {
         use sqlx::Connection;
         let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
-        let mut tx = c.begin().await.unwrap();
-        sqlx::query("lock table deliveries, runs, settings in access exclusive mode").execute(&mut *tx).await.unwrap();
+        // Taking three exclusive locks one after another while the host
+        // reads runs with their deliveries can deadlock (Postgres then
+        // aborts this side): take them again until they are all held.
+        let tx = loop {
+            let mut tx = c.begin().await.unwrap();
+            match sqlx::query("lock table deliveries, runs, settings in access exclusive mode").execute(&mut *tx).await
+            {
+                Ok(_) => break tx,
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("40P01") => tx.rollback().await.unwrap(),
+                Err(e) => panic!("cannot lock the tables: {e}"),
+            }
+        };
         load.fault.store(true, std::sync::atomic::Ordering::SeqCst);
         tokio::time::sleep(Duration::from_secs(12)).await;
         tx.rollback().await.unwrap();

@@ -39,8 +39,10 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(automations_create, automations_list))
         .routes(routes!(automations_get, automations_update, automations_delete))
         .routes(routes!(automations_dispatch))
+        .routes(routes!(automations_test))
         .routes(routes!(automations_schedule))
         .routes(routes!(automations_slots))
+        .routes(routes!(tags_list))
 }
 
 /// The body of `POST /v1/automations`.
@@ -49,6 +51,12 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 pub(crate) struct AutomationCreate {
     /// A name, 1 to 200 characters.
     pub name: String,
+    /// What it is for, up to 2,000 characters.
+    #[serde(default)]
+    pub description: String,
+    /// Short labels (at most 20, each 1 to 40 of `a-z0-9-_.:/`; lowered and sorted).
+    #[serde(default)]
+    pub tags: Vec<String>,
     /// What fires it.
     pub trigger: Trigger,
     /// An uploaded bundle to run.
@@ -97,6 +105,10 @@ fn yes() -> bool {
 pub(crate) struct AutomationPatch {
     /// New name.
     pub name: Option<String>,
+    /// New description.
+    pub description: Option<String>,
+    /// New tags (replace the old ones).
+    pub tags: Option<Vec<String>>,
     /// New trigger.
     pub trigger: Option<Trigger>,
     /// New bundle, or null to remove it.
@@ -157,6 +169,12 @@ pub(crate) struct ListQuery {
     pub enabled: Option<bool>,
     /// Only this trigger type: `cron`, `event` or `manual`.
     pub trigger: Option<String>,
+    /// Only automations with this tag.
+    pub tag: Option<String>,
+    /// Only event automations of this source.
+    pub source: Option<String>,
+    /// Only automations whose name contains this (case-insensitive).
+    pub q: Option<String>,
 }
 
 /// Creates an automation.
@@ -180,6 +198,8 @@ async fn automations_create(
     let automation = Automation {
         id: Uuid::now_v7(),
         name: body.name,
+        description: body.description,
+        tags: tags(&body.tags)?,
         trigger: body.trigger,
         bundle: body.bundle,
         preset: body.preset,
@@ -229,7 +249,16 @@ async fn automations_list(
     {
         return Err(Error::BadRequest("invalid_query", format!("trigger must be cron, event or manual (got {t:?})")));
     }
-    let filter = AutomationFilter { enabled: q.enabled, trigger_type: q.trigger };
+    if q.q.as_ref().is_some_and(|q| q.chars().count() > 200) {
+        return Err(Error::BadRequest("invalid_query", "q is longer than 200 characters".into()));
+    }
+    let filter = AutomationFilter {
+        enabled: q.enabled,
+        trigger_type: q.trigger,
+        tag: q.tag,
+        source: q.source,
+        name_contains: q.q.filter(|q| !q.is_empty()),
+    };
     let page = state.store.list_automations(&filter, limit + 1, before).await?;
     let items = page.items.into_iter().map(|a| present(&state, a)).collect();
     Ok(Json(Page::new(items, page.total, limit, |a| a.id)))
@@ -267,6 +296,8 @@ async fn automations_update(
     let before = (a.trigger.clone(), a.enabled, a.next_fire_at);
     let AutomationPatch {
         name,
+        description,
+        tags: new_tags,
         trigger,
         bundle,
         preset,
@@ -281,6 +312,12 @@ async fn automations_update(
     } = patch;
     if let Some(v) = name {
         a.name = v;
+    }
+    if let Some(v) = description {
+        a.description = v;
+    }
+    if let Some(v) = new_tags {
+        a.tags = tags(&v)?;
     }
     if let Some(v) = trigger {
         a.trigger = v;
@@ -355,23 +392,202 @@ async fn automations_delete(State(state): State<AppState>, ApiPath(id): ApiPath<
     }
 }
 
+/// The body of `POST /v1/automations/{id}/test`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TestBody {
+    /// A sample event for an event automation (default: the payload `{}`
+    /// under the trigger's source and first `on` key).
+    #[serde(default)]
+    event: Option<SampleEvent>,
+    /// Also create a real run, its trigger kind `test` (default false).
+    #[serde(default)]
+    run: bool,
+}
+
+/// A sample event.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SampleEvent {
+    /// The source (default: the trigger's).
+    source: Option<String>,
+    /// The event key.
+    key: String,
+    /// The payload (a JSON object).
+    #[schema(value_type = Object)]
+    payload: Value,
+}
+
+/// What a trigger would do with the sample.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct TestResult {
+    /// Whether the automation would fire: the event's source and key match
+    /// the trigger and the filter matches (always true for cron and manual).
+    fires: bool,
+    /// Why it would not fire, when it would not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    /// The filter's verdict, for event automations with a filter.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    filter: Option<FilterVerdict>,
+    /// The bundle a run would get.
+    bundle: BundleSummary,
+    /// The run created with `"run": true`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    run: Option<Run>,
+}
+
+/// A filter's verdict on the sample.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct FilterVerdict {
+    /// True if it matched.
+    matches: bool,
+    /// The evaluation error, if it failed (counts as no match).
+    error: Option<String>,
+}
+
+/// The rendered bundle, without its contents.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct BundleSummary {
+    /// The command a run starts.
+    entrypoint: String,
+    /// The files the preset renders (an uploaded archive is not listed).
+    files: Vec<String>,
+    /// Whether an uploaded archive is unpacked first.
+    archive: bool,
+}
+
+/// Tries an automation's trigger without waiting for it: whether a sample
+/// event would fire it (source, key, filter), and the bundle a run would
+/// get (its preset rendered now). With `"run": true`, also creates a real
+/// run (trigger kind `test`), even if the sample would not fire it or the
+/// automation is disabled. Changes nothing else.
+#[utoipa::path(
+    post,
+    path = "/v1/automations/{id}/test",
+    tag = "automations",
+    params(("id" = Uuid, Path, description = "Automation id")),
+    request_body(content = Option<TestBody>, description = "optional; `{\"event\": {\"key\", \"payload\"}, \"run\": true}`"),
+    security(("api_key" = [])),
+    responses((status = 200, body = TestResult), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody))
+)]
+async fn automations_test(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ApiPath(id): ApiPath<Uuid>,
+    body: Bytes,
+) -> Result<Json<TestResult>, Error> {
+    let body: TestBody =
+        if body.iter().all(u8::is_ascii_whitespace) { TestBody::default() } else { parse_json(&body)? };
+    let automation = load(&state, id).await?;
+    let (mut fires, mut reason, mut filter_verdict) = (true, None, None);
+    let mut payload = Value::Object(Default::default());
+    let mut event_key = None;
+    if let Trigger::Event { source, on, filter, filter_plugin } = &automation.trigger {
+        let sample = body.event.unwrap_or(SampleEvent {
+            source: None,
+            key: on.first().cloned().unwrap_or_default(),
+            payload: Value::Object(Default::default()),
+        });
+        check_json_object("event.payload", &sample.payload)?;
+        let sample_source = sample.source.unwrap_or_else(|| source.clone());
+        if &sample_source != source {
+            (fires, reason) = (false, Some(format!("the trigger's source is {source}, not {sample_source}")));
+        } else if !on.iter().any(|p| crate::events::keys::key_matches(p, &sample.key)) {
+            (fires, reason) = (false, Some(format!("event key {:?} matches none of {on:?}", sample.key)));
+        } else if let Some(expr) = filter {
+            let plugin = check_plugin(&state, "trigger.filter_plugin", filter_plugin, Kind::Filter)?;
+            let event = crate::plugins::FilterEvent::new(&sample_source, &sample.key, &sample.payload.to_string());
+            let expr = expr.clone();
+            let (result, _) =
+                state.plugins.blocking(move |rt| rt.filter_matches(&plugin, &event, std::slice::from_ref(&expr))).await;
+            let verdict = match result.map(|v| v.into_iter().next()) {
+                Ok(Some(Ok(m))) => FilterVerdict { matches: m, error: None },
+                Ok(Some(Err(e))) => FilterVerdict { matches: false, error: Some(e.message) },
+                Ok(None) => FilterVerdict { matches: false, error: Some("the filter plugin gave no verdict".into()) },
+                Err(e) => FilterVerdict { matches: false, error: Some(e.to_string()) },
+            };
+            if !verdict.matches {
+                fires = false;
+                reason = Some(match &verdict.error {
+                    Some(e) => format!("the filter failed: {e}"),
+                    None => "the filter is false for this payload".into(),
+                });
+            }
+            filter_verdict = Some(verdict);
+        }
+        payload = sample.payload;
+        event_key = Some(sample.key);
+    }
+    let mut summary = BundleSummary {
+        entrypoint: automation.entrypoint.clone().unwrap_or_default(),
+        files: Vec::new(),
+        archive: automation.bundle.is_some(),
+    };
+    if let Some(preset) = &automation.preset {
+        let bundle = render_preset(&state, preset).await?;
+        summary.files = bundle.files.iter().map(|(path, _, _)| path.clone()).collect();
+        if automation.entrypoint.is_none() {
+            summary.entrypoint = bundle.entrypoint;
+        }
+    }
+    let run = if body.run {
+        let trigger = RunTrigger { kind: "test".into(), payload, event_id: None, event_key, scheduled_for: None };
+        let run = Run::pending(automation.id, trigger, &caller.to_string(), "test run".into());
+        state.store.insert_run(&run, None).await?;
+        state.dispatcher.wake();
+        tracing::info!(automation.id = %id, run.id = %run.id, "test run created");
+        Some(run)
+    } else {
+        None
+    };
+    Ok(Json(TestResult { fires, reason, filter: filter_verdict, bundle: summary, run }))
+}
+
+/// How long an `Idempotency-Key` keeps its run.
+const IDEMPOTENCY_WINDOW_HOURS: i64 = 24;
+
 /// Fires an automation now: creates a `pending` run. Works on disabled
-/// automations too (a manual dispatch is an explicit request).
+/// automations too (a manual dispatch is an explicit request). With an
+/// `Idempotency-Key` header (1 to 255 visible ASCII characters), the same
+/// key for the same automation within 24 hours answers 200 with the first
+/// run and creates none.
 #[utoipa::path(
     post,
     path = "/v1/automations/{id}/dispatch",
     tag = "automations",
-    params(("id" = Uuid, Path, description = "Automation id")),
+    params(
+        ("id" = Uuid, Path, description = "Automation id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "retry-safe dispatch: one run per key within 24 h"),
+    ),
     request_body(content = Option<DispatchBody>, description = "optional; `{\"payload\": ...}`"),
     security(("api_key" = [])),
-    responses((status = 201, body = Run), (status = 404, body = ErrorBody))
+    responses(
+        (status = 201, body = Run),
+        (status = 200, description = "the key was used within 24 h: the first run", body = Run),
+        (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    )
 )]
 async fn automations_dispatch(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     ApiPath(id): ApiPath<Uuid>,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Run>), Error> {
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let k = v.to_str().ok().filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()));
+            Some(k.ok_or_else(|| {
+                Error::BadRequest(
+                    "invalid_idempotency_key",
+                    "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
+                )
+            })?)
+        }
+    };
     let body: DispatchBody =
         if body.iter().all(u8::is_ascii_whitespace) { DispatchBody::default() } else { parse_json(&body)? };
     let automation = load(&state, id).await?;
@@ -383,7 +599,21 @@ async fn automations_dispatch(
         scheduled_for: None,
     };
     let run = Run::pending(automation.id, trigger, &caller.to_string(), "dispatched manually".into());
-    state.store.insert_run(&run, None).await?;
+    if let Some(key) = key {
+        let since = run.created_at - chrono::Duration::hours(IDEMPOTENCY_WINDOW_HOURS);
+        if let crate::store::Dispatched::Replayed(first) = state.store.insert_run_once(&run, key, since).await? {
+            tracing::info!(automation.id = %id, run.id = %first, "dispatch replayed (same Idempotency-Key)");
+            let first_run = state.store.get_run(first).await?.ok_or_else(|| {
+                Error::Conflict(
+                    "idempotency_key_used",
+                    format!("Idempotency-Key {key:?} was used for run {first}, which has since been deleted"),
+                )
+            })?;
+            return Ok((StatusCode::OK, Json(first_run)));
+        }
+    } else {
+        state.store.insert_run(&run, None).await?;
+    }
     state.dispatcher.wake();
     tracing::info!(automation.id = %id, run.id = %run.id, "run dispatched manually");
     Ok((StatusCode::CREATED, Json(run)))
@@ -496,6 +726,7 @@ async fn load(state: &AppState, id: Uuid) -> Result<Automation, Error> {
 /// names the field.
 async fn validate(state: &AppState, a: &Automation) -> Result<(), Error> {
     check_text("name", &a.name, 200)?;
+    check_len("description", &a.description, 2000)?;
     match &a.trigger {
         Trigger::Cron { schedule, timezone, .. } => {
             check_len("trigger.schedule", schedule, 256)?;
@@ -650,6 +881,27 @@ fn check_text(field: &str, value: &str, max: usize) -> Result<(), Error> {
         return Err(Error::invalid("invalid_field", format!("{field} must not contain control characters")));
     }
     Ok(())
+}
+
+/// Tags, checked and normalised (lowered, sorted, deduplicated).
+fn tags(given: &[String]) -> Result<Vec<String>, Error> {
+    crate::model::check_tags(given).map_err(|e| Error::invalid("invalid_tags", format!("tags: {e}")))
+}
+
+/// One tag and how many live automations have it.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct TagCount {
+    /// The tag.
+    tag: String,
+    /// Live automations with it.
+    count: i64,
+}
+
+/// Every tag in use, with how many automations have it, by name.
+#[utoipa::path(get, path = "/v1/tags", tag = "automations", security(("api_key" = [])), responses((status = 200, body = Vec<TagCount>)))]
+async fn tags_list(State(state): State<AppState>) -> Result<Json<Vec<TagCount>>, Error> {
+    let counts = state.store.tag_counts().await?;
+    Ok(Json(counts.into_iter().map(|(tag, count)| TagCount { tag, count }).collect()))
 }
 
 /// Plugin and source names: lowercase letters, digits, `-` and `_`, 1 to 64.

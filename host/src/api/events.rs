@@ -111,12 +111,25 @@ async fn events_custom(
     require_signature_header(&state, &src.signature_header, &headers)?;
     limit_rate(&state, &source)?;
     let (body, _reserved) = read_body(&state, &headers, body).await?;
-    check_signature(&state, src.secret.as_bytes(), &body, &src.signature_header, &headers)?;
+    let scheme = signature::Scheme::parse(&src.signature_scheme).ok_or_else(|| {
+        Error::Internal(anyhow::anyhow!("source {source} has an unknown signature scheme {:?}", src.signature_scheme))
+    })?;
+    let read = |name: &str| header(&headers, name).map(str::to_owned);
+    let now = crate::model::now().timestamp();
+    let checked =
+        signature::check(scheme, &src.secret, &body, &src.signature_header, &read, now, TIMESTAMP_TOLERANCE_SECS)
+            .map_err(|e| {
+                state.metrics.deliveries.add("bad_signature", 1);
+                Error::Unauthorized(e.to_string())
+            })?;
     let (payload, text) = parse_payload(&state, &body)?;
     let key = keys::custom_key(&src.event_key_expr, &payload).unwrap_or(None);
-    let delivery_id = src.delivery_id_header.as_deref().and_then(|h| header(&headers, h)).map(str::to_owned);
-    ingest(&state, &source, delivery_id, key, text).await.map(IntoResponse::into_response)
+    let configured = src.delivery_id_header.as_deref().and_then(|h| header(&headers, h)).map(str::to_owned);
+    ingest(&state, &source, configured.or(checked.delivery_id), key, text).await.map(IntoResponse::into_response)
 }
+
+/// How far a timestamped signature scheme's timestamp may be from now.
+const TIMESTAMP_TOLERANCE_SECS: i64 = 300;
 
 /// The most a source plugin's handshake answer may carry.
 const MAX_REPLY_BYTES: usize = 64 << 10;

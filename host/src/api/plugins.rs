@@ -239,7 +239,13 @@ async fn plugins_put(
         .load_blocking(manifest.clone(), wasm.to_vec(), Source::Uploaded, recorded)
         .await
         .map_err(|e| Error::invalid("invalid_plugin", e.to_string()))?;
-    let stored = StoredPlugin { manifest, sha256: plugin.sha256.clone(), wasm: wasm.to_vec() };
+    let stored = StoredPlugin {
+        name: manifest.name.clone(),
+        kind: manifest.kind.as_str().to_owned(),
+        manifest: serde_json::to_value(&manifest).map_err(|e| Error::Internal(e.into()))?,
+        sha256: plugin.sha256.clone(),
+        wasm: wasm.to_vec(),
+    };
     state.store.upsert_plugin(&stored).await?;
     let view = PluginView::from(&plugin);
     let replaced = state.plugins.insert(plugin);

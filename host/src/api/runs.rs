@@ -1,23 +1,43 @@
-//! `/v1/runs` and `/v1/automations/{id}/runs`: read, list and cancel runs.
+//! `/v1/runs` and `/v1/automations/{id}/runs`: read, list (with status
+//! counts), cancel, re-run and delete runs.
+
+use std::collections::BTreeMap;
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::{Extension, Json};
-use serde::Deserialize;
-use utoipa::IntoParams;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::{ApiPath, ApiQuery, AppState, Caller, Error, ErrorBody, Page, PageQuery};
 use crate::model::{Run, RunStatus, StatusDetail};
-use crate::store::RunChanges;
+use crate::store::{DeleteRun, RunChanges, RunFilter};
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(runs_list))
         .routes(routes!(runs_list_for_automation))
-        .routes(routes!(runs_get))
+        .routes(routes!(runs_get, runs_delete))
         .routes(routes!(runs_cancel))
+        .routes(routes!(runs_rerun))
+}
+
+/// A page of runs, with how many runs (of the automation, or all) are in
+/// each status, whatever the page's filters.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct RunList {
+    /// The runs on this page, newest first.
+    items: Vec<Run>,
+    /// How many runs match the filters in all.
+    total: i64,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    next_cursor: Option<String>,
+    /// Runs by status (`pending`, `succeeded`...), one grouped count.
+    status_counts: BTreeMap<String, i64>,
 }
 
 /// Filters for listing runs.
@@ -30,10 +50,14 @@ pub(crate) struct RunListQuery {
     pub cursor: Option<String>,
     /// Only runs in this status.
     pub status: Option<String>,
+    /// Only runs created at or after this time (RFC 3339).
+    pub created_after: Option<String>,
+    /// Only runs created before this time (RFC 3339).
+    pub created_before: Option<String>,
 }
 
 impl RunListQuery {
-    fn resolve(&self) -> Result<(u32, Option<Uuid>, Option<RunStatus>), Error> {
+    fn resolve(&self, automation_id: Option<Uuid>) -> Result<(u32, Option<Uuid>, RunFilter), Error> {
         let (limit, before) = PageQuery { limit: self.limit, cursor: self.cursor.clone() }.resolve()?;
         let status = match &self.status {
             None => None,
@@ -42,8 +66,31 @@ impl RunListQuery {
                 Error::BadRequest("invalid_query", format!("status must be one of {} (got {s:?})", all.join(", ")))
             })?),
         };
-        Ok((limit, before, status))
+        let time = |field: &str, v: &Option<String>| -> Result<Option<DateTime<Utc>>, Error> {
+            v.as_deref()
+                .map(|t| {
+                    DateTime::parse_from_rfc3339(t).map(|t| t.with_timezone(&Utc)).map_err(|e| {
+                        Error::BadRequest("invalid_query", format!("{field} must be an RFC 3339 time ({t:?}: {e})"))
+                    })
+                })
+                .transpose()
+        };
+        let filter = RunFilter {
+            automation_id,
+            status,
+            created_after: time("created_after", &self.created_after)?,
+            created_before: time("created_before", &self.created_before)?,
+        };
+        Ok((limit, before, filter))
     }
+}
+
+async fn list(state: &AppState, q: &RunListQuery, automation_id: Option<Uuid>) -> Result<Json<RunList>, Error> {
+    let (limit, before, filter) = q.resolve(automation_id)?;
+    let page = state.store.list_runs(&filter, limit + 1, before).await?;
+    let status_counts = state.store.run_status_counts(automation_id).await?;
+    let Page { items, total, next_cursor } = Page::new(page.items, page.total, limit, |r| r.id);
+    Ok(Json(RunList { items, total, next_cursor, status_counts }))
 }
 
 /// Lists all runs, newest first.
@@ -53,15 +100,10 @@ impl RunListQuery {
     tag = "runs",
     params(RunListQuery),
     security(("api_key" = [])),
-    responses((status = 200, body = Page<Run>), (status = 400, body = ErrorBody))
+    responses((status = 200, body = RunList), (status = 400, body = ErrorBody))
 )]
-async fn runs_list(
-    State(state): State<AppState>,
-    ApiQuery(q): ApiQuery<RunListQuery>,
-) -> Result<Json<Page<Run>>, Error> {
-    let (limit, before, status) = q.resolve()?;
-    let page = state.store.list_runs(None, status, limit + 1, before).await?;
-    Ok(Json(Page::new(page.items, page.total, limit, |r| r.id)))
+async fn runs_list(State(state): State<AppState>, ApiQuery(q): ApiQuery<RunListQuery>) -> Result<Json<RunList>, Error> {
+    list(&state, &q, None).await
 }
 
 /// Lists an automation's runs, newest first.
@@ -71,19 +113,74 @@ async fn runs_list(
     tag = "runs",
     params(("id" = Uuid, Path, description = "Automation id"), RunListQuery),
     security(("api_key" = [])),
-    responses((status = 200, body = Page<Run>), (status = 404, body = ErrorBody))
+    responses((status = 200, body = RunList), (status = 404, body = ErrorBody))
 )]
 async fn runs_list_for_automation(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
     ApiQuery(q): ApiQuery<RunListQuery>,
-) -> Result<Json<Page<Run>>, Error> {
-    let (limit, before, status) = q.resolve()?;
+) -> Result<Json<RunList>, Error> {
     if state.store.get_automation(id).await?.is_none() {
         return Err(Error::not_found("automation", id));
     }
-    let page = state.store.list_runs(Some(id), status, limit + 1, before).await?;
-    Ok(Json(Page::new(page.items, page.total, limit, |r| r.id)))
+    list(&state, &q, Some(id)).await
+}
+
+/// Deletes a run that reached a final status (with its output and log).
+#[utoipa::path(
+    delete,
+    path = "/v1/runs/{id}",
+    tag = "runs",
+    params(("id" = Uuid, Path, description = "Run id")),
+    security(("api_key" = [])),
+    responses((status = 204, description = "deleted"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody))
+)]
+async fn runs_delete(State(state): State<AppState>, ApiPath(id): ApiPath<Uuid>) -> Result<StatusCode, Error> {
+    match state.store.delete_run(id).await? {
+        DeleteRun::Deleted => {
+            tracing::info!(run.id = %id, "run deleted");
+            Ok(StatusCode::NO_CONTENT)
+        }
+        DeleteRun::NotFound => Err(Error::not_found("run", id)),
+        DeleteRun::NotFinal(status) => Err(Error::Conflict(
+            "run_not_final",
+            format!("run {id} is {status}; cancel it first (only final runs can be deleted)"),
+        )),
+    }
+}
+
+/// Runs an automation again with a run's trigger and payload: a new
+/// `pending` run, `rerun_of` naming the original. The original may be in
+/// any status; the automation must still exist.
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/rerun",
+    tag = "runs",
+    params(("id" = Uuid, Path, description = "The run to repeat")),
+    security(("api_key" = [])),
+    responses((status = 201, body = Run), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody))
+)]
+async fn runs_rerun(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<(StatusCode, Json<Run>), Error> {
+    let original = state.store.get_run(id).await?.ok_or_else(|| Error::not_found("run", id))?;
+    if state.store.get_automation(original.automation_id).await?.is_none() {
+        return Err(Error::Conflict(
+            "automation_deleted",
+            format!("run {id}'s automation {} was deleted; nothing to re-run", original.automation_id),
+        ));
+    }
+    // The trigger as read (an event run's payload included): the new run
+    // keeps its own copy, so it outlives the delivery.
+    let mut run =
+        Run::pending(original.automation_id, original.trigger, &caller.to_string(), format!("re-run of {id}"));
+    run.rerun_of = Some(id);
+    state.store.insert_run(&run, None).await?;
+    state.dispatcher.wake();
+    tracing::info!(run.id = %run.id, rerun_of = %id, "run re-run");
+    Ok((StatusCode::CREATED, Json(run)))
 }
 
 /// Reads a run.

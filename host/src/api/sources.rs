@@ -11,6 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{ApiJson, ApiPath, AppState, Error, ErrorBody};
+use crate::events::signature::Scheme;
 use crate::store::Source;
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
@@ -27,9 +28,18 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 pub(crate) struct SourceCreate {
     /// The source name: `POST /v1/events/{name}`.
     name: String,
-    /// The HMAC secret, 16 to 255 characters; generated (and returned once) if absent.
+    /// The secret, 16 to 255 characters; generated (and returned once) if
+    /// absent (for `standard-webhooks`, a `whsec_` base64 secret).
     secret: Option<String>,
-    /// The header with the signature (default `X-Signature-256`).
+    /// How deliveries are signed: `hmac-sha256` (the default: HMAC of the
+    /// body, hex), `standard-webhooks` (`webhook-id`, `webhook-timestamp`,
+    /// `webhook-signature`), `slack-v0` (`X-Slack-Signature` over
+    /// `v0:{X-Slack-Request-Timestamp}:{body}`) or `token` (a shared token,
+    /// GitLab's `X-Gitlab-Token`). Timestamped schemes refuse deliveries
+    /// more than 5 minutes off.
+    signature_scheme: Option<String>,
+    /// The header with the signature or token (default: the scheme's,
+    /// `X-Signature-256`, `webhook-signature`, `X-Slack-Signature`, `X-Gitlab-Token`).
     signature_header: Option<String>,
     /// JMESPath expression extracting the event key (default `type`).
     event_key_expr: Option<String>,
@@ -86,18 +96,33 @@ async fn sources_create(
         return Err(Error::Conflict("source_reserved", "the github source is built in".into()));
     }
     if let Some(plugin) = &body.plugin {
-        if body.signature_header.is_some() || body.event_key_expr.is_some() || body.delivery_id_header.is_some() {
+        if body.signature_header.is_some()
+            || body.signature_scheme.is_some()
+            || body.event_key_expr.is_some()
+            || body.delivery_id_header.is_some()
+        {
             return Err(Error::invalid(
                 "plugin_reads_requests",
-                "a source with a plugin takes no signature_header, event_key_expr or delivery_id_header: \
-                 the plugin verifies and reads its deliveries",
+                "a source with a plugin takes no signature_scheme, signature_header, event_key_expr or \
+                 delivery_id_header: the plugin verifies and reads its deliveries",
             ));
         }
         super::automations::check_plugin(&state, "plugin", plugin, crate::plugins::manifest::Kind::Source)?;
     }
-    // A plugin source keeps neither: its plugin reads the request.
+    let scheme = match body.signature_scheme.as_deref() {
+        None => Scheme::HmacSha256,
+        Some(s) => Scheme::parse(s).ok_or_else(|| {
+            let all: Vec<&str> = Scheme::ALL.iter().map(|s| s.as_str()).collect();
+            Error::invalid(
+                "invalid_signature_scheme",
+                format!("signature_scheme must be one of {} (got {s:?})", all.join(", ")),
+            )
+        })?,
+    };
+    // A plugin source keeps none of these: its plugin reads the request.
     let default = |v: &str| if body.plugin.is_some() { String::new() } else { v.to_owned() };
-    let signature_header = body.signature_header.unwrap_or_else(|| default("X-Signature-256"));
+    let signature_scheme = default(scheme.as_str());
+    let signature_header = body.signature_header.unwrap_or_else(|| default(scheme.default_header()));
     if body.plugin.is_none() {
         check_header_name("signature_header", &signature_header)?;
     }
@@ -112,9 +137,10 @@ async fn sources_create(
         crate::events::keys::compile_key_expr(&event_key_expr)
             .map_err(|e| Error::invalid("invalid_event_key_expr", format!("event_key_expr: {e}")))?;
     }
-    let (secret, generated) = choose_secret(body.secret)?;
+    let (secret, generated) = choose_secret(body.secret, scheme)?;
     let source = Source {
         name: body.name,
+        signature_scheme,
         signature_header,
         event_key_expr,
         delivery_id_header: body.delivery_id_header,
@@ -131,14 +157,28 @@ async fn sources_create(
 }
 
 /// The given secret, checked, or a generated one (`true`).
-fn choose_secret(given: Option<String>) -> Result<(String, bool), Error> {
+fn choose_secret(given: Option<String>, scheme: Scheme) -> Result<(String, bool), Error> {
+    use base64::Engine as _;
     match given {
+        Some(s) if scheme == Scheme::StandardWebhooks && s.starts_with("whsec_") => {
+            match base64::engine::general_purpose::STANDARD.decode(&s["whsec_".len()..]) {
+                Ok(key) if (16..=64).contains(&key.len()) => Ok((s, false)),
+                _ => {
+                    Err(Error::invalid("invalid_secret", "a whsec_ secret must be whsec_ and 16 to 64 bytes in base64"))
+                }
+            }
+        }
         Some(s) if (16..=255).contains(&s.len()) => Ok((s, false)),
         Some(_) => Err(Error::invalid("invalid_secret", "secret must be 16 to 255 characters")),
         None => {
             let mut bytes = [0u8; 24];
             rand::rng().fill_bytes(&mut bytes);
-            Ok((format!("whsec_{}", hex::encode(bytes)), true))
+            let encoded = if scheme == Scheme::StandardWebhooks {
+                base64::engine::general_purpose::STANDARD.encode(bytes)
+            } else {
+                hex::encode(bytes)
+            };
+            Ok((format!("whsec_{encoded}"), true))
         }
     }
 }
@@ -168,7 +208,9 @@ async fn sources_patch(
     ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<SourcePatch>,
 ) -> Result<Json<SourceCreated>, Error> {
-    let (secret, generated) = choose_secret(body.secret)?;
+    let current = state.store.get_source(&name).await?.ok_or_else(|| Error::not_found("event source", &name))?;
+    let scheme = Scheme::parse(&current.signature_scheme).unwrap_or(Scheme::HmacSha256);
+    let (secret, generated) = choose_secret(body.secret, scheme)?;
     if !state.store.set_source_secret(&name, &secret).await? {
         return Err(Error::not_found("event source", &name));
     }

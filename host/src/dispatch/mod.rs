@@ -10,6 +10,8 @@
 //! whose host stopped heartbeating are taken over by another host (or by
 //! this one after a restart) and polled again from their stored handle.
 
+pub mod plan;
+
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -161,7 +163,9 @@ impl Dispatcher {
             let mut claimed_all = false;
             if budget > 0 {
                 let lease_until = Utc::now() + self.settings.lease;
-                match self.store.claim_runs(&self.settings.host_id, budget, lease_until).await {
+                let claim =
+                    self.store.claim_runs(&self.settings.host_id, lease_until, |c| plan::choose_claims(c, budget));
+                match claim.await {
                     Ok(claim) => {
                         backoff.reset();
                         for _ in &claim.skipped {
@@ -589,11 +593,14 @@ impl Dispatcher {
     ) {
         let mut interval = Duration::from_millis(50);
         let mut errors = 0u32;
+        // A local process of this run ending wakes the loop at once (the
+        // executor is polled early); remote executors keep the interval.
+        let ended = self.plugins.runtime().sandbox().ended_signal(run.id);
         loop {
             // Someone else may have ended the run: a cancel, a callback.
-            match self.store.get_run(run.id).await {
-                Ok(Some(current)) if current.status != RunStatus::Running => {
-                    tracing::info!(run.id = %run.id, status = %current.status, "run ended elsewhere; stopping it on the executor");
+            match self.store.get_run_status(run.id).await {
+                Ok(Some(status)) if status != RunStatus::Running => {
+                    tracing::info!(run.id = %run.id, %status, "run ended elsewhere; stopping it on the executor");
                     self.cancel_on_executor(run, log, executor, ctx, handle).await;
                     return;
                 }
@@ -602,8 +609,7 @@ impl Dispatcher {
             }
             if stop.is_cancelled() {
                 // Our lease is gone; check once more above next time.
-                let still_ours =
-                    matches!(self.store.get_run(run.id).await, Ok(Some(r)) if r.status == RunStatus::Running);
+                let still_ours = matches!(self.store.get_run_status(run.id).await, Ok(Some(RunStatus::Running)));
                 if !still_ours {
                     self.cancel_on_executor(run, log, executor, ctx, handle).await;
                 }
@@ -665,6 +671,7 @@ impl Dispatcher {
             tokio::select! {
                 () = stop.cancelled() => {}
                 () = tokio::time::sleep(interval) => {}
+                () = ended.notified(), if errors == 0 => {}
             }
         }
     }

@@ -274,7 +274,9 @@ impl Matcher {
             .map(|a| {
                 let trigger = RunTrigger {
                     kind: "event".into(),
-                    payload: delivery.payload.clone(),
+                    // Not copied: the run reads it from the delivery (one
+                    // stored payload, however many runs it starts).
+                    payload: serde_json::Value::Null,
                     event_id: Some(delivery.id),
                     event_key: Some(key.clone()),
                     scheduled_for: None,

@@ -79,28 +79,39 @@ impl Registry {
         let gone: Vec<String> = self
             .list()
             .iter()
-            .filter(|p| p.source == Source::Uploaded && !stored_plugins.iter().any(|s| s.manifest.name == p.name()))
+            .filter(|p| p.source == Source::Uploaded && !stored_plugins.iter().any(|s| s.name == p.name()))
             .map(|p| p.name().to_owned())
             .collect();
         for name in gone {
             self.remove_uploaded(&name);
         }
         for stored in stored_plugins {
-            let recorded = match store.get_plugin_grant(&stored.manifest.name, &stored.sha256).await {
+            let name = stored.name.clone();
+            let manifest: Manifest = match serde_json::from_value(stored.manifest) {
+                Ok(m) => m,
+                Err(e) => {
+                    // Written by this host's API; only a downgrade could get here.
+                    tracing::error!(plugin = %name, error = %e, "skipping an uploaded plugin: unreadable manifest");
+                    if self.get(&name).is_some_and(|p| p.source == Source::Uploaded) {
+                        self.remove_uploaded(&name);
+                    }
+                    continue;
+                }
+            };
+            let recorded = match store.get_plugin_grant(&name, &stored.sha256).await {
                 Ok(r) => r.and_then(|r| super::manifest::Grant::from_names(&r.capabilities, &r.allowed_hosts).ok()),
                 Err(e) => {
-                    tracing::warn!(plugin = %stored.manifest.name, error = %e, "cannot read the plugin's recorded grant");
+                    tracing::warn!(plugin = %name, error = %e, "cannot read the plugin's recorded grant");
                     None
                 }
             };
-            let unchanged = self.get(&stored.manifest.name).is_some_and(|p| {
-                p.sha256 == stored.sha256 && p.manifest == stored.manifest && p.recorded_grant == recorded
-            });
+            let unchanged = self
+                .get(&name)
+                .is_some_and(|p| p.sha256 == stored.sha256 && p.manifest == manifest && p.recorded_grant == recorded);
             if unchanged {
                 continue;
             }
-            let name = stored.manifest.name.clone();
-            match self.load_blocking(stored.manifest, stored.wasm, Source::Uploaded, recorded).await {
+            match self.load_blocking(manifest, stored.wasm, Source::Uploaded, recorded).await {
                 Ok(p) => {
                     self.insert(p);
                 }

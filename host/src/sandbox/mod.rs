@@ -295,6 +295,10 @@ impl Process {
 
 type Notes = Arc<Mutex<HashMap<Uuid, Vec<String>>>>;
 
+/// Per run: signalled each time one of its processes ends, so the run's
+/// driver polls its executor at once instead of at its next interval.
+type Ended = Arc<Mutex<HashMap<Uuid, Arc<tokio::sync::Notify>>>>;
+
 /// The host side of the `sandbox` interface, shared by every executor call.
 pub struct Sandbox {
     root: PathBuf,
@@ -302,6 +306,7 @@ pub struct Sandbox {
     runtime: tokio::runtime::Handle,
     processes: Mutex<HashMap<String, Arc<Process>>>,
     notes: Notes,
+    ended: Ended,
     next_id: AtomicU64,
     isolation: OnceLock<Isolation>,
     /// Names this host's data directory in cgroups and leftover markers.
@@ -322,6 +327,7 @@ impl Sandbox {
             runtime,
             processes: Mutex::default(),
             notes: Notes::default(),
+            ended: Ended::default(),
             next_id: AtomicU64::new(1),
             isolation: OnceLock::new(),
             tag,
@@ -525,10 +531,18 @@ impl Sandbox {
             stderr,
             state: state_tx,
             notes: self.notes.clone(),
+            ended: self.ended_signal(run_id),
         };
         self.runtime.spawn(supervisor.run());
         self.processes.lock().expect("process table").insert(id.clone(), process);
         Ok(id)
+    }
+
+    /// Signalled (one stored permit) whenever a process of `run_id` ends;
+    /// the run's driver waits on it between polls. Kept until
+    /// [`Sandbox::release_run`].
+    pub fn ended_signal(&self, run_id: Uuid) -> Arc<tokio::sync::Notify> {
+        self.ended.lock().expect("ended signals").entry(run_id).or_default().clone()
     }
 
     fn note(&self, run_id: Uuid, note: String) {
@@ -569,6 +583,7 @@ impl Sandbox {
             false
         });
         self.notes.lock().expect("notes").remove(&run_id);
+        self.ended.lock().expect("ended signals").remove(&run_id);
     }
 
     fn find(&self, run_id: Uuid, id: &str) -> Result<Arc<Process>, SandboxError> {
@@ -897,6 +912,7 @@ struct Supervisor {
     stderr: Arc<Mutex<Bounded>>,
     state: watch::Sender<ProcessState>,
     notes: Notes,
+    ended: Arc<tokio::sync::Notify>,
 }
 
 impl Supervisor {
@@ -974,6 +990,9 @@ impl Supervisor {
             self.notes.lock().expect("notes").entry(self.run_id).or_default().extend(notes);
         }
         let _ = self.state.send(final_state);
+        // A stored permit: a driver that is polling right now sees it on
+        // its next wait, so the end is never missed.
+        self.ended.notify_one();
         if tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await.is_err() {
             let _ = self.child.start_kill();
             let _ = self.child.wait().await;

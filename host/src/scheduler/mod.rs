@@ -116,8 +116,10 @@ impl Scheduler {
         loop {
             let now = crate::model::now();
             let settings = self.settings.clone();
-            let report =
-                self.store.fire_due_slots(now, BATCH, |due: &DueAutomation| decide(due, now, &settings)).await?;
+            let report = self
+                .store
+                .fire_due_slots(now, BATCH, |due| plan::plan_batch(due, |d: &DueAutomation| decide(d, now, &settings)))
+                .await?;
             for (outcome, n) in &report.outcomes {
                 self.metrics.slots.add(outcome, *n);
             }

@@ -1,35 +1,19 @@
-//! Deciding what happens to due cron slots (pure, tested with fixed clocks).
+//! Deciding what happens to due cron slots (pure, tested with fixed clocks):
+//! per automation ([`decide`]), and for a batch of due automations, down to
+//! the slot rows and runs the store writes ([`plan_batch`]).
 
 use chrono::{DateTime, Duration, Utc};
+use uuid::Uuid;
 
 use super::cron::Schedule;
-use crate::model::{ConcurrencyPolicy, MisfirePolicy};
+use crate::model::{ConcurrencyPolicy, MisfirePolicy, RunTrigger, Trigger};
+use crate::store::{DueAutomation, NextFire, PlannedSlot, SlotPlan};
 
 /// Most slots enumerated for one automation in one pass; beyond this (an
 /// every-second schedule after a long outage) the rest are summarised.
 pub const MAX_SLOTS: usize = 1000;
 
-/// What happened to one slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SlotOutcome {
-    /// A run was created for it.
-    Fired,
-    /// It passed while no host ran, and the misfire policy did not fire it.
-    Missed,
-    /// The automation already had `concurrency` runs going (policy `skip`).
-    SkippedOverlap,
-}
-
-impl SlotOutcome {
-    /// The stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SlotOutcome::Fired => "fired",
-            SlotOutcome::Missed => "missed",
-            SlotOutcome::SkippedOverlap => "skipped_overlap",
-        }
-    }
-}
+pub use crate::model::SlotOutcome;
 
 /// The decision for one due automation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,10 +109,100 @@ pub fn decide(inputs: Inputs<'_>, now: DateTime<Utc>, grace: Duration, cap: usiz
     Decision { slots, unrecorded, next_fire_at }
 }
 
+/// The slots and runs of a batch of due automations: each automation's
+/// [`Decision`] (from `decide`; `None` stops its schedule) turned into slot
+/// rows, a run (with its cron trigger) per fired slot, and its next fire
+/// time.
+pub fn plan_batch(due: &[DueAutomation], mut decide: impl FnMut(&DueAutomation) -> Option<Decision>) -> SlotPlan {
+    let mut plan = SlotPlan::default();
+    for automation in due {
+        let Some(decision) = decide(automation) else {
+            plan.next.push(NextFire { automation_id: automation.id, next_fire_at: None, fired: false });
+            continue;
+        };
+        let mut fired = false;
+        for (at, outcome) in decision.slots {
+            let run = (outcome == SlotOutcome::Fired).then(|| (Uuid::now_v7(), cron_trigger(&automation.trigger, at)));
+            fired |= run.is_some();
+            plan.slots.push(PlannedSlot { automation_id: automation.id, scheduled_for: at, outcome, run });
+        }
+        plan.next.push(NextFire { automation_id: automation.id, next_fire_at: decision.next_fire_at, fired });
+    }
+    plan
+}
+
+/// The trigger of a run fired by the cron slot `at`: its payload names the
+/// slot, the schedule and the time zone.
+pub fn cron_trigger(trigger: &Trigger, at: DateTime<Utc>) -> RunTrigger {
+    let (schedule, timezone) = match trigger {
+        Trigger::Cron { schedule, timezone, .. } => (schedule.as_str(), timezone.as_str()),
+        _ => ("", ""),
+    };
+    RunTrigger {
+        kind: "cron".into(),
+        payload: serde_json::json!({"scheduled_for": at, "schedule": schedule, "timezone": timezone}),
+        event_id: None,
+        event_key: None,
+        scheduled_for: Some(at),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use SlotOutcome::{Fired, Missed, SkippedOverlap};
+
+    fn due(id: u128, next: &str, concurrency: u32, active_runs: i64) -> DueAutomation {
+        DueAutomation {
+            id: Uuid::from_u128(id),
+            trigger: Trigger::Cron {
+                schedule: "* * * * *".into(),
+                timezone: "Europe/Paris".into(),
+                misfire: MisfirePolicy::RunAll,
+            },
+            next_fire_at: t(next),
+            concurrency,
+            concurrency_policy: ConcurrencyPolicy::Skip,
+            active_runs,
+        }
+    }
+
+    #[test]
+    fn a_batch_becomes_slot_rows_runs_and_next_fire_times() {
+        let schedule = Schedule::parse("* * * * *", "UTC").unwrap();
+        let now = t("2026-01-01T10:01:30Z");
+        let batch = [
+            due(1, "2026-01-01T10:00:00Z", 5, 0),
+            due(2, "2026-01-01T10:01:00Z", 1, 1),
+            due(3, "2026-01-01T10:00:00Z", 1, 0),
+        ];
+        let plan = plan_batch(&batch, |d| {
+            (d.id != Uuid::from_u128(3)).then(|| {
+                let concurrency = (d.concurrency, d.concurrency_policy, d.active_runs);
+                let inputs = Inputs {
+                    schedule: &schedule,
+                    next_fire_at: d.next_fire_at,
+                    misfire: MisfirePolicy::RunAll,
+                    concurrency,
+                };
+                decide(inputs, now, Duration::seconds(60), 3)
+            })
+        });
+        let outcomes: Vec<(u128, SlotOutcome, bool)> =
+            plan.slots.iter().map(|s| (s.automation_id.as_u128(), s.outcome, s.run.is_some())).collect();
+        // 1 fires both its slots (run_all, free); 2 is busy (policy skip).
+        assert_eq!(outcomes, [(1, Fired, true), (1, Fired, true), (2, SkippedOverlap, false)]);
+        let (_, trigger) = plan.slots[0].run.as_ref().unwrap();
+        assert_eq!(trigger.kind, "cron");
+        assert_eq!(trigger.scheduled_for, Some(t("2026-01-01T10:00:00Z")));
+        assert_eq!(trigger.payload["timezone"], "Europe/Paris");
+        assert_ne!(plan.slots[0].run.as_ref().unwrap().0, plan.slots[1].run.as_ref().unwrap().0, "one run id each");
+        let next: Vec<(u128, Option<DateTime<Utc>>, bool)> =
+            plan.next.iter().map(|n| (n.automation_id.as_u128(), n.next_fire_at, n.fired)).collect();
+        let after = Some(t("2026-01-01T10:02:00Z"));
+        // 3 got no decision: its schedule stops, nothing recorded.
+        assert_eq!(next, [(1, after, true), (2, after, false), (3, None, false)]);
+    }
 
     fn t(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)

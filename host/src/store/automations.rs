@@ -13,7 +13,8 @@ use crate::model::{
 
 const COLUMNS: &str = "id, name, trigger, bundle_upload_id, preset, entrypoint, env, executor, \
     timeout_seconds, enabled, concurrency, concurrency_policy, filter_error_count, \
-    last_filter_error, last_filter_error_at, last_triggered_at, next_fire_at, created_at, updated_at, secret_env";
+    last_filter_error, last_filter_error_at, last_triggered_at, next_fire_at, created_at, updated_at, secret_env, \
+    description, tags";
 
 struct DeletedFlag(bool);
 
@@ -39,6 +40,18 @@ struct Row {
     created_at: DbTime,
     updated_at: DbTime,
     secret_env: Option<String>,
+    description: String,
+    tags: String,
+}
+
+/// Tags as stored: `,a,b,` (empty for none), so `like '%,tag,%'` finds one.
+fn tags_column(tags: &[String]) -> String {
+    if tags.is_empty() { String::new() } else { format!(",{},", tags.join(",")) }
+}
+
+/// `s` for a LIKE pattern: `\`, `%` and `_` escaped (with `escape '\'`).
+fn like_escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
 }
 
 /// Where an automation's sealed secret environment belongs.
@@ -60,6 +73,8 @@ impl Row {
             secret_env,
             id: r.id.0,
             name: r.name,
+            description: r.description,
+            tags: r.tags.split(',').filter(|t| !t.is_empty()).map(str::to_owned).collect(),
             trigger: r.trigger.0,
             bundle: r.bundle_upload_id.map(|id| BundleRef { upload_id: id.0 }),
             preset: r.preset.map(|p| p.0),
@@ -91,6 +106,12 @@ pub struct AutomationFilter {
     pub enabled: Option<bool>,
     /// Only this trigger type (`cron`, `event`, `manual`).
     pub trigger_type: Option<String>,
+    /// Only ones with this tag.
+    pub tag: Option<String>,
+    /// Only event automations of this source.
+    pub source: Option<String>,
+    /// Only ones whose name contains this (case-insensitive).
+    pub name_contains: Option<String>,
 }
 
 /// One page of automations, newest first.
@@ -140,11 +161,18 @@ impl Store {
     pub async fn insert_automation(&self, a: &Automation) -> Result<()> {
         let sql = "insert into automations (id, name, trigger, trigger_type, event_source, \
             bundle_upload_id, preset, entrypoint, env, executor, timeout_seconds, enabled, \
-            concurrency, concurrency_policy, next_fire_at, updated_at, created_at, secret_env) \
-            values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)";
+            concurrency, concurrency_policy, next_fire_at, updated_at, created_at, secret_env, description, tags) \
+            values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)";
         let sealed = self.seal_secret_env(a)?;
+        let tags = tags_column(&a.tags);
         with_db!(self, write, |db| {
-            bind_fields!(sqlx::query(sql), a).bind(DbTime::new(a.created_at)).bind(&sealed).execute(db).await?;
+            bind_fields!(sqlx::query(sql), a)
+                .bind(DbTime::new(a.created_at))
+                .bind(&sealed)
+                .bind(&a.description)
+                .bind(&tags)
+                .execute(db)
+                .await?;
         });
         Ok(())
     }
@@ -194,16 +222,24 @@ impl Store {
         before: Option<Uuid>,
     ) -> Result<AutomationPage> {
         let where_ = "deleted_at is null and ($1 is null or enabled = $1) \
-            and ($2 is null or trigger_type = $2)";
+            and ($2 is null or trigger_type = $2) \
+            and ($3 is null or tags like $3 escape '\\') \
+            and ($4 is null or event_source = $4) \
+            and ($5 is null or lower(name) like $5 escape '\\')";
         let page_sql = format!(
-            "select {COLUMNS} from automations where {where_} and ($3 is null or id < $3) \
-             order by id desc limit $4"
+            "select {COLUMNS} from automations where {where_} and ($6 is null or id < $6) \
+             order by id desc limit $7"
         );
         let count_sql = format!("select count(*) from automations where {where_}");
+        let tag = filter.tag.as_deref().map(|t| format!("%,{},%", like_escape(&t.to_lowercase())));
+        let name = filter.name_contains.as_deref().map(|q| format!("%{}%", like_escape(&q.to_lowercase())));
         let (rows, total): (Vec<Row>, i64) = with_db!(self, read, |db| {
             let rows = sqlx::query_as(&page_sql)
                 .bind(filter.enabled)
                 .bind(filter.trigger_type.as_deref())
+                .bind(tag.as_deref())
+                .bind(filter.source.as_deref())
+                .bind(name.as_deref())
                 .bind(before.map(DbId))
                 .bind(i64::from(limit))
                 .fetch_all(db)
@@ -211,6 +247,9 @@ impl Store {
             let total = sqlx::query_scalar(&count_sql)
                 .bind(filter.enabled)
                 .bind(filter.trigger_type.as_deref())
+                .bind(tag.as_deref())
+                .bind(filter.source.as_deref())
+                .bind(name.as_deref())
                 .fetch_one(db)
                 .await?;
             (rows, total)
@@ -219,16 +258,39 @@ impl Store {
         Ok(AutomationPage { items, total })
     }
 
+    /// Every tag of the live automations, with how many have it.
+    pub async fn tag_counts(&self) -> Result<std::collections::BTreeMap<String, i64>> {
+        let rows: Vec<String> = with_db!(self, read, |db| {
+            sqlx::query_scalar("select tags from automations where deleted_at is null and tags <> ''")
+                .fetch_all(db)
+                .await?
+        });
+        let mut counts = std::collections::BTreeMap::new();
+        for tags in &rows {
+            for t in tags.split(',').filter(|t| !t.is_empty()) {
+                *counts.entry(t.to_owned()).or_insert(0) += 1;
+            }
+        }
+        Ok(counts)
+    }
+
     /// Writes every editable field of a live automation; false if it is gone.
     pub async fn update_automation(&self, a: &Automation) -> Result<bool> {
         let sql = "update automations set name = $2, trigger = $3, trigger_type = $4, \
             event_source = $5, bundle_upload_id = $6, preset = $7, entrypoint = $8, env = $9, \
             executor = $10, timeout_seconds = $11, enabled = $12, concurrency = $13, \
-            concurrency_policy = $14, next_fire_at = $15, updated_at = $16, secret_env = $17 \
-            where id = $1 and deleted_at is null";
+            concurrency_policy = $14, next_fire_at = $15, updated_at = $16, secret_env = $17, \
+            description = $18, tags = $19 where id = $1 and deleted_at is null";
         let sealed = self.seal_secret_env(a)?;
+        let tags = tags_column(&a.tags);
         let done = with_db!(self, write, |db| {
-            bind_fields!(sqlx::query(sql), a).bind(&sealed).execute(db).await?.rows_affected()
+            bind_fields!(sqlx::query(sql), a)
+                .bind(&sealed)
+                .bind(&a.description)
+                .bind(&tags)
+                .execute(db)
+                .await?
+                .rows_affected()
         });
         Ok(done == 1)
     }

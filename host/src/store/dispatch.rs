@@ -31,16 +31,59 @@ pub struct Claim {
     pub cancelled: Vec<Uuid>,
 }
 
+/// An automation with pending runs, as a claim sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimAutomation {
+    /// Its id.
+    pub id: Uuid,
+    /// Its concurrency limit.
+    pub concurrency: i64,
+    /// What happens to a run over the limit.
+    pub policy: ConcurrencyPolicy,
+    /// Whether it was deleted (its pending runs are cancelled).
+    pub deleted: bool,
+    /// Its runs now `running`.
+    pub running: i64,
+}
+
+/// What a claim may act on: the automations with the oldest pending runs
+/// (locked), and their pending runs, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClaimCandidates {
+    /// The automations.
+    pub automations: Vec<ClaimAutomation>,
+    /// Their pending runs: (run, automation), oldest first.
+    pub pending: Vec<(Uuid, Uuid)>,
+}
+
+/// What a claim does (see `dispatch::plan::choose_claims`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClaimChoice {
+    /// Runs to start on the claiming host.
+    pub claim: Vec<Uuid>,
+    /// Runs to mark `skipped`.
+    pub skip: Vec<Uuid>,
+    /// Runs to mark `cancelled`.
+    pub cancel: Vec<Uuid>,
+}
+
 /// `$first, $first+1, ...` for `n` placeholders.
 pub(super) fn placeholders(first: usize, n: usize) -> String {
     (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
 }
 
 impl Store {
-    /// Claims up to `budget` pending runs for `host`, oldest first, honouring
-    /// each automation's `concurrency`; runs over a limit whose automation
-    /// says `skip` are skipped, the others keep waiting.
-    pub async fn claim_runs(&self, host: &str, budget: usize, lease_until: DateTime<Utc>) -> Result<Claim> {
+    /// Claims pending runs for `host`: reads the candidates (the
+    /// automations with the oldest pending runs, locked, with their running
+    /// counts), lets `choose` decide which runs start, are skipped or are
+    /// cancelled (a pure function, see `dispatch::plan::choose_claims`), and
+    /// applies that in the same transaction.
+    pub async fn claim_runs(
+        &self,
+        host: &str,
+        lease_until: DateTime<Utc>,
+        choose: impl FnOnce(&ClaimCandidates) -> ClaimChoice,
+    ) -> Result<Claim> {
         self.noted(async {
             let now = crate::model::now();
             let dialect = self.dialect();
@@ -78,27 +121,20 @@ impl Store {
                     pending_q = pending_q.bind(a.0);
                 }
                 let pending = pending_q.fetch_all(&mut *tx).await?;
-
-                let mut free: HashMap<Uuid, (i64, ConcurrencyPolicy, bool)> = autos
-                    .iter()
-                    .map(|(id, conc, policy, deleted)| {
-                        let busy = running.get(&id.0).copied().unwrap_or(0);
-                        let policy = ConcurrencyPolicy::parse(policy).unwrap_or_default();
-                        (id.0, (conc - busy, policy, deleted.is_some()))
-                    })
-                    .collect();
-                let (mut claim_ids, mut skip_ids, mut cancel_ids) = (Vec::new(), Vec::new(), Vec::new());
-                for (run, auto) in pending {
-                    let Some(slot) = free.get_mut(&auto.0) else { continue };
-                    if slot.2 {
-                        cancel_ids.push(run.0);
-                    } else if slot.0 > 0 && claim_ids.len() < budget {
-                        slot.0 -= 1;
-                        claim_ids.push(run.0);
-                    } else if slot.0 <= 0 && slot.1 == ConcurrencyPolicy::Skip {
-                        skip_ids.push(run.0);
-                    }
-                }
+                let candidates = ClaimCandidates {
+                    automations: autos
+                        .iter()
+                        .map(|(id, concurrency, policy, deleted)| ClaimAutomation {
+                            id: id.0,
+                            concurrency: *concurrency,
+                            policy: ConcurrencyPolicy::parse(policy).unwrap_or_default(),
+                            deleted: deleted.is_some(),
+                            running: running.get(&id.0).copied().unwrap_or(0),
+                        })
+                        .collect(),
+                    pending: pending.into_iter().map(|(run, auto)| (run.0, auto.0)).collect(),
+                };
+                let ClaimChoice { claim: claim_ids, skip: skip_ids, cancel: cancel_ids } = choose(&candidates);
 
                 let mut claim = Claim::default();
                 if !claim_ids.is_empty() {

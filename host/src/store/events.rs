@@ -116,7 +116,11 @@ impl From<Row> for Delivery {
 pub struct Source {
     /// Its name (the `{source}` in `POST /v1/events/{source}`).
     pub name: String,
-    /// The header carrying the HMAC-SHA256 signature (none for a plugin source).
+    /// How deliveries are signed: `hmac-sha256`, `standard-webhooks`,
+    /// `slack-v0` or `token` (not shown for a plugin source).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub signature_scheme: String,
+    /// The header carrying the signature or token (none for a plugin source).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub signature_header: String,
     /// JMESPath expression that extracts the event key from the payload
@@ -140,6 +144,7 @@ pub struct Source {
 struct SourceRow {
     name: String,
     secret: String,
+    signature_scheme: String,
     signature_header: String,
     event_key_expr: String,
     delivery_id_header: Option<String>,
@@ -157,6 +162,7 @@ impl SourceRow {
         Ok(Source {
             secret: store.open_secret(&source_aad(&self.name), &self.secret)?,
             name: self.name,
+            signature_scheme: self.signature_scheme,
             signature_header: self.signature_header,
             event_key_expr: self.event_key_expr,
             delivery_id_header: self.delivery_id_header,
@@ -358,14 +364,18 @@ impl Store {
     }
 
     /// Deletes matched deliveries received before `before` (the dedup window
-    /// ends there); returns how many.
+    /// ends there) that no run refers to (a run's trigger payload is its
+    /// delivery's); returns how many.
     pub async fn purge_deliveries(&self, before: DateTime<Utc>) -> Result<u64> {
         Ok(with_db!(self, write, |db| {
-            sqlx::query("delete from deliveries where received_at < $1 and status in ('matched', 'unrecognized')")
-                .bind(DbTime::new(before))
-                .execute(db)
-                .await?
-                .rows_affected()
+            sqlx::query(
+                "delete from deliveries where received_at < $1 and status in ('matched', 'unrecognized') \
+                 and not exists (select 1 from runs where runs.event_id = deliveries.id)",
+            )
+            .bind(DbTime::new(before))
+            .execute(db)
+            .await?
+            .rows_affected()
         }))
     }
 
@@ -386,7 +396,8 @@ impl Store {
         let n = with_db!(self, write, |db| {
             sqlx::query(
                 "insert into event_sources (name, secret, signature_header, event_key_expr, delivery_id_header, \
-                 plugin, created_at, updated_at) values ($1, $2, $3, $4, $5, $6, $7, $7) on conflict (name) do nothing",
+                 plugin, created_at, updated_at, signature_scheme) values ($1, $2, $3, $4, $5, $6, $7, $7, $8) \
+                 on conflict (name) do nothing",
             )
             .bind(&s.name)
             .bind(&sealed)
@@ -395,6 +406,7 @@ impl Store {
             .bind(&s.delivery_id_header)
             .bind(&s.plugin)
             .bind(DbTime::new(s.created_at))
+            .bind(&s.signature_scheme)
             .execute(db)
             .await?
             .rows_affected()
@@ -406,7 +418,7 @@ impl Store {
     pub async fn get_source(&self, name: &str) -> Result<Option<Source>> {
         let row: Option<SourceRow> = with_db!(self, read, |db| {
             sqlx::query_as(
-                "select name, secret, signature_header, event_key_expr, delivery_id_header, plugin, created_at \
+                "select name, secret, signature_scheme, signature_header, event_key_expr, delivery_id_header, plugin, created_at \
                  from event_sources where name = $1",
             )
             .bind(name)
@@ -435,7 +447,7 @@ impl Store {
     pub async fn list_sources(&self) -> Result<Vec<Source>> {
         let rows: Vec<SourceRow> = with_db!(self, read, |db| {
             sqlx::query_as(
-                "select name, secret, signature_header, event_key_expr, delivery_id_header, plugin, created_at \
+                "select name, secret, signature_scheme, signature_header, event_key_expr, delivery_id_header, plugin, created_at \
                  from event_sources order by name",
             )
             .fetch_all(db)

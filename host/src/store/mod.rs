@@ -34,12 +34,12 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 pub use api_keys::AuditPage;
 pub use automations::{AutomationFilter, AutomationPage};
-pub use dispatch::Claim;
+pub use dispatch::{Claim, ClaimAutomation, ClaimCandidates, ClaimChoice};
 pub use events::{Delivery, MatchRecord, NewDelivery, Source, Stored};
 pub use health::{Failing, Health};
 pub use plugins::{RecordedGrant, StoredPlugin};
-pub use runs::{RunChanges, RunPage};
-pub use scheduler::{DueAutomation, FireReport, FiredSlot, SlotRecord};
+pub use runs::{DeleteRun, Dispatched, RunChanges, RunFilter, RunPage};
+pub use scheduler::{DueAutomation, FireReport, FiredSlot, NextFire, PlannedSlot, SlotPlan, SlotRecord};
 pub use settings::SealReport;
 pub use uploads::{DeleteUpload, UploadPage};
 

@@ -5,13 +5,17 @@ use sqlx::types::Json;
 
 use super::types::DbTime;
 use super::{Dialect, Result, Store, with_db};
-use crate::plugins::manifest::Manifest;
-
-/// A plugin stored through the API.
+/// A plugin stored through the API. The store keeps its manifest as the
+/// JSON the plugin runtime wrote (it reads back what it wrote; the store
+/// does not know the manifest's shape).
 #[derive(Debug, Clone)]
 pub struct StoredPlugin {
-    /// Its manifest.
-    pub manifest: Manifest,
+    /// Its name.
+    pub name: String,
+    /// Its kind, as the manifest names it (`filter`, `source`...).
+    pub kind: String,
+    /// Its manifest, as JSON.
+    pub manifest: serde_json::Value,
     /// The component's bytes.
     pub wasm: Vec<u8>,
     /// SHA-256 of `wasm`, lowercase hex.
@@ -20,7 +24,9 @@ pub struct StoredPlugin {
 
 #[derive(FromRow)]
 struct Row {
-    manifest: Json<Manifest>,
+    name: String,
+    kind: String,
+    manifest: Json<serde_json::Value>,
     wasm: Vec<u8>,
     sha256: String,
 }
@@ -36,8 +42,8 @@ impl Store {
                  on conflict (name) do update set kind = excluded.kind, manifest = excluded.manifest, \
                  wasm = excluded.wasm, sha256 = excluded.sha256, updated_at = excluded.updated_at",
             )
-            .bind(&p.manifest.name)
-            .bind(p.manifest.kind.as_str())
+            .bind(&p.name)
+            .bind(&p.kind)
             .bind(Json(&p.manifest))
             .bind(&p.wasm)
             .bind(&p.sha256)
@@ -51,9 +57,18 @@ impl Store {
     /// Every uploaded plugin.
     pub async fn list_plugins(&self) -> Result<Vec<StoredPlugin>> {
         let rows: Vec<Row> = with_db!(self, read, |db| {
-            sqlx::query_as("select manifest, wasm, sha256 from plugins order by name").fetch_all(db).await?
+            sqlx::query_as("select name, kind, manifest, wasm, sha256 from plugins order by name").fetch_all(db).await?
         });
-        Ok(rows.into_iter().map(|r| StoredPlugin { manifest: r.manifest.0, wasm: r.wasm, sha256: r.sha256 }).collect())
+        Ok(rows
+            .into_iter()
+            .map(|r| StoredPlugin {
+                name: r.name,
+                kind: r.kind,
+                manifest: r.manifest.0,
+                wasm: r.wasm,
+                sha256: r.sha256,
+            })
+            .collect())
     }
 
     /// A fingerprint of the uploaded plugins (count and latest change), so a

@@ -11,9 +11,44 @@ use super::types::{DbId, DbTime};
 use super::{Result, Store, status_list, to_u32, with_db};
 use crate::model::{PluginLogLine, Run, RunOutput, RunStatus, RunTrigger, StatusDetail};
 
+/// Inserts a run (with its `rerun_of`) and marks its automation as
+/// triggered, inside the transaction `$tx` (a macro: the body is typed per
+/// database, as `with_db!` makes it).
+macro_rules! insert_run_in {
+    ($tx:expr, $run:expr, $callback_token_hash:expr) => {{
+        let run: &Run = $run;
+        sqlx::query(
+            "insert into runs (id, automation_id, status, status_detail, trigger, attempt, \
+             callback_token_hash, created_at, updated_at, rerun_of) \
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(DbId(run.id))
+        .bind(DbId(run.automation_id))
+        .bind(run.status.as_str())
+        .bind(Json(&run.status_detail))
+        .bind(Json(&run.trigger))
+        .bind(i64::from(run.attempt))
+        .bind($callback_token_hash)
+        .bind(DbTime::new(run.created_at))
+        .bind(DbTime::new(run.updated_at))
+        .bind(run.rerun_of.map(DbId))
+        .execute(&mut *$tx)
+        .await?;
+        sqlx::query("update automations set last_triggered_at = $2 where id = $1")
+            .bind(DbId(run.automation_id))
+            .bind(DbTime::new(run.created_at))
+            .execute(&mut *$tx)
+            .await?;
+    }};
+}
+
+/// An event run's trigger payload is not stored on the run: it is the
+/// delivery's, read with the run (`event_payload`). Runs stored before that
+/// carry their copy in `trigger`, which wins.
 pub(super) const COLUMNS: &str = "id, automation_id, status, status_detail, trigger, attempt, \
     executor, executor_handle, output, error, plugin_log, created_at, started_at, finished_at, \
-    timeout_at, updated_at";
+    timeout_at, updated_at, rerun_of, \
+    (select d.payload from deliveries d where d.id = runs.event_id) as event_payload";
 
 #[derive(FromRow)]
 pub(super) struct Row {
@@ -33,19 +68,28 @@ pub(super) struct Row {
     finished_at: Option<DbTime>,
     timeout_at: Option<DbTime>,
     updated_at: DbTime,
+    rerun_of: Option<DbId>,
+    event_payload: Option<String>,
 }
 
 impl TryFrom<Row> for Run {
     type Error = super::Error;
 
     fn try_from(r: Row) -> Result<Run> {
+        let mut trigger = r.trigger.0;
+        if trigger.payload.is_null()
+            && let Some(text) = &r.event_payload
+        {
+            trigger.payload = serde_json::from_str(text)
+                .map_err(|e| super::Error::Corrupt(format!("the payload of delivery {:?}: {e}", trigger.event_id)))?;
+        }
         Ok(Run {
             id: r.id.0,
             automation_id: r.automation_id.0,
             status: RunStatus::parse(&r.status)
                 .ok_or_else(|| super::Error::Corrupt(format!("run status {}", r.status)))?,
             status_detail: r.status_detail.0,
-            trigger: r.trigger.0,
+            trigger,
             attempt: to_u32(r.attempt, "attempt")?,
             executor: r.executor,
             executor_handle: r.executor_handle,
@@ -57,8 +101,29 @@ impl TryFrom<Row> for Run {
             finished_at: r.finished_at.map(|t| t.0),
             timeout_at: r.timeout_at.map(|t| t.0),
             updated_at: r.updated_at.0,
+            rerun_of: r.rerun_of.map(|id| id.0),
         })
     }
+}
+
+/// What `insert_run_once` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dispatched {
+    /// The run was created.
+    Created,
+    /// The key was used within the window: this is the first run's id.
+    Replayed(Uuid),
+}
+
+/// What `delete_run` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeleteRun {
+    /// Deleted.
+    Deleted,
+    /// No such run.
+    NotFound,
+    /// The run is not final yet.
+    NotFinal(RunStatus),
 }
 
 /// One page of runs, newest first.
@@ -68,6 +133,19 @@ pub struct RunPage {
     pub items: Vec<Run>,
     /// How many runs match in all.
     pub total: i64,
+}
+
+/// Which runs a list shows.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    /// Only this automation's.
+    pub automation_id: Option<Uuid>,
+    /// Only runs in this status.
+    pub status: Option<RunStatus>,
+    /// Only runs created at or after this.
+    pub created_after: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only runs created before this.
+    pub created_before: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Fields a transition may set besides the status.
@@ -86,31 +164,99 @@ impl Store {
     /// transaction. `callback_token_hash` is the SHA-256 of the run's
     /// completion-callback token, if it has one.
     pub async fn insert_run(&self, run: &Run, callback_token_hash: Option<&str>) -> Result<()> {
-        let sql = "insert into runs (id, automation_id, status, status_detail, trigger, attempt, \
-            callback_token_hash, created_at, updated_at) \
-            values ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
         with_db!(self, write, |db| {
             let mut tx = db.begin().await?;
-            sqlx::query(sql)
-                .bind(DbId(run.id))
-                .bind(DbId(run.automation_id))
-                .bind(run.status.as_str())
-                .bind(Json(&run.status_detail))
-                .bind(Json(&run.trigger))
-                .bind(i64::from(run.attempt))
-                .bind(callback_token_hash)
-                .bind(DbTime::new(run.created_at))
-                .bind(DbTime::new(run.updated_at))
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("update automations set last_triggered_at = $2 where id = $1")
-                .bind(DbId(run.automation_id))
-                .bind(DbTime::new(run.created_at))
-                .execute(&mut *tx)
-                .await?;
+            insert_run_in!(tx, run, callback_token_hash);
             tx.commit().await?;
         });
         Ok(())
+    }
+
+    /// Inserts a manual run unless `key` was used for the same automation
+    /// since `since` (then nothing is inserted and the first run's id is
+    /// returned). Keys older than `since` are forgotten and reusable. Two
+    /// concurrent requests with one key: the first to insert the key wins,
+    /// the other waits for it (Postgres) or runs after it (SQLite's one
+    /// writer) and gets its run.
+    pub async fn insert_run_once(
+        &self,
+        run: &Run,
+        key: &str,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Dispatched> {
+        Ok(with_db!(self, write, |db| {
+            let mut tx = db.begin().await?;
+            sqlx::query(
+                "delete from dispatch_keys where automation_id = $1 and idempotency_key = $2 and created_at < $3",
+            )
+            .bind(DbId(run.automation_id))
+            .bind(key)
+            .bind(DbTime::new(since))
+            .execute(&mut *tx)
+            .await?;
+            let mine = sqlx::query(
+                "insert into dispatch_keys (automation_id, idempotency_key, run_id, created_at) values ($1, $2, $3, $4) \
+                 on conflict (automation_id, idempotency_key) do nothing",
+            )
+            .bind(DbId(run.automation_id))
+            .bind(key)
+            .bind(DbId(run.id))
+            .bind(DbTime::new(run.created_at))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if mine {
+                insert_run_in!(tx, run, None::<&str>);
+                tx.commit().await?;
+                Dispatched::Created
+            } else {
+                let first: DbId = sqlx::query_scalar(
+                    "select run_id from dispatch_keys where automation_id = $1 and idempotency_key = $2",
+                )
+                .bind(DbId(run.automation_id))
+                .bind(key)
+                .fetch_one(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Dispatched::Replayed(first.0)
+            }
+        }))
+    }
+
+    /// How many runs are in each status (of one automation, or all), in one
+    /// grouped query.
+    pub async fn run_status_counts(
+        &self,
+        automation_id: Option<Uuid>,
+    ) -> Result<std::collections::BTreeMap<String, i64>> {
+        let rows: Vec<(String, i64)> = with_db!(self, read, |db| {
+            sqlx::query_as("select status, count(*) from runs where ($1 is null or automation_id = $1) group by status")
+                .bind(automation_id.map(DbId))
+                .fetch_all(db)
+                .await?
+        });
+        Ok(rows.into_iter().collect())
+    }
+
+    /// Deletes a run that reached a final status.
+    pub async fn delete_run(&self, id: Uuid) -> Result<DeleteRun> {
+        let finals: Vec<RunStatus> = RunStatus::ALL.into_iter().filter(|s| s.is_final()).collect();
+        let sql = format!("delete from runs where id = $1 and status in ({})", status_list(&finals));
+        // Twice at most: a run that became final between the delete and
+        // the status read is deleted on the second pass.
+        for _ in 0..2 {
+            let n = with_db!(self, write, |db| sqlx::query(&sql).bind(DbId(id)).execute(db).await?.rows_affected());
+            if n == 1 {
+                return Ok(DeleteRun::Deleted);
+            }
+            match self.get_run_status(id).await? {
+                None => return Ok(DeleteRun::NotFound),
+                Some(s) if !s.is_final() => return Ok(DeleteRun::NotFinal(s)),
+                Some(_) => {}
+            }
+        }
+        Ok(DeleteRun::NotFound)
     }
 
     /// Reads a run.
@@ -121,30 +267,44 @@ impl Store {
         row.map(Run::try_from).transpose()
     }
 
+    /// A run's status alone (what a run's driver checks between polls,
+    /// without reading its trigger, output or log).
+    pub async fn get_run_status(&self, id: Uuid) -> Result<Option<RunStatus>> {
+        let status: Option<String> = with_db!(self, read, |db| {
+            sqlx::query_scalar("select status from runs where id = $1").bind(DbId(id)).fetch_optional(db).await?
+        });
+        status.map(|s| RunStatus::parse(&s).ok_or_else(|| super::Error::Corrupt(format!("run status {s}")))).transpose()
+    }
+
     /// Lists runs newest first, optionally of one automation and one status.
-    pub async fn list_runs(
-        &self,
-        automation_id: Option<Uuid>,
-        status: Option<RunStatus>,
-        limit: u32,
-        before: Option<Uuid>,
-    ) -> Result<RunPage> {
-        let where_ = "($1 is null or automation_id = $1) and ($2 is null or status = $2)";
+    pub async fn list_runs(&self, filter: &RunFilter, limit: u32, before: Option<Uuid>) -> Result<RunPage> {
+        let where_ = "($1 is null or automation_id = $1) and ($2 is null or status = $2) \
+                      and ($3 is null or created_at >= $3) and ($4 is null or created_at < $4)";
         let page_sql = format!(
-            "select {COLUMNS} from runs where {where_} and ($3 is null or id < $3) \
-             order by id desc limit $4"
+            "select {COLUMNS} from runs where {where_} and ($5 is null or id < $5) \
+             order by id desc limit $6"
         );
         let count_sql = format!("select count(*) from runs where {where_}");
-        let status = status.map(RunStatus::as_str);
+        let status = filter.status.map(RunStatus::as_str);
+        let (after, until) = (filter.created_after.map(DbTime::new), filter.created_before.map(DbTime::new));
+        let automation_id = filter.automation_id.map(DbId);
         let (rows, total): (Vec<Row>, i64) = with_db!(self, read, |db| {
             let rows = sqlx::query_as(&page_sql)
-                .bind(automation_id.map(DbId))
+                .bind(automation_id)
                 .bind(status)
+                .bind(after)
+                .bind(until)
                 .bind(before.map(DbId))
                 .bind(i64::from(limit))
                 .fetch_all(db)
                 .await?;
-            let total = sqlx::query_scalar(&count_sql).bind(automation_id.map(DbId)).bind(status).fetch_one(db).await?;
+            let total = sqlx::query_scalar(&count_sql)
+                .bind(automation_id)
+                .bind(status)
+                .bind(after)
+                .bind(until)
+                .fetch_one(db)
+                .await?;
             (rows, total)
         });
         let items = rows.into_iter().map(Run::try_from).collect::<Result<_>>()?;

@@ -9,8 +9,7 @@ use uuid::Uuid;
 
 use super::types::{DbId, DbTime};
 use super::{Dialect, Result, Store, with_db};
-use crate::model::{ConcurrencyPolicy, RunStatus, RunTrigger, StatusDetail, Trigger};
-use crate::scheduler::plan::{Decision, SlotOutcome};
+use crate::model::{ConcurrencyPolicy, RunStatus, RunTrigger, SlotOutcome, StatusDetail, Trigger};
 
 /// An automation with due slots, as the scheduler sees it.
 #[derive(Debug, Clone)]
@@ -27,6 +26,39 @@ pub struct DueAutomation {
     pub concurrency_policy: ConcurrencyPolicy,
     /// Its pending and running runs.
     pub active_runs: i64,
+}
+
+/// One slot as the scheduler decided it, with the run it creates if it fired.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedSlot {
+    /// The automation.
+    pub automation_id: Uuid,
+    /// The slot's time.
+    pub scheduled_for: DateTime<Utc>,
+    /// What happens to it.
+    pub outcome: SlotOutcome,
+    /// The run to create (id and trigger), for a fired slot.
+    pub run: Option<(Uuid, RunTrigger)>,
+}
+
+/// Where an automation's schedule goes after a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NextFire {
+    /// The automation.
+    pub automation_id: Uuid,
+    /// Its next slot (`None`: it never fires again as it is).
+    pub next_fire_at: Option<DateTime<Utc>>,
+    /// Whether any of its slots fired (then `last_triggered_at` moves).
+    pub fired: bool,
+}
+
+/// What the scheduler decided for one batch of due automations.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SlotPlan {
+    /// Every slot to record, oldest first per automation.
+    pub slots: Vec<PlannedSlot>,
+    /// Every automation's next fire time.
+    pub next: Vec<NextFire>,
 }
 
 /// A slot that fired.
@@ -81,14 +113,15 @@ impl Store {
     }
 
     /// Fires the due slots of up to `limit` automations in one transaction:
-    /// locks them, asks `decide` what happens to each, records every slot
-    /// (unique per automation and time), creates a run per fired slot and
-    /// moves `next_fire_at` on.
+    /// locks them, has `plan` decide their slots (a pure function of the
+    /// rows, see `scheduler::plan::plan_batch`), records every slot (unique
+    /// per automation and time), creates a run per fired slot and moves
+    /// `next_fire_at` on.
     pub async fn fire_due_slots(
         &self,
         now: DateTime<Utc>,
         limit: u32,
-        decide: impl Fn(&DueAutomation) -> Option<Decision>,
+        plan: impl FnOnce(&[DueAutomation]) -> SlotPlan,
     ) -> Result<FireReport> {
         self.noted(async {
             let dialect = self.dialect();
@@ -118,52 +151,30 @@ impl Store {
                 }
                 let active: HashMap<Uuid, i64> =
                     q.fetch_all(&mut *tx).await?.into_iter().map(|(id, n)| (id.0, n)).collect();
-
-                let created_at = crate::model::now();
-                let mut slots: Vec<(Uuid, DateTime<Utc>, SlotOutcome, Option<Uuid>)> = Vec::new();
-                let mut next: Vec<(Uuid, Option<DateTime<Utc>>, bool)> = Vec::new();
-                let mut runs: Vec<(Uuid, Uuid, RunTrigger)> = Vec::new();
-                for (id, trigger, next_fire_at, concurrency, policy) in rows {
-                    let due = DueAutomation {
+                let due: Vec<DueAutomation> = rows
+                    .into_iter()
+                    .map(|(id, trigger, next_fire_at, concurrency, policy)| DueAutomation {
                         id: id.0,
                         trigger: trigger.0,
                         next_fire_at: next_fire_at.0,
                         concurrency: u32::try_from(concurrency).unwrap_or(1),
                         concurrency_policy: ConcurrencyPolicy::parse(&policy).unwrap_or_default(),
                         active_runs: active.get(&id.0).copied().unwrap_or(0),
-                    };
-                    let Some(decision) = decide(&due) else {
-                        next.push((due.id, None, false));
-                        continue;
-                    };
-                    let (schedule, timezone) = match &due.trigger {
-                        Trigger::Cron { schedule, timezone, .. } => (schedule.clone(), timezone.clone()),
-                        _ => Default::default(),
-                    };
-                    let mut fired_any = false;
-                    for (at, outcome) in decision.slots {
-                        *report.outcomes.entry(outcome.as_str()).or_default() += 1;
-                        let run_id = (outcome == SlotOutcome::Fired).then(Uuid::now_v7);
-                        if let Some(run_id) = run_id {
-                            fired_any = true;
-                            let payload =
-                                serde_json::json!({"scheduled_for": at, "schedule": schedule, "timezone": timezone});
-                            runs.push((
-                                run_id,
-                                due.id,
-                                RunTrigger {
-                                    kind: "cron".into(),
-                                    payload,
-                                    event_id: None,
-                                    event_key: None,
-                                    scheduled_for: Some(at),
-                                },
-                            ));
-                        }
-                        slots.push((due.id, at, outcome, run_id));
-                    }
-                    next.push((due.id, decision.next_fire_at, fired_any));
+                    })
+                    .collect();
+                let created_at = crate::model::now();
+                let SlotPlan { slots, next } = plan(&due);
+                for slot in &slots {
+                    *report.outcomes.entry(slot.outcome.as_str()).or_default() += 1;
                 }
+                let runs: Vec<(Uuid, Uuid, RunTrigger)> = slots
+                    .iter()
+                    .filter_map(|s| s.run.as_ref().map(|(id, trig)| (*id, s.automation_id, trig.clone())))
+                    .collect();
+                let slots: Vec<(Uuid, DateTime<Utc>, SlotOutcome, Option<Uuid>)> = slots
+                    .into_iter()
+                    .map(|s| (s.automation_id, s.scheduled_for, s.outcome, s.run.map(|(id, _)| id)))
+                    .collect();
 
                 // Slots first: a slot that already exists (another host, an
                 // edit that moved the schedule back) keeps its first outcome and
@@ -210,7 +221,7 @@ impl Store {
                     });
                     qb.build().execute(&mut *tx).await?;
                 }
-                for (id, next_fire_at, fired) in &next {
+                for NextFire { automation_id: id, next_fire_at, fired } in &next {
                     let sql = if *fired {
                         "update automations set next_fire_at = $2, last_triggered_at = $3 where id = $1"
                     } else {

@@ -1,0 +1,94 @@
+//! Which pending runs a claim starts, skips or cancels (pure, tested
+//! without a database; the store reads the candidates and applies the
+//! choice in one transaction).
+
+use crate::model::ConcurrencyPolicy;
+use crate::store::{ClaimCandidates, ClaimChoice};
+
+/// Goes through the pending runs oldest first: a deleted automation's runs
+/// are cancelled; a run whose automation has a free slot (below its
+/// `concurrency`, counting its running runs and the ones claimed here) is
+/// claimed while `budget` lasts; a run over the limit of a `skip`
+/// automation is skipped; the rest wait (`queue`, or no budget left).
+pub fn choose_claims(candidates: &ClaimCandidates, budget: usize) -> ClaimChoice {
+    let mut free: std::collections::HashMap<uuid::Uuid, (i64, ConcurrencyPolicy, bool)> =
+        candidates.automations.iter().map(|a| (a.id, (a.concurrency - a.running, a.policy, a.deleted))).collect();
+    let mut choice = ClaimChoice::default();
+    for (run, automation) in &candidates.pending {
+        let Some((slots, policy, deleted)) = free.get_mut(automation) else { continue };
+        if *deleted {
+            choice.cancel.push(*run);
+        } else if *slots > 0 && choice.claim.len() < budget {
+            *slots -= 1;
+            choice.claim.push(*run);
+        } else if *slots <= 0 && *policy == ConcurrencyPolicy::Skip {
+            choice.skip.push(*run);
+        }
+    }
+    choice
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ClaimAutomation;
+    use uuid::Uuid;
+
+    fn automation(id: u128, concurrency: i64, policy: ConcurrencyPolicy, running: i64) -> ClaimAutomation {
+        ClaimAutomation { id: Uuid::from_u128(id), concurrency, policy, deleted: false, running }
+    }
+
+    fn ids(v: &[Uuid]) -> Vec<u128> {
+        v.iter().map(|u| u.as_u128()).collect()
+    }
+
+    fn candidates(automations: Vec<ClaimAutomation>, pending: &[(u128, u128)]) -> ClaimCandidates {
+        ClaimCandidates {
+            automations,
+            pending: pending.iter().map(|(r, a)| (Uuid::from_u128(*r), Uuid::from_u128(*a))).collect(),
+        }
+    }
+
+    #[test]
+    fn concurrency_policy_and_budget_decide() {
+        let c = candidates(
+            vec![
+                automation(1, 2, ConcurrencyPolicy::Queue, 1), // one slot free
+                automation(2, 1, ConcurrencyPolicy::Skip, 1),  // full, skip
+                automation(3, 5, ConcurrencyPolicy::Queue, 0), // free
+            ],
+            &[(10, 1), (11, 1), (12, 2), (13, 3), (14, 3), (15, 9)],
+        );
+        let choice = choose_claims(&c, 10);
+        assert_eq!(ids(&choice.claim), [10, 13, 14]);
+        assert_eq!(ids(&choice.skip), [12], "over a skip automation's limit");
+        assert!(choice.cancel.is_empty());
+        // 11 waits (queue, full); 15 belongs to no locked automation: untouched.
+
+        // The budget caps claims; runs a free slot would take still wait.
+        let choice = choose_claims(&c, 1);
+        assert_eq!(ids(&choice.claim), [10]);
+        assert_eq!(ids(&choice.skip), [12]);
+        // No budget (a draining host) claims nothing, but still skips.
+        let choice = choose_claims(&c, 0);
+        assert!(choice.claim.is_empty());
+        assert_eq!(ids(&choice.skip), [12]);
+    }
+
+    #[test]
+    fn a_deleted_automations_runs_are_cancelled() {
+        let mut gone = automation(1, 5, ConcurrencyPolicy::Queue, 0);
+        gone.deleted = true;
+        let choice = choose_claims(&candidates(vec![gone], &[(10, 1), (11, 1)]), 10);
+        assert_eq!(ids(&choice.cancel), [10, 11]);
+        assert!(choice.claim.is_empty());
+    }
+
+    #[test]
+    fn a_skip_automation_with_a_free_slot_claims_then_skips_the_rest() {
+        let c = candidates(vec![automation(1, 1, ConcurrencyPolicy::Skip, 0)], &[(10, 1), (11, 1)]);
+        let choice = choose_claims(&c, 10);
+        assert_eq!(ids(&choice.claim), [10]);
+        assert_eq!(ids(&choice.skip), [11]);
+    }
+}
