@@ -10,7 +10,41 @@ use serde_json::{Value, json};
 use crate::db_tests;
 use crate::support::{Backend, KEY, TestServer, manual_automation, simple_upload};
 
-db_tests!(each_scope_allows_what_it_names_and_403_names_the_missing_one, changes_are_audited_by_key_never_secret);
+db_tests!(
+    each_scope_allows_what_it_names_and_403_names_the_missing_one,
+    changes_are_audited_by_key_never_secret,
+    the_new_run_routes_need_their_scopes,
+);
+
+/// Re-running, testing and deleting runs are changes: a `read` key gets a
+/// 403 for each and changes nothing; `operate` may re-run and test but not
+/// delete; `write` may delete a final run.
+async fn the_new_run_routes_need_their_scopes(backend: Backend) {
+    let s = TestServer::start_with(backend, &[("AUTOMATION_NO_DISPATCH", "true")]).await;
+    let upload = simple_upload(&s).await;
+    let automation = s.post("/v1/automations", manual_automation("scoped", &upload)).await.expect(201).id();
+    let run = s.post(&format!("/v1/automations/{automation}/dispatch"), json!({})).await.expect(201).id();
+    s.post(&format!("/v1/runs/{run}/cancel"), json!({})).await.expect(200);
+    let (read, _) = make_key(&s, "viewer", &["read"]).await;
+    let (operate, _) = make_key(&s, "on-call", &["operate"]).await;
+    let (write, _) = make_key(&s, "deployer", &["write"]).await;
+    let rerun = format!("/v1/runs/{run}/rerun");
+    let test = format!("/v1/automations/{automation}/test");
+    let delete = format!("/v1/runs/{run}");
+    with_key(&s, &read, Method::POST, &rerun, None).await.expect_error(403, "forbidden", "`operate`");
+    with_key(&s, &read, Method::POST, &test, Some(json!({"run": true}))).await.expect_error(
+        403,
+        "forbidden",
+        "`operate`",
+    );
+    with_key(&s, &read, Method::DELETE, &delete, None).await.expect_error(403, "forbidden", "`write`");
+    let runs = s.get(&format!("/v1/automations/{automation}/runs")).await.expect(200).body;
+    assert_eq!(runs["total"], 1, "a refused request creates and deletes nothing");
+    with_key(&s, &operate, Method::POST, &rerun, None).await.expect(201);
+    with_key(&s, &operate, Method::POST, &test, Some(json!({}))).await.expect(200);
+    with_key(&s, &operate, Method::DELETE, &delete, None).await.expect_error(403, "forbidden", "`write`");
+    with_key(&s, &write, Method::DELETE, &delete, None).await.expect(204);
+}
 
 /// Makes a key through the API with the admin key; returns (secret, id).
 async fn make_key(s: &TestServer, name: &str, scopes: &[&str]) -> (String, String) {

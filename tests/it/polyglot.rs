@@ -218,17 +218,7 @@ async fn plugin_new_scaffolds_filters_that_reach_a_matched_delivery() {
                 out
             }
         });
-        let call = std::process::Command::new(bin)
-            .current_dir(&dir)
-            .env("HOME", home.path())
-            .env_remove("XDG_CACHE_HOME")
-            .args(["plugin", "call"])
-            .arg(&wasm)
-            .args(["matches", "--input", "sample-input.json"])
-            .output()
-            .unwrap();
-        assert!(call.status.success(), "{lang}: {}", String::from_utf8_lossy(&call.stderr));
-        let v: Value = serde_json::from_slice(&call.stdout).unwrap();
+        let v = plugin_call(&dir, home.path(), &wasm, "matches");
         assert_eq!(v["result"]["ok"], json!([{"matches": true}, {"matches": false}, {"matches": true}]), "{lang}: {v}");
         assert!(!dir.join("data").exists(), "{lang}: plugin call wrote ./data into the plugin's directory");
         put_plugin(&s, &name, "kind=filter", std::fs::read(&wasm).unwrap()).await.expect(201);
@@ -267,17 +257,7 @@ async fn plugin_new_scaffolds_presets_executors_and_sources() {
         assert!(made.status.success(), "{kind}: {}", String::from_utf8_lossy(&made.stderr));
         let wasm =
             tokio::task::block_in_place(|| cargo_component(&dir).join(format!("{}.wasm", name.replace('-', "_"))));
-        let call = std::process::Command::new(bin)
-            .current_dir(&dir)
-            .env("HOME", home.path())
-            .env_remove("XDG_CACHE_HOME")
-            .args(["plugin", "call"])
-            .arg(&wasm)
-            .args([export, "--input", "sample-input.json"])
-            .output()
-            .unwrap();
-        assert!(call.status.success(), "{kind}: {}", String::from_utf8_lossy(&call.stderr));
-        let v: Value = serde_json::from_slice(&call.stdout).unwrap();
+        let v = plugin_call(&dir, home.path(), &wasm, export);
         let ok = &v["result"]["ok"];
         match kind {
             "preset" => assert_eq!(ok["entrypoint"], "./main.sh", "{v}"),
@@ -318,4 +298,21 @@ async fn plugin_new_scaffolds_presets_executors_and_sources() {
     let right = [("x-webhook-token", secret), ("x-delivery-id", "d-1"), ("content-type", "application/json")];
     let ack = s.raw(Method::POST, "/v1/events/shop", &right, body).await.expect(202);
     assert_eq!(ack.body["event_key"], "order.created");
+}
+
+/// `automation-host plugin call WASM EXPORT --input sample-input.json` in a
+/// scaffold's directory, with `home` as `$HOME` (so its compile cache goes
+/// there); the printed JSON.
+fn plugin_call(dir: &std::path::Path, home: &std::path::Path, wasm: &std::path::Path, export: &str) -> Value {
+    let call = std::process::Command::new(env!("CARGO_BIN_EXE_automation-host"))
+        .current_dir(dir)
+        .env("HOME", home)
+        .env_remove("XDG_CACHE_HOME")
+        .args(["plugin", "call"])
+        .arg(wasm)
+        .args([export, "--input", "sample-input.json"])
+        .output()
+        .unwrap();
+    assert!(call.status.success(), "{} {export}: {}", dir.display(), String::from_utf8_lossy(&call.stderr));
+    serde_json::from_slice(&call.stdout).unwrap()
 }
