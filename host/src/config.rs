@@ -229,6 +229,25 @@ pub struct Config {
     #[arg(long, env = "AUTOMATION_DELIVERY_RETENTION_HOURS", default_value_t = 168, global = true)]
     pub delivery_retention_hours: u64,
 
+    /// Days final runs (with their output and log) and cron slots are kept;
+    /// 0 keeps them forever. Each automation's newest
+    /// `AUTOMATION_RUN_RETENTION_KEEP` stay whatever their age.
+    #[arg(long, env = "AUTOMATION_RUN_RETENTION_DAYS", default_value_t = 30, global = true)]
+    pub run_retention_days: u32,
+
+    /// Newest runs (and cron slots) of each automation kept past the retention.
+    #[arg(long, env = "AUTOMATION_RUN_RETENTION_KEEP", default_value_t = 100, global = true)]
+    pub run_retention_keep: u32,
+
+    /// Hours a kept run workspace (`keep_workspace`) stays on disk once its
+    /// run is final; 0 keeps them forever.
+    #[arg(long, env = "AUTOMATION_WORKSPACE_RETENTION_HOURS", default_value_t = 168, global = true)]
+    pub workspace_retention_hours: u64,
+
+    /// Seconds between two retention sweeps.
+    #[arg(long, env = "AUTOMATION_RETENTION_SWEEP_SECONDS", default_value_t = 3600, global = true)]
+    pub retention_sweep_seconds: u64,
+
     /// This host's name in run leases (default: a random id per process).
     #[arg(long, env = "AUTOMATION_HOST_ID", global = true)]
     pub host_id: Option<String>,
@@ -255,6 +274,12 @@ pub struct Config {
     /// Most missed slots a `run_all` automation fires after downtime.
     #[arg(long, env = "AUTOMATION_RUN_ALL_CAP", default_value_t = 100, global = true)]
     pub run_all_cap: usize,
+
+    /// Runs of an automation that must fail in a row (timed out counts as
+    /// failed) for the host to disable it (`disabled_reason: failures`); 0
+    /// never disables.
+    #[arg(long, env = "AUTOMATION_FAILURE_DISABLE_THRESHOLD", default_value_t = 5, global = true)]
+    pub failure_disable_threshold: u32,
 
     /// Executor start attempts before a transient failure fails the run.
     #[arg(long, env = "AUTOMATION_START_ATTEMPTS", default_value_t = 5, global = true)]
@@ -453,6 +478,7 @@ impl Config {
             ("AUTOMATION_MAX_CONCURRENT_RUNS", self.max_concurrent_runs as u64),
             ("AUTOMATION_LEASE_SECONDS", self.lease_seconds),
             ("AUTOMATION_START_ATTEMPTS", u64::from(self.start_attempts)),
+            ("AUTOMATION_RETENTION_SWEEP_SECONDS", self.retention_sweep_seconds),
             ("AUTOMATION_SANDBOX_MEMORY_MB", self.sandbox_memory_mb),
             ("AUTOMATION_SANDBOX_PROCESSES", self.sandbox_processes),
             ("AUTOMATION_SANDBOX_OPEN_FILES", self.sandbox_open_files),

@@ -30,6 +30,7 @@ pub mod model;
 pub mod plugin_cli;
 pub mod plugin_new;
 pub mod plugins;
+pub mod retention;
 pub mod sandbox;
 pub mod scheduler;
 pub mod secrets;
@@ -166,6 +167,7 @@ pub async fn serve(
         lease: Duration::from_secs(config.lease_seconds),
         public_url: config.public_url.clone().unwrap_or_else(|| format!("http://{local}")),
         start_attempts: config.start_attempts,
+        failure_disable_threshold: config.failure_disable_threshold,
         retry_base: Duration::from_secs(1),
     };
     tracing::info!(host_id = %settings.host_id, max_concurrent_runs = settings.max_concurrent_runs, "dispatcher starting");
@@ -206,9 +208,22 @@ pub async fn serve(
         sup.spawn("storage-probe", move |stop| probe_storage(store.clone(), stop));
     }
     {
-        let store = store.clone();
-        let retention = chrono::Duration::hours(config.delivery_retention_hours as i64);
-        sup.spawn("delivery-purge", move |stop| purge_deliveries(store.clone(), retention, stop));
+        let sweeper = Arc::new(retention::Sweeper::new(
+            store.clone(),
+            plugins.clone(),
+            metrics.clone(),
+            retention::Settings {
+                run_days: config.run_retention_days,
+                keep: config.run_retention_keep,
+                workspace_hours: config.workspace_retention_hours,
+                delivery_hours: config.delivery_retention_hours,
+                every: Duration::from_secs(config.retention_sweep_seconds),
+            },
+        ));
+        sup.spawn("retention", move |stop| {
+            let sweeper = sweeper.clone();
+            async move { sweeper.run(stop).await }
+        });
     }
     let state = api::AppState::new(
         store.clone(),
@@ -280,21 +295,6 @@ async fn probe_storage(store: Store, stop: tokio_util::sync::CancellationToken) 
         }
         if let Err(e) = store.probe_write().await {
             tracing::debug!(error = %e, "the storage probe failed");
-        }
-    }
-}
-
-/// Deletes deliveries older than the retention (hourly).
-async fn purge_deliveries(store: Store, retention: chrono::Duration, stop: tokio_util::sync::CancellationToken) {
-    loop {
-        match store.purge_deliveries(model::now() - retention).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(deleted = n, "old deliveries purged"),
-            Err(e) => tracing::warn!(error = %e, "purging old deliveries failed"),
-        }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(3600)) => {}
         }
     }
 }

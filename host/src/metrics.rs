@@ -101,6 +101,12 @@ pub struct Metrics {
     pub background_errors: LabeledCounter,
     /// Background loops restarted after a panic, by loop.
     pub background_restarts: LabeledCounter,
+    /// Automations the host disabled by itself, by reason (`failures`,
+    /// `bad_bundle`, `plugin_missing`).
+    pub automations_disabled: LabeledCounter,
+    /// Records the retention sweep removed, by kind (`runs`, `slots`,
+    /// `dispatch_keys`, `deliveries`, `workspaces`).
+    pub retention_removed: LabeledCounter,
 }
 
 impl Default for Metrics {
@@ -117,6 +123,8 @@ impl Default for Metrics {
             match_lag: Histogram::new(LATENCY_BUCKETS),
             background_errors: LabeledCounter::default(),
             background_restarts: LabeledCounter::default(),
+            automations_disabled: LabeledCounter::default(),
+            retention_removed: LabeledCounter::default(),
         }
     }
 }
@@ -165,6 +173,18 @@ impl Metrics {
             "automation_background_restarts_total",
             "loop",
             "Background loops that panicked and were started again.",
+        );
+        self.automations_disabled.render(
+            &mut out,
+            "automation_automations_disabled_total",
+            "reason",
+            "Automations the host disabled by itself (failed runs in a row, a bundle that cannot be made, a missing plugin).",
+        );
+        self.retention_removed.render(
+            &mut out,
+            "automation_retention_removed_total",
+            "kind",
+            "Records the retention sweep removed (runs, slots, dispatch_keys, deliveries, workspaces).",
         );
         let _ = writeln!(
             out,

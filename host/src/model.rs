@@ -125,7 +125,7 @@ pub struct BundleRef {
 pub struct PresetRef {
     /// The preset plugin's name, such as `script`.
     pub name: String,
-    /// The preset's configuration (checked against the preset's schema).
+    /// The preset's configuration (checked against the preset's JSON Schema when saved).
     #[serde(default = "empty_object")]
     #[schema(value_type = Object)]
     pub config: Value,
@@ -252,6 +252,24 @@ pub struct Automation {
     pub timeout_seconds: u32,
     /// Whether triggers fire it. Manual dispatch works either way.
     pub enabled: bool,
+    /// A draft: made to be tried (`POST /v1/automations/{id}/test`) and
+    /// never enabled since; it never fires on its trigger. Enabling it
+    /// makes it live.
+    #[serde(default)]
+    pub draft: bool,
+    /// Why it is disabled (none while enabled, and for a draft).
+    #[serde(default)]
+    pub disabled_reason: Option<DisabledReason>,
+    /// What disabled it, in words (for `failures`, the failed runs).
+    #[serde(default)]
+    pub disabled_detail: Option<String>,
+    /// When it was disabled.
+    #[serde(default)]
+    pub disabled_at: Option<DateTime<Utc>>,
+    /// When it was last enabled: only runs that finished since count
+    /// towards disabling it after failures.
+    #[serde(default)]
+    pub enabled_at: Option<DateTime<Utc>>,
     /// The most runs of this automation that may be `running` at once.
     pub concurrency: u32,
     /// What a run over the concurrency limit does.
@@ -266,6 +284,78 @@ pub struct Automation {
     pub created_at: DateTime<Utc>,
     /// When it was last changed.
     pub updated_at: DateTime<Utc>,
+}
+
+impl Automation {
+    /// Applies a request's `enabled` and `draft` at `now`: enabling makes
+    /// it live (no longer a draft, the reason it was disabled cleared, its
+    /// failure count starting again); disabling records `manual`; `draft`
+    /// makes it a draft again (disabled, no reason). A draft that is also
+    /// enabled is refused.
+    pub fn set_state(&mut self, enabled: Option<bool>, draft: Option<bool>, now: DateTime<Utc>) -> Result<(), String> {
+        if draft == Some(true) && enabled == Some(true) {
+            return Err("a draft is never enabled: send \"enabled\": true alone to make it live".into());
+        }
+        if draft == Some(true) {
+            self.enabled = false;
+            self.draft = true;
+            self.clear_disabled();
+        } else if enabled == Some(true) {
+            if !self.enabled {
+                self.enabled = true;
+                self.draft = false;
+                self.enabled_at = Some(now);
+                self.clear_disabled();
+            }
+        } else if (enabled == Some(false) || (draft == Some(false) && self.draft)) && (self.enabled || self.draft) {
+            self.enabled = false;
+            self.draft = false;
+            self.disabled_reason = Some(DisabledReason::Manual);
+            self.disabled_detail = None;
+            self.disabled_at = Some(now);
+        }
+        Ok(())
+    }
+
+    fn clear_disabled(&mut self) {
+        self.disabled_reason = None;
+        self.disabled_detail = None;
+        self.disabled_at = None;
+    }
+}
+
+/// Why an automation is disabled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DisabledReason {
+    /// Someone disabled it (or made it disabled).
+    Manual,
+    /// Its last runs failed, `AUTOMATION_FAILURE_DISABLE_THRESHOLD` in a row.
+    Failures,
+    /// Its bundle can no longer be made: the preset refuses its
+    /// configuration, or the uploaded bundle is gone.
+    BadBundle,
+    /// Its executor or preset plugin is no longer loaded.
+    PluginMissing,
+}
+
+impl DisabledReason {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DisabledReason::Manual => "manual",
+            DisabledReason::Failures => "failures",
+            DisabledReason::BadBundle => "bad_bundle",
+            DisabledReason::PluginMissing => "plugin_missing",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        [DisabledReason::Manual, DisabledReason::Failures, DisabledReason::BadBundle, DisabledReason::PluginMissing]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+    }
 }
 
 /// Where a run is in its life.
@@ -425,6 +515,60 @@ pub struct Run {
     /// The run this one repeats (`POST /v1/runs/{id}/rerun`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rerun_of: Option<Uuid>,
+    /// The latest progress it reported while going.
+    #[serde(default)]
+    pub progress: Option<RunProgress>,
+}
+
+/// A phase (and optionally how far along) a run reported: through
+/// `POST /v1/runs/{id}/progress` with its callback token, or, under the
+/// local sandbox, by writing a line to `$AUTOMATION_PROGRESS_FILE`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RunProgress {
+    /// What it is doing, 1 to 200 characters.
+    pub phase: String,
+    /// How far along, 0 to 100, if it said.
+    pub percent: Option<u8>,
+    /// When it was reported.
+    pub at: DateTime<Utc>,
+    /// `callback` or `sandbox`.
+    pub by: String,
+}
+
+/// Most characters of a progress phase.
+pub const MAX_PHASE_CHARS: usize = 200;
+
+impl RunProgress {
+    /// Checks a reported phase and percent; the phase is trimmed.
+    pub fn new(phase: &str, percent: Option<u8>, by: &str) -> Result<RunProgress, String> {
+        let phase = phase.trim();
+        if phase.is_empty() || phase.chars().count() > MAX_PHASE_CHARS || phase.chars().any(char::is_control) {
+            return Err(format!("phase must be 1 to {MAX_PHASE_CHARS} characters without control characters"));
+        }
+        if percent.is_some_and(|p| p > 100) {
+            return Err("percent must be 0 to 100".into());
+        }
+        Ok(RunProgress { phase: phase.to_owned(), percent, at: now(), by: by.to_owned() })
+    }
+
+    /// Reads what a run wrote to its progress file: the last non-empty
+    /// line, an optional leading `NN%` setting the percent (`40% building`).
+    /// Control characters are dropped and the phase cut to its limit, so
+    /// whatever a run writes gives a valid phase or nothing.
+    pub fn from_file(text: &str) -> Option<RunProgress> {
+        let line = text.lines().rev().map(str::trim).find(|l| !l.is_empty())?;
+        let percent = line
+            .split_once('%')
+            .filter(|(n, _)| (1..=3).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|(n, rest)| Some((n.parse::<u8>().ok().filter(|p| *p <= 100)?, rest)));
+        let (percent, rest) = match percent {
+            Some((p, rest)) => (Some(p), rest),
+            None => (None, line),
+        };
+        let phase: String = rest.chars().filter(|c| !c.is_control()).take(MAX_PHASE_CHARS).collect();
+        let phase = if phase.trim().is_empty() { "working".to_owned() } else { phase };
+        RunProgress::new(&phase, percent, "sandbox").ok()
+    }
 }
 
 impl Run {
@@ -444,6 +588,7 @@ impl Run {
             error: None,
             plugin_log: Vec::new(),
             rerun_of: None,
+            progress: None,
             created_at: now,
             started_at: None,
             finished_at: None,
@@ -674,6 +819,69 @@ pub fn check_tags(tags: &[String]) -> Result<Vec<String>, String> {
 #[cfg(test)]
 mod tag_tests {
     use super::*;
+
+    #[test]
+    fn progress_files_give_a_valid_phase_or_nothing() {
+        let p = |t: &str| RunProgress::from_file(t).map(|p| (p.percent, p.phase));
+        assert_eq!(p("cloning\n40% building\n\n"), Some((Some(40), "building".into())));
+        assert_eq!(p("tests"), Some((None, "tests".into())));
+        assert_eq!(p("100%"), Some((Some(100), "working".into())));
+        assert_eq!(p("250% over"), Some((None, "250% over".into())));
+        assert_eq!(p("\n  \n"), None);
+        assert_eq!(p("a\u{7}b"), Some((None, "ab".into())));
+        assert_eq!(p(&"x".repeat(500)).unwrap().1.len(), MAX_PHASE_CHARS);
+        assert!(RunProgress::new("", None, "callback").is_err());
+        assert!(RunProgress::new("ok", Some(101), "callback").is_err());
+    }
+
+    #[test]
+    fn enabling_clears_the_reason_and_drafts_never_fire() {
+        let t0 = now();
+        let mut a = Automation {
+            id: Uuid::nil(),
+            name: "a".into(),
+            description: String::new(),
+            tags: vec![],
+            trigger: Trigger::Manual {},
+            bundle: None,
+            preset: None,
+            entrypoint: None,
+            env: Default::default(),
+            secret_env: SecretEnv::default(),
+            executor: ExecutorRef { plugin: "x".into(), config: empty_object() },
+            timeout_seconds: 1,
+            enabled: false,
+            draft: false,
+            disabled_reason: Some(DisabledReason::Failures),
+            disabled_detail: Some("its last 5 runs failed".into()),
+            disabled_at: Some(t0),
+            enabled_at: None,
+            concurrency: 1,
+            concurrency_policy: ConcurrencyPolicy::Queue,
+            filter_errors: FilterErrors::default(),
+            last_triggered_at: None,
+            next_fire_at: None,
+            created_at: t0,
+            updated_at: t0,
+        };
+        assert!(a.set_state(Some(true), Some(true), t0).unwrap_err().contains("never enabled"));
+        let t1 = t0 + chrono::Duration::seconds(1);
+        a.set_state(Some(true), None, t1).unwrap();
+        assert!(a.enabled && a.disabled_reason.is_none() && a.disabled_detail.is_none() && a.disabled_at.is_none());
+        assert_eq!(a.enabled_at, Some(t1));
+        // Enabling what is enabled changes nothing (the failure count keeps its start).
+        a.set_state(Some(true), None, t1 + chrono::Duration::seconds(5)).unwrap();
+        assert_eq!(a.enabled_at, Some(t1));
+        a.set_state(Some(false), None, t1).unwrap();
+        assert_eq!((a.enabled, a.disabled_reason, a.disabled_at), (false, Some(DisabledReason::Manual), Some(t1)));
+        a.set_state(None, Some(true), t1).unwrap();
+        assert!(a.draft && !a.enabled && a.disabled_reason.is_none());
+        // Leaving draft without enabling: disabled, by hand.
+        a.set_state(None, Some(false), t1).unwrap();
+        assert!(!a.draft && !a.enabled && a.disabled_reason == Some(DisabledReason::Manual));
+        a.set_state(None, None, t1).unwrap();
+        assert!(!a.draft && !a.enabled);
+    }
 
     #[test]
     fn tags_are_lowered_sorted_deduped_and_bounded() {

@@ -11,7 +11,41 @@ db_tests!(
     soft_delete_hides_and_cancels_pending_runs,
     descriptions_tags_and_search_find_automations,
     trying_a_trigger_shows_what_would_happen,
+    plugin_configs_are_checked_against_their_schema_when_saved,
 );
+
+/// A configuration the plugin's JSON Schema refuses is a 422 naming the
+/// field when the automation is saved (before, an unknown executor field
+/// was accepted and every run failed on it); nothing is stored.
+async fn plugin_configs_are_checked_against_their_schema_when_saved(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let with = |preset: serde_json::Value, executor: serde_json::Value| {
+        json!({
+            "name": "checked",
+            "trigger": {"type": "manual"},
+            "preset": {"name": "script", "config": preset},
+            "executor": {"plugin": "local-sandbox", "config": executor},
+        })
+    };
+    let ok = json!({"script": "echo hi"});
+    for (body, needle) in [
+        (with(ok.clone(), json!({"keep_workspac": true})), "executor.config: "),
+        (with(ok.clone(), json!({"network": "wifi"})), "executor.config.network: \"wifi\" is not one of"),
+        (with(ok.clone(), json!({"env": {"A": 1}})), "executor.config.env.A: 1 is not of type \"string\""),
+        (with(json!({"script": "echo", "interpreter": "perl"}), json!({})), "preset.config.interpreter: \"perl\""),
+        (with(json!({"script": ""}), json!({})), "preset.config.script: "),
+    ] {
+        s.post("/v1/automations", body).await.expect_error(422, "invalid_config", needle);
+    }
+    assert_eq!(s.get("/v1/automations").await.expect(200).body["total"], 0, "nothing stored");
+    let a = s.post("/v1/automations", with(ok.clone(), json!({"keep_workspace": true}))).await.expect(201);
+    s.patch(
+        &format!("/v1/automations/{}", a.id()),
+        json!({"executor": {"plugin": "local-sandbox", "config": {"network": 5}}}),
+    )
+    .await
+    .expect_error(422, "invalid_config", "executor.config.network");
+}
 
 async fn create_read_list_every_trigger_type(backend: Backend) {
     let s = TestServer::start(backend).await;

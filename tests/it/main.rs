@@ -18,6 +18,13 @@ mod secrets;
 mod automations;
 // Runs: dispatch, listing, cancel and its races.
 mod runs;
+// Automation states: drafts, disabling by hand and by the host (failures,
+// a bundle that cannot be made, a missing plugin).
+mod states;
+// Retention: old runs, slots and kept workspaces go; the newest stay.
+mod retention;
+// Live run logs (and their stream) and progress reports.
+mod run_logs;
 // Runs carried out by executor plugins: output, timeouts, cancel, rescue.
 mod dispatch;
 // The local sandbox against hostile bundles: every escape blocked.

@@ -60,6 +60,8 @@ async fn openapi_matches_the_routes() {
         "POST /v1/automations/{id}/test",
         "DELETE /v1/runs/{id}",
         "GET /v1/tags",
+        "GET /v1/runs/{id}/logs",
+        "POST /v1/runs/{id}/progress",
         "GET /v1/api-keys",
         "POST /v1/api-keys",
         "DELETE /v1/api-keys/{id}",
@@ -76,9 +78,11 @@ async fn openapi_matches_the_routes() {
         let r = s.call(Method::from_bytes(method.as_bytes()).unwrap(), &path, None).await;
         let unrouted = r.status == 405 || (r.status == 404 && r.body["detail"] == "no such route");
         assert!(!unrouted, "{op} is described but not served: {} {}", r.status, r.text);
-        // The completion callback authenticates with the run's own token,
+        // The completion and progress callbacks authenticate with the run's own token,
         // deliveries with their signature.
-        let signed = path.ends_with("/complete") || (method == "POST" && path.starts_with("/v1/events/"));
+        let signed = path.ends_with("/complete")
+            || path.ends_with("/progress")
+            || (method == "POST" && path.starts_with("/v1/events/"));
         if path.starts_with("/v1") && !signed {
             let op_spec = &paths[op.split_once(' ').unwrap().1][method.to_lowercase()];
             assert!(op_spec["security"].is_array(), "{op} does not declare its auth");

@@ -40,6 +40,7 @@ impl Executor for LocalSandbox {
         let bundle_env = bundle.env.clone();
         sandbox::unpack(bundle)?;
         let payload_file = format!("{}/{}", workspace.trim_end_matches('/'), plan::PAYLOAD_FILE);
+        let progress_file = format!("{}/{}", workspace.trim_end_matches('/'), plan::PROGRESS_FILE);
         let vars = plan::RunVars {
             run_id: &ctx.run_id,
             automation_id: &ctx.automation_id,
@@ -48,6 +49,7 @@ impl Executor for LocalSandbox {
             trigger_kind: ctx.trigger.kind.as_str(),
             trigger_payload: &ctx.trigger.payload,
             payload_file: &payload_file,
+            progress_file: &progress_file,
             event_key: ctx.trigger.event_key.as_deref(),
             callback_url: &ctx.callback_url,
             callback_token: &ctx.callback_token,

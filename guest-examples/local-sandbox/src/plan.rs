@@ -6,6 +6,9 @@ pub const POLL_WAIT_MS: u64 = 250;
 
 /// Where the trigger payload is written, relative to the workspace.
 pub const PAYLOAD_FILE: &str = ".automation/event.json";
+/// The progress file, relative to the workspace (the host's
+/// `sandbox::PROGRESS_FILE`: the host reads it there).
+pub const PROGRESS_FILE: &str = ".automation-progress";
 
 /// Payloads up to this size are also passed in `AUTOMATION_EVENT_PAYLOAD`
 /// (the kernel refuses a single variable over 128 KiB).
@@ -104,6 +107,9 @@ pub struct RunVars<'a> {
     pub trigger_payload: &'a str,
     /// Where the payload file is, as the process sees it.
     pub payload_file: &'a str,
+    /// Where the run writes its progress (a line such as `40% building`),
+    /// as the process sees it; the host reads it from the workspace.
+    pub progress_file: &'a str,
     /// Event key, for events.
     pub event_key: Option<&'a str>,
     /// Completion callback URL.
@@ -133,6 +139,7 @@ pub fn environment(
     set("AUTOMATION_ATTEMPT", &run.attempt.to_string());
     set("AUTOMATION_TRIGGER", run.trigger_kind);
     set("AUTOMATION_EVENT_PAYLOAD_FILE", run.payload_file);
+    set("AUTOMATION_PROGRESS_FILE", run.progress_file);
     if run.trigger_payload.len() <= PAYLOAD_ENV_MAX {
         set("AUTOMATION_EVENT_PAYLOAD", run.trigger_payload);
     }
@@ -181,6 +188,7 @@ mod tests {
             trigger_kind: "event",
             trigger_payload: "{}",
             payload_file: "/workspace/.automation/event.json",
+            progress_file: "/workspace/.automation-progress",
             event_key: Some("push"),
             callback_url: "http://cb",
             callback_token: "t",
@@ -209,6 +217,7 @@ mod tests {
             trigger_kind: "event",
             trigger_payload: &big,
             payload_file: "/w/.automation/event.json",
+            progress_file: "/w/.automation-progress",
             event_key: None,
             callback_url: "http://cb",
             callback_token: "t",

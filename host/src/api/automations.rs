@@ -83,19 +83,19 @@ pub(crate) struct AutomationCreate {
     /// Run time budget in seconds, 1 to 86400 (default 600).
     #[serde(default)]
     pub timeout_seconds: Option<u32>,
-    /// Whether triggers fire it (default true).
-    #[serde(default = "yes")]
-    pub enabled: bool,
+    /// Whether triggers fire it (default true, false for a draft).
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// A draft: tried with `POST /v1/automations/{id}/test`, never fired by
+    /// its trigger until it is enabled (default false; not with `"enabled": true`).
+    #[serde(default)]
+    pub draft: bool,
     /// Most simultaneous runs, 1 to 1000 (default 1).
     #[serde(default)]
     pub concurrency: Option<u32>,
     /// What a run over the limit does: `queue` (default) or `skip`.
     #[serde(default)]
     pub concurrency_policy: Option<ConcurrencyPolicy>,
-}
-
-fn yes() -> bool {
-    true
 }
 
 /// The body of `PATCH /v1/automations/{id}`: any subset of the fields;
@@ -134,8 +134,11 @@ pub(crate) struct AutomationPatch {
     pub executor: Option<ExecutorRef>,
     /// New time budget.
     pub timeout_seconds: Option<u32>,
-    /// Enable or disable.
+    /// Enable (which also ends a draft and clears `disabled_reason`) or disable.
     pub enabled: Option<bool>,
+    /// Make it a draft again (disabled, fired by nothing but a test), or,
+    /// with `false`, leave draft without enabling it.
+    pub draft: Option<bool>,
     /// New concurrency limit.
     pub concurrency: Option<u32>,
     /// New concurrency policy.
@@ -175,6 +178,8 @@ pub(crate) struct ListQuery {
     pub source: Option<String>,
     /// Only automations whose name contains this (case-insensitive).
     pub q: Option<String>,
+    /// Only drafts (true) or only the others (false).
+    pub draft: Option<bool>,
 }
 
 /// Creates an automation.
@@ -211,7 +216,13 @@ async fn automations_create(
             config: Value::Object(Default::default()),
         }),
         timeout_seconds: body.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT_SECONDS),
-        enabled: body.enabled,
+        // Made from nothing: `set_state` below decides what it is.
+        enabled: false,
+        draft: true,
+        disabled_reason: None,
+        disabled_detail: None,
+        disabled_at: None,
+        enabled_at: None,
         concurrency: body.concurrency.unwrap_or(DEFAULT_CONCURRENCY),
         concurrency_policy: body.concurrency_policy.unwrap_or_default(),
         filter_errors: Default::default(),
@@ -220,8 +231,11 @@ async fn automations_create(
         created_at: now,
         updated_at: now,
     };
-    validate(&state, &automation).await?;
     let mut automation = automation;
+    automation
+        .set_state(Some(body.enabled.unwrap_or(!body.draft)), Some(body.draft), now)
+        .map_err(|e| Error::invalid("invalid_state", e))?;
+    validate(&state, &automation).await?;
     automation.next_fire_at = next_fire_for(&automation.trigger, automation.enabled, None);
     state.store.insert_automation(&automation).await?;
     state.scheduler.wake();
@@ -258,6 +272,7 @@ async fn automations_list(
         tag: q.tag,
         source: q.source,
         name_contains: q.q.filter(|q| !q.is_empty()),
+        draft: q.draft,
     };
     let page = state.store.list_automations(&filter, limit + 1, before).await?;
     let items = page.items.into_iter().map(|a| present(&state, a)).collect();
@@ -307,6 +322,7 @@ async fn automations_update(
         executor,
         timeout_seconds,
         enabled,
+        draft,
         concurrency,
         concurrency_policy,
     } = patch;
@@ -351,9 +367,7 @@ async fn automations_update(
     if let Some(v) = timeout_seconds {
         a.timeout_seconds = v;
     }
-    if let Some(v) = enabled {
-        a.enabled = v;
-    }
+    a.set_state(enabled, draft, crate::model::now()).map_err(|e| Error::invalid("invalid_state", e))?;
     if let Some(v) = concurrency {
         a.concurrency = v;
     }
@@ -786,6 +800,7 @@ async fn validate(state: &AppState, a: &Automation) -> Result<(), Error> {
     if let Some(p) = &a.preset {
         check_name("preset.name", &p.name)?;
         check_json_object("preset.config", &p.config)?;
+        check_config(state, "preset.config", &p.name, &p.config)?;
         let bundle = render_preset(state, p).await?;
         if bundle.entrypoint.trim().is_empty() && a.entrypoint.is_none() {
             return Err(Error::invalid(
@@ -797,6 +812,7 @@ async fn validate(state: &AppState, a: &Automation) -> Result<(), Error> {
     check_name("executor.plugin", &a.executor.plugin)?;
     check_json_object("executor.config", &a.executor.config)?;
     check_plugin(state, "executor.plugin", &a.executor.plugin, Kind::Executor)?;
+    check_config(state, "executor.config", &a.executor.plugin, &a.executor.config)?;
     check_env(&a.env)?;
     check_env(&a.secret_env.0)?;
     if let Some(name) = a.secret_env.0.keys().find(|k| a.env.contains_key(*k)) {
@@ -815,6 +831,33 @@ async fn validate(state: &AppState, a: &Automation) -> Result<(), Error> {
         ));
     }
     Ok(())
+}
+
+/// Checks a plugin configuration against the JSON Schema the plugin
+/// describes, so a bad configuration is a 422 naming the field when the
+/// automation is saved, not a failed run later. The first problem is
+/// reported (`executor.config.network: "wifi" is not one of ...`), with
+/// the value masked where the schema marks the field `writeOnly`. A
+/// plugin without a schema takes any object; one whose schema this host
+/// cannot compile too, with a warning (the plugin's own check still runs).
+fn check_config(state: &AppState, field: &str, plugin: &str, config: &Value) -> Result<(), Error> {
+    let Some(schema) = state.plugins.get(plugin).and_then(|p| p.description.as_ref()?.config_schema.clone()) else {
+        return Ok(());
+    };
+    let validator = match jsonschema::validator_for(&schema) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(plugin, error = %e.masked(), "the plugin's configuration schema does not compile; not checked");
+            return Ok(());
+        }
+    };
+    let Some(error) = validator.iter_errors(config).next() else { return Ok(()) };
+    let pointer = error.instance_path().to_string();
+    let path: Vec<&str> = pointer.split('/').filter(|p| !p.is_empty()).collect();
+    let secret = path.first().is_some_and(|top| write_only_in(&schema).iter().any(|f| f == top));
+    let message = if secret { error.masked().to_string() } else { error.to_string() };
+    let at = if path.is_empty() { field.to_owned() } else { format!("{field}.{}", path.join(".")) };
+    Err(Error::invalid("invalid_config", format!("{at}: {message} (the schema of plugin {plugin})")))
 }
 
 /// The top-level configuration fields a plugin's JSON Schema marks

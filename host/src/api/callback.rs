@@ -12,11 +12,71 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::{ApiJson, ApiPath, AppState, Error, ErrorBody};
-use crate::model::{Run, RunOutput, RunStatus, StatusDetail};
+use crate::model::{Run, RunOutput, RunProgress, RunStatus, StatusDetail};
 use crate::store::RunChanges;
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(runs_complete)).routes(routes!(metrics))
+    OpenApiRouter::new().routes(routes!(runs_complete)).routes(routes!(runs_progress)).routes(routes!(metrics))
+}
+
+/// Checks `Authorization: Bearer <the run's callback token>`.
+fn check_run_token(state: &AppState, id: Uuid, headers: &HeaderMap) -> Result<(), Error> {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .ok_or_else(|| Error::Unauthorized("send `Authorization: Bearer <the run's callback token>`".into()))?;
+    let expected = state.dispatcher.callback_token(id);
+    if !crate::auth::constant_time_eq(token.trim().as_bytes(), expected.as_bytes()) {
+        return Err(Error::Unauthorized("invalid callback token for this run".into()));
+    }
+    Ok(())
+}
+
+/// A phase a run reports while it goes.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProgressReport {
+    /// What it is doing now, 1 to 200 characters.
+    phase: String,
+    /// How far along, 0 to 100.
+    #[serde(default)]
+    percent: Option<u8>,
+}
+
+/// Records a run's progress (shown as the run's `progress`). Authenticate
+/// with `Authorization: Bearer $AUTOMATION_CALLBACK_TOKEN`. 409 once the
+/// run is final.
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/progress",
+    tag = "runs",
+    params(("id" = Uuid, Path, description = "Run id")),
+    request_body = ProgressReport,
+    responses(
+        (status = 204, description = "recorded"),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    )
+)]
+async fn runs_progress(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<ProgressReport>,
+) -> Result<axum::http::StatusCode, Error> {
+    check_run_token(&state, id, &headers)?;
+    let progress =
+        RunProgress::new(&body.phase, body.percent, "callback").map_err(|e| Error::invalid("invalid_progress", e))?;
+    if state.store.set_progress(id, &progress).await? {
+        return Ok(axum::http::StatusCode::NO_CONTENT);
+    }
+    match state.store.get_run_status(id).await? {
+        None => Err(Error::not_found("run", id)),
+        Some(s) => Err(Error::Conflict("run_final", format!("run {id} is {s}; progress is for runs still going"))),
+    }
 }
 
 /// What a run reports about itself.
@@ -56,15 +116,7 @@ async fn runs_complete(
     headers: HeaderMap,
     ApiJson(body): ApiJson<Completion>,
 ) -> Result<Json<Run>, Error> {
-    let token = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .ok_or_else(|| Error::Unauthorized("send `Authorization: Bearer <the run's callback token>`".into()))?;
-    let expected = state.dispatcher.callback_token(id);
-    if !crate::auth::constant_time_eq(token.trim().as_bytes(), expected.as_bytes()) {
-        return Err(Error::Unauthorized("invalid callback token for this run".into()));
-    }
+    check_run_token(&state, id, &headers)?;
     let to = match body.status.as_str() {
         "succeeded" => RunStatus::Succeeded,
         "failed" => RunStatus::Failed,
@@ -90,6 +142,7 @@ async fn runs_complete(
         Some(run) => {
             state.metrics.runs_finished.add(to.as_str(), 1);
             tracing::info!(run.id = %id, status = %to, "run reported its completion");
+            state.dispatcher.run_ended(run.automation_id, to).await;
             Ok(Json(run))
         }
         None => match state.store.get_run(id).await? {

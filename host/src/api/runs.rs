@@ -24,6 +24,129 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(runs_get, runs_delete))
         .routes(routes!(runs_cancel))
         .routes(routes!(runs_rerun))
+        .routes(routes!(runs_logs))
+}
+
+/// A run's output so far.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub(crate) struct RunLogs {
+    /// The run.
+    run_id: Uuid,
+    /// Its status when this was read.
+    status: RunStatus,
+    /// Where the output comes from: `stored` (kept with the run, which is
+    /// final, or which its executor already reported), `live` (the local
+    /// sandbox's capture on this host, so far) or `none` (not started yet,
+    /// or going where this host cannot read it: another host, or a remote
+    /// executor, whose output arrives when it ends).
+    source: &'static str,
+    /// Standard output (bounded).
+    stdout: String,
+    /// Standard error (bounded).
+    stderr: String,
+    /// The exit code, once there is one.
+    exit_code: Option<i32>,
+    /// True if output was cut short at the host's limit.
+    truncated: bool,
+    /// The latest progress it reported.
+    progress: Option<crate::model::RunProgress>,
+}
+
+/// Options for reading logs.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct LogsQuery {
+    /// Stream the output as server-sent events (`logs` each time it
+    /// changes, then `end` once the run is final) instead of answering once.
+    #[serde(default)]
+    follow: bool,
+}
+
+/// How often a followed run's output is looked at.
+const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+async fn read_logs(state: &AppState, id: Uuid) -> Result<Option<RunLogs>, Error> {
+    let Some(run) = state.store.get_run(id).await? else { return Ok(None) };
+    let mut logs = RunLogs {
+        run_id: id,
+        status: run.status,
+        source: "none",
+        stdout: String::new(),
+        stderr: String::new(),
+        exit_code: None,
+        truncated: false,
+        progress: run.progress,
+    };
+    if let Some(out) = run.output {
+        (logs.source, logs.stdout, logs.stderr, logs.exit_code, logs.truncated) =
+            ("stored", out.stdout, out.stderr, out.exit_code, out.truncated);
+    } else if run.status == RunStatus::Running
+        && let Some(live) = state.plugins.runtime().sandbox().live_output(id)
+    {
+        (logs.source, logs.stdout, logs.stderr, logs.truncated) = ("live", live.stdout, live.stderr, live.truncated);
+    }
+    Ok(Some(logs))
+}
+
+/// A run's output so far: what the local sandbox captured while it goes
+/// (on the host running it), what was kept once it ended. With
+/// `?follow=true`, server-sent events: `logs` (a [`RunLogs`] as JSON) each
+/// time something changed, then `end` once the run is final.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{id}/logs",
+    tag = "runs",
+    params(("id" = Uuid, Path, description = "Run id"), LogsQuery),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, body = RunLogs, description = "the output; with follow=true a text/event-stream of them"),
+        (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    )
+)]
+async fn runs_logs(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(q): ApiQuery<LogsQuery>,
+) -> Result<axum::response::Response, Error> {
+    use axum::response::IntoResponse;
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let first = read_logs(&state, id).await?.ok_or_else(|| Error::not_found("run", id))?;
+    if !q.follow {
+        return Ok(Json(first).into_response());
+    }
+    // (state, the last logs sent, done): each step waits, reads, and sends
+    // what changed; a read that fails ends the stream (the client retries).
+    let stream = futures::stream::unfold((state, None::<RunLogs>, false), move |(state, last, done)| async move {
+        if done {
+            return None;
+        }
+        loop {
+            if last.is_some() {
+                tokio::time::sleep(FOLLOW_EVERY).await;
+            }
+            let logs = match read_logs(&state, id).await {
+                Ok(Some(l)) => l,
+                _ => return None,
+            };
+            if logs.status.is_final() {
+                let data = serde_json::to_string(&logs).unwrap_or_default();
+                let events = vec![
+                    Ok::<_, std::convert::Infallible>(Event::default().event("logs").data(data)),
+                    Ok(Event::default().event("end").data(logs.status.as_str())),
+                ];
+                return Some((futures::stream::iter(events), (state, Some(logs), true)));
+            }
+            if last.as_ref() != Some(&logs) {
+                let data = serde_json::to_string(&logs).unwrap_or_default();
+                let events = vec![Ok(Event::default().event("logs").data(data))];
+                return Some((futures::stream::iter(events), (state, Some(logs), false)));
+            }
+        }
+    });
+    use futures::StreamExt;
+    let sse = Sse::new(stream.flatten()).keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(5)));
+    Ok(sse.into_response())
 }
 
 /// A page of runs, with how many runs (of the automation, or all) are in

@@ -25,8 +25,9 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::metrics::Metrics;
-use crate::model::{Automation, PluginLogLine, Run, RunOutput, RunStatus, StatusDetail};
+use crate::model::{Automation, DisabledReason, PluginLogLine, Run, RunOutput, RunStatus, StatusDetail};
 use crate::plugins::manifest::{Capability, Kind};
+use crate::plugins::registry::LookupError;
 use crate::plugins::{Bundle, CallError, CallReport, ExecStatus, Registry, RunContext};
 use crate::store::{Dialect, RunChanges, Store};
 
@@ -75,6 +76,15 @@ pub struct Settings {
     pub start_attempts: u32,
     /// First retry delay (doubles each time, capped at 30 s).
     pub retry_base: Duration,
+    /// Failed runs in a row that disable an automation (0: never).
+    pub failure_disable_threshold: u32,
+}
+
+/// Why a run's bundle could not be made, and whether that disables the
+/// automation (it will not work again until someone changes it).
+struct BundleError {
+    message: String,
+    disable: Option<DisabledReason>,
 }
 
 /// The dispatcher of one host.
@@ -406,6 +416,7 @@ impl Dispatcher {
                 Ok(Some(_)) => {
                     self.metrics.runs_finished.add(to.as_str(), 1);
                     tracing::info!(run.id = %run.id, automation.id = %run.automation_id, status = %to, reason, attempts, "run finished");
+                    self.run_ended(run.automation_id, to).await;
                     return true;
                 }
                 Ok(None) => return false,
@@ -419,6 +430,48 @@ impl Dispatcher {
                     tokio::time::sleep(delay).await;
                 }
             }
+        }
+    }
+
+    /// After a run of `automation_id` ended `status`: a failure may be the
+    /// last of `failure_disable_threshold` in a row since the automation
+    /// was enabled, which disables it (see [`plan::failure_streak`]).
+    pub async fn run_ended(&self, automation_id: Uuid, status: RunStatus) {
+        let threshold = self.settings.failure_disable_threshold;
+        if threshold == 0 || !matches!(status, RunStatus::Failed | RunStatus::TimedOut) {
+            return;
+        }
+        let streak = async {
+            let Some(a) = self.store.get_automation(automation_id).await? else { return Ok(None) };
+            if !a.enabled {
+                return Ok(None);
+            }
+            let since = a.enabled_at.unwrap_or(a.created_at);
+            let recent = self.store.recent_outcomes(automation_id, since, threshold).await?;
+            Ok::<_, crate::store::Error>(plan::failure_streak(threshold, &recent))
+        };
+        match streak.await {
+            Ok(Some(runs)) => {
+                let names = runs.iter().map(Uuid::to_string).collect::<Vec<_>>().join(", ");
+                let detail = format!("its last {threshold} runs failed: {names}");
+                self.disable(automation_id, DisabledReason::Failures, &detail).await;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(automation.id = %automation_id, error = %e, "cannot check the automation's failures")
+            }
+        }
+    }
+
+    /// Disables an enabled automation for `reason` (once: the first reason stays).
+    async fn disable(&self, automation_id: Uuid, reason: DisabledReason, detail: &str) {
+        match self.store.disable_automation(automation_id, reason, detail).await {
+            Ok(true) => {
+                self.metrics.automations_disabled.add(reason.as_str(), 1);
+                tracing::warn!(automation.id = %automation_id, reason = reason.as_str(), detail, "automation disabled");
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(automation.id = %automation_id, error = %e, "cannot disable the automation"),
         }
     }
 
@@ -457,6 +510,9 @@ impl Dispatcher {
             }
             Err(e) => {
                 let msg = format!("executor: {e}");
+                if matches!(e, LookupError::Unknown { .. }) {
+                    self.disable(automation.id, DisabledReason::PluginMissing, &msg).await;
+                }
                 self.finish(&run, &log, RunStatus::Failed, &msg, None, Some(msg.clone())).await;
                 return;
             }
@@ -508,8 +564,11 @@ impl Dispatcher {
     ) -> Option<String> {
         let bundle = match self.bundle(automation).await {
             Ok(b) => b,
-            Err(msg) => {
-                self.finish(run, log, RunStatus::Failed, &msg, None, Some(msg.clone())).await;
+            Err(BundleError { message, disable }) => {
+                if let Some(reason) = disable {
+                    self.disable(automation.id, reason, &message).await;
+                }
+                self.finish(run, log, RunStatus::Failed, &message, None, Some(message.clone())).await;
                 return None;
             }
         };
@@ -556,18 +615,30 @@ impl Dispatcher {
     }
 
     /// The bundle a run executes: the upload's archive and/or the preset's files.
-    async fn bundle(&self, automation: &Automation) -> Result<Bundle, String> {
+    async fn bundle(&self, automation: &Automation) -> Result<Bundle, BundleError> {
         let mut bundle = Bundle::default();
         if let Some(preset) = &automation.preset {
-            let plugin = self.plugins.require(&preset.name, Kind::Preset).map_err(|e| format!("preset: {e}"))?;
+            let plugin = self.plugins.require(&preset.name, Kind::Preset).map_err(|e| BundleError {
+                disable: matches!(e, LookupError::Unknown { .. }).then_some(DisabledReason::PluginMissing),
+                message: format!("preset: {e}"),
+            })?;
             let config = preset.config.to_string();
             let (result, _) = self.plugins.blocking(move |rt| rt.preset_render(&plugin, &config)).await;
-            bundle = result.map_err(|e| format!("the preset could not render the bundle: {e}"))?;
+            bundle = result.map_err(|e| BundleError {
+                disable: (!e.is_transient()).then_some(DisabledReason::BadBundle),
+                message: format!("the preset could not render the bundle: {e}"),
+            })?;
         }
         if let Some(b) = &automation.bundle {
-            let bytes =
-                self.store.get_upload_content(b.upload_id).await.map_err(|e| format!("cannot read the bundle: {e}"))?;
-            bundle.archive = Some(bytes.ok_or_else(|| format!("the bundle upload {} no longer exists", b.upload_id))?);
+            let bytes = self
+                .store
+                .get_upload_content(b.upload_id)
+                .await
+                .map_err(|e| BundleError { message: format!("cannot read the bundle: {e}"), disable: None })?;
+            bundle.archive = Some(bytes.ok_or_else(|| BundleError {
+                message: format!("the bundle upload {} no longer exists", b.upload_id),
+                disable: Some(DisabledReason::BadBundle),
+            })?);
         }
         if let Some(e) = &automation.entrypoint {
             bundle.entrypoint = e.clone();
@@ -575,7 +646,10 @@ impl Dispatcher {
         bundle.env.extend(automation.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         bundle.env.extend(automation.secret_env.0.iter().map(|(k, v)| (k.clone(), v.clone())));
         if bundle.entrypoint.trim().is_empty() {
-            return Err("the run has no entrypoint".into());
+            return Err(BundleError {
+                message: "the run has no entrypoint".into(),
+                disable: Some(DisabledReason::BadBundle),
+            });
         }
         Ok(bundle)
     }
@@ -596,6 +670,7 @@ impl Dispatcher {
         // A local process of this run ending wakes the loop at once (the
         // executor is polled early); remote executors keep the interval.
         let ended = self.plugins.runtime().sandbox().ended_signal(run.id);
+        let mut last_progress: Option<String> = None;
         loop {
             // Someone else may have ended the run: a cancel, a callback.
             match self.store.get_run_status(run.id).await {
@@ -626,7 +701,10 @@ impl Dispatcher {
             log_report(run.id, executor.name(), "poll", &report);
             log.add("poll", &report);
             match result {
-                Ok(ExecStatus::Running) => errors = 0,
+                Ok(ExecStatus::Running) => {
+                    errors = 0;
+                    self.note_progress(run.id, &mut last_progress).await;
+                }
                 Ok(ExecStatus::Succeeded(out)) => {
                     self.finish(run, log, RunStatus::Succeeded, "the executor reported success", Some(out), None).await;
                     return;
@@ -674,6 +752,22 @@ impl Dispatcher {
                 () = ended.notified(), if errors == 0 => {}
             }
         }
+    }
+
+    /// Records what a local run last wrote to its progress file, when it
+    /// changed (the file is read on this host, where the run's workspace is).
+    async fn note_progress(&self, run_id: Uuid, last: &mut Option<String>) {
+        let Some(text) = self.plugins.runtime().sandbox().read_progress(run_id) else { return };
+        if last.as_deref() == Some(text.as_str()) {
+            return;
+        }
+        if let Some(progress) = crate::model::RunProgress::from_file(&text)
+            && let Err(e) = self.store.set_progress(run_id, &progress).await
+        {
+            tracing::warn!(run.id = %run_id, error = %e, "cannot record the run's progress");
+            return;
+        }
+        *last = Some(text);
     }
 
     async fn cancel_on_executor(

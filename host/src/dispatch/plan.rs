@@ -2,7 +2,7 @@
 //! without a database; the store reads the candidates and applies the
 //! choice in one transaction).
 
-use crate::model::ConcurrencyPolicy;
+use crate::model::{ConcurrencyPolicy, RunStatus};
 use crate::store::{ClaimCandidates, ClaimChoice};
 
 /// Goes through the pending runs oldest first: a deleted automation's runs
@@ -26,6 +26,23 @@ pub fn choose_claims(candidates: &ClaimCandidates, budget: usize) -> ClaimChoice
         }
     }
     choice
+}
+
+/// Whether an automation's latest run outcomes (newest first: succeeded,
+/// failed or timed out, since it was last enabled) disable it: the newest
+/// `threshold` of them all failed (timed-out counts as failed). Returns the
+/// failed runs, oldest first, to name them; `threshold` 0 never disables.
+pub fn failure_streak(threshold: u32, recent: &[(uuid::Uuid, RunStatus)]) -> Option<Vec<uuid::Uuid>> {
+    let n = threshold as usize;
+    if n == 0 || recent.len() < n {
+        return None;
+    }
+    let streak = &recent[..n];
+    if streak.iter().all(|(_, s)| matches!(s, RunStatus::Failed | RunStatus::TimedOut)) {
+        Some(streak.iter().rev().map(|(id, _)| *id).collect())
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -90,5 +107,21 @@ mod tests {
         let choice = choose_claims(&c, 10);
         assert_eq!(ids(&choice.claim), [10]);
         assert_eq!(ids(&choice.skip), [11]);
+    }
+
+    #[test]
+    fn failures_in_a_row_disable_and_a_success_breaks_the_streak() {
+        use RunStatus::*;
+        let r = |v: &[(u128, RunStatus)]| v.iter().map(|(i, s)| (Uuid::from_u128(*i), *s)).collect::<Vec<_>>();
+        // Newest first: three failures (one a timeout) disable at 3, named oldest first.
+        let three = r(&[(9, Failed), (8, TimedOut), (7, Failed), (6, Succeeded)]);
+        assert_eq!(failure_streak(3, &three).map(|v| ids(&v)), Some(vec![7, 8, 9]));
+        // A success among the newest three: no.
+        assert_eq!(failure_streak(3, &r(&[(9, Failed), (8, Succeeded), (7, Failed)])), None);
+        // Not enough runs since it was enabled.
+        assert_eq!(failure_streak(3, &r(&[(9, Failed), (8, Failed)])), None);
+        // 0 turns it off.
+        assert_eq!(failure_streak(0, &three), None);
+        assert_eq!(failure_streak(1, &r(&[(9, TimedOut)])).map(|v| ids(&v)), Some(vec![9]));
     }
 }

@@ -299,6 +299,10 @@ type Notes = Arc<Mutex<HashMap<Uuid, Vec<String>>>>;
 /// driver polls its executor at once instead of at its next interval.
 type Ended = Arc<Mutex<HashMap<Uuid, Arc<tokio::sync::Notify>>>>;
 
+/// The file at a workspace's top a run writes its progress to
+/// (`AUTOMATION_PROGRESS_FILE`, set by the local-sandbox executor).
+pub const PROGRESS_FILE: &str = ".automation-progress";
+
 /// The host side of the `sandbox` interface, shared by every executor call.
 pub struct Sandbox {
     root: PathBuf,
@@ -619,6 +623,83 @@ impl Sandbox {
             let _ = p.control.send(Control::Terminate);
         }
         Ok(())
+    }
+
+    /// What the run's processes on this host wrote so far, in the order
+    /// they started (setup, then the command), for live logs; `None` when
+    /// this host has none of them (another host runs it, or it is over).
+    pub fn live_output(&self, run_id: Uuid) -> Option<ProcessOutput> {
+        let mut mine: Vec<(u64, Arc<Process>)> = {
+            let table = self.processes.lock().expect("process table");
+            table
+                .iter()
+                .filter(|(_, p)| p.run_id == run_id)
+                .map(|(k, p)| (k.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0), p.clone()))
+                .collect()
+        };
+        if mine.is_empty() {
+            return None;
+        }
+        mine.sort_by_key(|(n, _)| *n);
+        let mut out = ProcessOutput {
+            state: ProcessState::Exited(0),
+            stdout: String::new(),
+            stderr: String::new(),
+            truncated: false,
+        };
+        for (_, p) in &mine {
+            let snap = p.snapshot();
+            out.stdout.push_str(&snap.stdout);
+            out.stderr.push_str(&snap.stderr);
+            out.truncated |= snap.truncated;
+            if snap.state == ProcessState::Running || out.state != ProcessState::Running {
+                out.state = snap.state;
+            }
+        }
+        Some(out)
+    }
+
+    /// The end (at most 4 KiB) of the progress file a run writes at its
+    /// workspace's top (`$AUTOMATION_PROGRESS_FILE`), if there is one. The
+    /// run controls that file, so it is opened without following a
+    /// symbolic link or blocking on a FIFO, and read only when it is a
+    /// regular file with no other link (never a hard link to a file the
+    /// host can read and the run cannot).
+    pub fn read_progress(&self, run_id: Uuid) -> Option<String> {
+        use std::io::{Read, Seek, SeekFrom};
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        let path = self.workspace(run_id).join(PROGRESS_FILE);
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)
+            .ok()?;
+        let meta = f.metadata().ok()?;
+        if !meta.is_file() || meta.nlink() != 1 {
+            return None;
+        }
+        f.seek(SeekFrom::Start(meta.len().saturating_sub(4096))).ok()?;
+        let mut buf = Vec::with_capacity(4096);
+        f.take(4096).read_to_end(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf).into_owned())
+    }
+
+    /// Runs whose workspace directory is still on disk, was last changed
+    /// before `before`, and has no process of this host going: kept
+    /// workspaces (`keep_workspace`) and ones a crash left, for the
+    /// retention sweep to remove (after it checked the run is final).
+    pub fn stale_workspaces(&self, before: std::time::SystemTime) -> Vec<Uuid> {
+        let Ok(entries) = std::fs::read_dir(&self.root) else { return Vec::new() };
+        let busy: std::collections::HashSet<Uuid> =
+            self.processes.lock().expect("process table").values().map(|p| p.run_id).collect();
+        entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let id = Uuid::parse_str(e.file_name().to_str()?).ok()?;
+                let modified = e.metadata().ok()?.modified().ok()?;
+                (modified < before && !busy.contains(&id)).then_some(id)
+            })
+            .collect()
     }
 
     /// Ends the run's processes and removes its workspace.

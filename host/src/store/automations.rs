@@ -1,5 +1,6 @@
 //! Automations: insert, read, list, update and soft-delete.
 
+use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 use sqlx::types::Json;
 use uuid::Uuid;
@@ -7,14 +8,14 @@ use uuid::Uuid;
 use super::types::{DbId, DbTime};
 use super::{Result, Store, to_u32, with_db};
 use crate::model::{
-    Automation, BundleRef, ConcurrencyPolicy, ExecutorRef, FilterErrors, PresetRef, RunStatus, SecretEnv, StatusDetail,
-    Trigger,
+    Automation, BundleRef, ConcurrencyPolicy, DisabledReason, ExecutorRef, FilterErrors, PresetRef, RunStatus,
+    SecretEnv, StatusDetail, Trigger,
 };
 
 const COLUMNS: &str = "id, name, trigger, bundle_upload_id, preset, entrypoint, env, executor, \
     timeout_seconds, enabled, concurrency, concurrency_policy, filter_error_count, \
     last_filter_error, last_filter_error_at, last_triggered_at, next_fire_at, created_at, updated_at, secret_env, \
-    description, tags";
+    description, tags, draft, disabled_reason, disabled_detail, disabled_at, enabled_at";
 
 struct DeletedFlag(bool);
 
@@ -42,6 +43,11 @@ struct Row {
     secret_env: Option<String>,
     description: String,
     tags: String,
+    draft: bool,
+    disabled_reason: Option<String>,
+    disabled_detail: Option<String>,
+    disabled_at: Option<DbTime>,
+    enabled_at: Option<DbTime>,
 }
 
 /// Tags as stored: `,a,b,` (empty for none), so `like '%,tag,%'` finds one.
@@ -83,6 +89,14 @@ impl Row {
             executor: r.executor.0,
             timeout_seconds: to_u32(r.timeout_seconds, "timeout_seconds")?,
             enabled: r.enabled,
+            draft: r.draft,
+            disabled_reason: r
+                .disabled_reason
+                .map(|s| DisabledReason::parse(&s).ok_or_else(|| super::Error::Corrupt(format!("disabled_reason {s}"))))
+                .transpose()?,
+            disabled_detail: r.disabled_detail,
+            disabled_at: r.disabled_at.map(|t| t.0),
+            enabled_at: r.enabled_at.map(|t| t.0),
             concurrency: to_u32(r.concurrency, "concurrency")?,
             concurrency_policy: ConcurrencyPolicy::parse(&r.concurrency_policy)
                 .ok_or_else(|| super::Error::Corrupt(format!("concurrency_policy {}", r.concurrency_policy)))?,
@@ -112,6 +126,8 @@ pub struct AutomationFilter {
     pub source: Option<String>,
     /// Only ones whose name contains this (case-insensitive).
     pub name_contains: Option<String>,
+    /// Only drafts (true) or only the others (false).
+    pub draft: Option<bool>,
 }
 
 /// One page of automations, newest first.
@@ -123,8 +139,9 @@ pub struct AutomationPage {
     pub total: i64,
 }
 
-/// Binds `$1..$16`: the id, every editable field, `next_fire_at` and
-/// `updated_at`, in the order the insert and the update both use.
+/// Binds `$1..$21`: the id, every editable field, `next_fire_at`,
+/// `updated_at` and the state (draft, why and since when disabled, since
+/// when enabled), in the order the insert and the update both use.
 macro_rules! bind_fields {
     ($query:expr, $a:expr) => {
         $query
@@ -144,6 +161,11 @@ macro_rules! bind_fields {
             .bind($a.concurrency_policy.as_str())
             .bind($a.next_fire_at.map(DbTime::new))
             .bind(DbTime::new($a.updated_at))
+            .bind($a.draft)
+            .bind($a.disabled_reason.map(DisabledReason::as_str))
+            .bind(&$a.disabled_detail)
+            .bind($a.disabled_at.map(DbTime::new))
+            .bind($a.enabled_at.map(DbTime::new))
     };
 }
 
@@ -161,8 +183,10 @@ impl Store {
     pub async fn insert_automation(&self, a: &Automation) -> Result<()> {
         let sql = "insert into automations (id, name, trigger, trigger_type, event_source, \
             bundle_upload_id, preset, entrypoint, env, executor, timeout_seconds, enabled, \
-            concurrency, concurrency_policy, next_fire_at, updated_at, created_at, secret_env, description, tags) \
-            values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)";
+            concurrency, concurrency_policy, next_fire_at, updated_at, draft, disabled_reason, disabled_detail, \
+            disabled_at, enabled_at, created_at, secret_env, description, tags) \
+            values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, \
+            $21, $22, $23, $24, $25)";
         let sealed = self.seal_secret_env(a)?;
         let tags = tags_column(&a.tags);
         with_db!(self, write, |db| {
@@ -225,10 +249,11 @@ impl Store {
             and ($2 is null or trigger_type = $2) \
             and ($3 is null or tags like $3 escape '\\') \
             and ($4 is null or event_source = $4) \
-            and ($5 is null or lower(name) like $5 escape '\\')";
+            and ($5 is null or lower(name) like $5 escape '\\') \
+            and ($6 is null or draft = $6)";
         let page_sql = format!(
-            "select {COLUMNS} from automations where {where_} and ($6 is null or id < $6) \
-             order by id desc limit $7"
+            "select {COLUMNS} from automations where {where_} and ($7 is null or id < $7) \
+             order by id desc limit $8"
         );
         let count_sql = format!("select count(*) from automations where {where_}");
         let tag = filter.tag.as_deref().map(|t| format!("%,{},%", like_escape(&t.to_lowercase())));
@@ -240,6 +265,7 @@ impl Store {
                 .bind(tag.as_deref())
                 .bind(filter.source.as_deref())
                 .bind(name.as_deref())
+                .bind(filter.draft)
                 .bind(before.map(DbId))
                 .bind(i64::from(limit))
                 .fetch_all(db)
@@ -250,6 +276,7 @@ impl Store {
                 .bind(tag.as_deref())
                 .bind(filter.source.as_deref())
                 .bind(name.as_deref())
+                .bind(filter.draft)
                 .fetch_one(db)
                 .await?;
             (rows, total)
@@ -279,8 +306,9 @@ impl Store {
         let sql = "update automations set name = $2, trigger = $3, trigger_type = $4, \
             event_source = $5, bundle_upload_id = $6, preset = $7, entrypoint = $8, env = $9, \
             executor = $10, timeout_seconds = $11, enabled = $12, concurrency = $13, \
-            concurrency_policy = $14, next_fire_at = $15, updated_at = $16, secret_env = $17, \
-            description = $18, tags = $19 where id = $1 and deleted_at is null";
+            concurrency_policy = $14, next_fire_at = $15, updated_at = $16, draft = $17, disabled_reason = $18, \
+            disabled_detail = $19, disabled_at = $20, enabled_at = $21, secret_env = $22, \
+            description = $23, tags = $24 where id = $1 and deleted_at is null";
         let sealed = self.seal_secret_env(a)?;
         let tags = tags_column(&a.tags);
         let done = with_db!(self, write, |db| {
@@ -291,6 +319,57 @@ impl Store {
                 .execute(db)
                 .await?
                 .rows_affected()
+        });
+        Ok(done == 1)
+    }
+
+    /// The statuses of an automation's latest runs that ended `succeeded`,
+    /// `failed` or `timed_out` after `since`, newest first, at most `limit`
+    /// (what decides whether failures disable it).
+    pub async fn recent_outcomes(
+        &self,
+        automation_id: Uuid,
+        since: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<(Uuid, RunStatus)>> {
+        let rows: Vec<(DbId, String)> = with_db!(self, read, |db| {
+            sqlx::query_as(
+                "select id, status from runs where automation_id = $1 \
+                 and status in ('succeeded', 'failed', 'timed_out') and finished_at >= $2 \
+                 order by id desc limit $3",
+            )
+            .bind(DbId(automation_id))
+            .bind(DbTime::new(since))
+            .bind(i64::from(limit))
+            .fetch_all(db)
+            .await?
+        });
+        rows.into_iter()
+            .map(|(id, s)| {
+                RunStatus::parse(&s)
+                    .map(|st| (id.0, st))
+                    .ok_or_else(|| super::Error::Corrupt(format!("run status {s}")))
+            })
+            .collect()
+    }
+
+    /// Disables a live, enabled automation for `reason`; false if it was
+    /// already disabled (or is gone), so the first reason stays.
+    pub async fn disable_automation(&self, id: Uuid, reason: DisabledReason, detail: &str) -> Result<bool> {
+        let now = crate::model::now();
+        let done = with_db!(self, write, |db| {
+            sqlx::query(
+                "update automations set enabled = false, next_fire_at = null, disabled_reason = $2, \
+                 disabled_detail = $3, disabled_at = $4, updated_at = $4 \
+                 where id = $1 and enabled and deleted_at is null",
+            )
+            .bind(DbId(id))
+            .bind(reason.as_str())
+            .bind(detail)
+            .bind(DbTime::new(now))
+            .execute(db)
+            .await?
+            .rows_affected()
         });
         Ok(done == 1)
     }

@@ -18,6 +18,7 @@ mod dispatch;
 mod events;
 mod health;
 mod plugins;
+mod retention;
 mod runs;
 mod scheduler;
 mod settings;

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::types::{DbId, DbTime};
 use super::{Result, Store, status_list, to_u32, with_db};
-use crate::model::{PluginLogLine, Run, RunOutput, RunStatus, RunTrigger, StatusDetail};
+use crate::model::{PluginLogLine, Run, RunOutput, RunProgress, RunStatus, RunTrigger, StatusDetail};
 
 /// Inserts a run (with its `rerun_of`) and marks its automation as
 /// triggered, inside the transaction `$tx` (a macro: the body is typed per
@@ -47,7 +47,7 @@ macro_rules! insert_run_in {
 /// carry their copy in `trigger`, which wins.
 pub(super) const COLUMNS: &str = "id, automation_id, status, status_detail, trigger, attempt, \
     executor, executor_handle, output, error, plugin_log, created_at, started_at, finished_at, \
-    timeout_at, updated_at, rerun_of, \
+    timeout_at, updated_at, rerun_of, progress, \
     (select d.payload from deliveries d where d.id = runs.event_id) as event_payload";
 
 #[derive(FromRow)]
@@ -69,6 +69,7 @@ pub(super) struct Row {
     timeout_at: Option<DbTime>,
     updated_at: DbTime,
     rerun_of: Option<DbId>,
+    progress: Option<Json<RunProgress>>,
     event_payload: Option<String>,
 }
 
@@ -102,6 +103,7 @@ impl TryFrom<Row> for Run {
             timeout_at: r.timeout_at.map(|t| t.0),
             updated_at: r.updated_at.0,
             rerun_of: r.rerun_of.map(|id| id.0),
+            progress: r.progress.map(|p| p.0),
         })
     }
 }
@@ -237,6 +239,20 @@ impl Store {
                 .await?
         });
         Ok(rows.into_iter().collect())
+    }
+
+    /// Records a run's progress while it is pending or running; false if
+    /// it is final (or gone).
+    pub async fn set_progress(&self, id: Uuid, progress: &RunProgress) -> Result<bool> {
+        let n = with_db!(self, write, |db| {
+            sqlx::query("update runs set progress = $2 where id = $1 and status in ('pending', 'running')")
+                .bind(DbId(id))
+                .bind(Json(progress))
+                .execute(db)
+                .await?
+                .rows_affected()
+        });
+        Ok(n == 1)
     }
 
     /// Deletes a run that reached a final status.
