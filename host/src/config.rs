@@ -281,6 +281,17 @@ pub struct Config {
     #[arg(long, env = "AUTOMATION_FAILURE_DISABLE_THRESHOLD", default_value_t = 5, global = true)]
     pub failure_disable_threshold: u32,
 
+    /// Attempts to deliver a run notification before it is given up
+    /// (retried after 1 s, doubling, at most an hour apart).
+    #[arg(long, env = "AUTOMATION_NOTIFY_ATTEMPTS", default_value_t = 10, global = true)]
+    pub notify_attempts: u32,
+
+    /// Internal addresses run notifications may reach, comma-separated,
+    /// each optionally with a port (`127.0.0.1:9000`); by default only
+    /// public addresses are reached.
+    #[arg(long, env = "AUTOMATION_NOTIFY_ALLOWED_HOSTS", global = true)]
+    pub notify_allowed_hosts: Option<String>,
+
     /// Executor start attempts before a transient failure fails the run.
     #[arg(long, env = "AUTOMATION_START_ATTEMPTS", default_value_t = 5, global = true)]
     pub start_attempts: u32,
@@ -479,6 +490,7 @@ impl Config {
             ("AUTOMATION_LEASE_SECONDS", self.lease_seconds),
             ("AUTOMATION_START_ATTEMPTS", u64::from(self.start_attempts)),
             ("AUTOMATION_RETENTION_SWEEP_SECONDS", self.retention_sweep_seconds),
+            ("AUTOMATION_NOTIFY_ATTEMPTS", u64::from(self.notify_attempts)),
             ("AUTOMATION_SANDBOX_MEMORY_MB", self.sandbox_memory_mb),
             ("AUTOMATION_SANDBOX_PROCESSES", self.sandbox_processes),
             ("AUTOMATION_SANDBOX_OPEN_FILES", self.sandbox_open_files),
@@ -490,6 +502,11 @@ impl Config {
             if value == 0 {
                 problems.push(format!("{name} must be greater than 0"));
             }
+        }
+        if let Some(hosts) = &self.notify_allowed_hosts
+            && let Err(e) = crate::notify::parse_allowed(hosts)
+        {
+            problems.push(e);
         }
         if self.delivery_retention_hours < 72 {
             problems.push("AUTOMATION_DELIVERY_RETENTION_HOURS must be at least 72 (the dedup window)".to_owned());

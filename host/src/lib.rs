@@ -27,6 +27,7 @@ pub mod dispatch;
 pub mod events;
 pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod plugin_cli;
 pub mod plugin_new;
 pub mod plugins;
@@ -223,6 +224,20 @@ pub async fn serve(
         sup.spawn("retention", move |stop| {
             let sweeper = sweeper.clone();
             async move { sweeper.run(stop).await }
+        });
+    }
+    {
+        let settings = notify::Settings {
+            attempts: config.notify_attempts,
+            allowed: notify::parse_allowed(config.notify_allowed_hosts.as_deref().unwrap_or_default())
+                .map_err(anyhow::Error::msg)?,
+            retry_base: Duration::from_secs(1),
+            public_url: config.public_url.clone().unwrap_or_else(|| format!("http://{local}")),
+        };
+        let notifier = Arc::new(notify::Notifier::new(store.clone(), metrics.clone(), settings));
+        sup.spawn("notifier", move |stop| {
+            let notifier = notifier.clone();
+            async move { notifier.run(stop).await }
         });
     }
     let state = api::AppState::new(

@@ -107,6 +107,8 @@ pub struct Metrics {
     /// Records the retention sweep removed, by kind (`runs`, `slots`,
     /// `dispatch_keys`, `deliveries`, `workspaces`).
     pub retention_removed: LabeledCounter,
+    /// Run notification attempts by outcome (`delivered`, `retried`, `failed`).
+    pub notifications: LabeledCounter,
 }
 
 impl Default for Metrics {
@@ -125,6 +127,7 @@ impl Default for Metrics {
             background_restarts: LabeledCounter::default(),
             automations_disabled: LabeledCounter::default(),
             retention_removed: LabeledCounter::default(),
+            notifications: LabeledCounter::default(),
         }
     }
 }
@@ -185,6 +188,12 @@ impl Metrics {
             "automation_retention_removed_total",
             "kind",
             "Records the retention sweep removed (runs, slots, dispatch_keys, deliveries, workspaces).",
+        );
+        self.notifications.render(
+            &mut out,
+            "automation_notifications_total",
+            "outcome",
+            "Run notification attempts: delivered, retried (failed, tried again later), failed (given up).",
         );
         let _ = writeln!(
             out,

@@ -221,6 +221,79 @@ impl std::fmt::Debug for SecretEnv {
     }
 }
 
+/// A value the API takes but never gives back: it serializes (and prints
+/// with `{:?}`) as the mask.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize, ToSchema)]
+#[schema(value_type = String)]
+pub struct WriteOnly(pub String);
+
+impl Serialize for WriteOnly {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(MASK)
+    }
+}
+
+impl std::fmt::Debug for WriteOnly {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(MASK)
+    }
+}
+
+/// Where an automation's run endings are sent: a Standard Webhooks
+/// message (`webhook-id`, `webhook-timestamp`, `webhook-signature`) POSTed
+/// to `url`, retried with backoff until the receiver answers 2xx.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyTarget {
+    /// An `http` or `https` URL. Names must resolve to public addresses;
+    /// internal ones need `AUTOMATION_NOTIFY_ALLOWED_HOSTS`.
+    pub url: String,
+    /// The final statuses that send a message (default `failed`, `timed_out`).
+    #[serde(default = "default_notify_on")]
+    pub on: Vec<RunStatus>,
+    /// The signing secret (write-only): `whsec_` and base64, as Standard
+    /// Webhooks libraries take it, or any 16 to 200 characters (used as bytes).
+    pub secret: WriteOnly,
+}
+
+fn default_notify_on() -> Vec<RunStatus> {
+    vec![RunStatus::Failed, RunStatus::TimedOut]
+}
+
+impl NotifyTarget {
+    /// The key the signatures are made with: the base64 after `whsec_`, or
+    /// the secret's bytes.
+    pub fn key(&self) -> Vec<u8> {
+        use base64::Engine as _;
+        self.secret
+            .0
+            .strip_prefix("whsec_")
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .unwrap_or_else(|| self.secret.0.as_bytes().to_vec())
+    }
+}
+
+/// One notification of a run's end and how its delivery went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NotificationRecord {
+    /// Its id (the message's `webhook-id`).
+    pub id: Uuid,
+    /// `pending` (waiting or retrying), `delivered` or `failed` (given up).
+    pub status: String,
+    /// POSTs tried so far.
+    pub attempts: u32,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// The receiver's last HTTP status.
+    pub last_status_code: Option<u16>,
+    /// When the receiver took it.
+    pub delivered_at: Option<DateTime<Utc>>,
+    /// When the next attempt is due, while pending.
+    pub next_attempt_at: DateTime<Utc>,
+    /// When the run's end queued it.
+    pub created_at: DateTime<Utc>,
+}
+
 /// An automation: a trigger, what to run and which executor runs it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Automation {
@@ -270,6 +343,10 @@ pub struct Automation {
     /// towards disabling it after failures.
     #[serde(default)]
     pub enabled_at: Option<DateTime<Utc>>,
+    /// Where the host sends a signed message when a run ends in one of the
+    /// listed statuses.
+    #[serde(default)]
+    pub notify: Option<NotifyTarget>,
     /// The most runs of this automation that may be `running` at once.
     pub concurrency: u32,
     /// What a run over the concurrency limit does.
@@ -518,6 +595,10 @@ pub struct Run {
     /// The latest progress it reported while going.
     #[serde(default)]
     pub progress: Option<RunProgress>,
+    /// The messages its end sent to the automation's `notify` target
+    /// (shown by `GET /v1/runs/{id}`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<NotificationRecord>,
 }
 
 /// A phase (and optionally how far along) a run reported: through
@@ -589,6 +670,7 @@ impl Run {
             plugin_log: Vec::new(),
             rerun_of: None,
             progress: None,
+            notifications: Vec::new(),
             created_at: now,
             started_at: None,
             finished_at: None,
@@ -856,6 +938,7 @@ mod tag_tests {
             disabled_detail: Some("its last 5 runs failed".into()),
             disabled_at: Some(t0),
             enabled_at: None,
+            notify: None,
             concurrency: 1,
             concurrency_policy: ConcurrencyPolicy::Queue,
             filter_errors: FilterErrors::default(),

@@ -7,7 +7,8 @@
 //!   `AUTOMATION_RUN_RETENTION_KEEP`;
 //! - **cron slots** recorded that long ago, except each automation's newest
 //!   as many;
-//! - **idempotency keys** older than their 24 hours;
+//! - **idempotency keys** older than their 24 hours, and the notifications
+//!   of runs that are gone;
 //! - **deliveries** past `AUTOMATION_DELIVERY_RETENTION_HOURS` that no run
 //!   refers to any more;
 //! - **workspaces** left on disk (`keep_workspace`, or by a crash) unchanged
@@ -56,6 +57,8 @@ pub struct Removed {
     pub slots: u64,
     /// Idempotency keys.
     pub dispatch_keys: u64,
+    /// Notifications of runs that are gone.
+    pub notifications: u64,
     /// Deliveries.
     pub deliveries: u64,
     /// Workspaces.
@@ -91,6 +94,7 @@ impl Sweeper {
                     runs = r.runs,
                     slots = r.slots,
                     dispatch_keys = r.dispatch_keys,
+                    notifications = r.notifications,
                     deliveries = r.deliveries,
                     workspaces = r.workspaces,
                     "retention sweep removed old records"
@@ -120,6 +124,8 @@ impl Sweeper {
                     .await?;
             }
         }
+        removed.notifications +=
+            self.batches(stop, "notifications", || self.store.purge_orphan_notifications(BATCH)).await?;
         let day_ago = now - chrono::Duration::hours(24);
         removed.dispatch_keys +=
             self.batches(stop, "dispatch_keys", || self.store.purge_dispatch_keys(day_ago, BATCH)).await?;

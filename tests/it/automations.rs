@@ -35,7 +35,8 @@ async fn plugin_configs_are_checked_against_their_schema_when_saved(backend: Bac
         (with(json!({"script": "echo", "interpreter": "perl"}), json!({})), "preset.config.interpreter: \"perl\""),
         (with(json!({"script": ""}), json!({})), "preset.config.script: "),
     ] {
-        s.post("/v1/automations", body).await.expect_error(422, "invalid_config", needle);
+        let code = if needle.starts_with("preset") { "invalid_preset_config" } else { "invalid_executor_config" };
+        s.post("/v1/automations", body).await.expect_error(422, code, needle);
     }
     assert_eq!(s.get("/v1/automations").await.expect(200).body["total"], 0, "nothing stored");
     let a = s.post("/v1/automations", with(ok.clone(), json!({"keep_workspace": true}))).await.expect(201);
@@ -44,7 +45,7 @@ async fn plugin_configs_are_checked_against_their_schema_when_saved(backend: Bac
         json!({"executor": {"plugin": "local-sandbox", "config": {"network": 5}}}),
     )
     .await
-    .expect_error(422, "invalid_config", "executor.config.network");
+    .expect_error(422, "invalid_executor_config", "executor.config.network");
 }
 
 async fn create_read_list_every_trigger_type(backend: Backend) {

@@ -25,6 +25,8 @@ mod states;
 mod retention;
 // Live run logs (and their stream) and progress reports.
 mod run_logs;
+// Completion notifications: signed, retried, recorded, never into the host's network.
+mod notify;
 // Runs carried out by executor plugins: output, timeouts, cancel, rescue.
 mod dispatch;
 // The local sandbox against hostile bundles: every escape blocked.

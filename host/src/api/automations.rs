@@ -17,7 +17,7 @@ use uuid::Uuid;
 use super::extract::parse_json;
 use super::{ApiJson, ApiPath, ApiQuery, AppState, Caller, Error, ErrorBody, Page, PageQuery};
 use crate::model::{
-    Automation, BundleRef, ConcurrencyPolicy, ExecutorRef, PresetRef, Run, RunTrigger, SecretEnv, Trigger,
+    Automation, BundleRef, ConcurrencyPolicy, ExecutorRef, NotifyTarget, PresetRef, Run, RunTrigger, SecretEnv, Trigger,
 };
 use crate::plugins::manifest::Kind;
 use crate::plugins::registry::LookupError;
@@ -96,6 +96,9 @@ pub(crate) struct AutomationCreate {
     /// What a run over the limit does: `queue` (default) or `skip`.
     #[serde(default)]
     pub concurrency_policy: Option<ConcurrencyPolicy>,
+    /// Where to send a signed message when a run ends in one of `on`.
+    #[serde(default)]
+    pub notify: Option<NotifyTarget>,
 }
 
 /// The body of `PATCH /v1/automations/{id}`: any subset of the fields;
@@ -143,6 +146,11 @@ pub(crate) struct AutomationPatch {
     pub concurrency: Option<u32>,
     /// New concurrency policy.
     pub concurrency_policy: Option<ConcurrencyPolicy>,
+    /// New notification target, or null to remove it; a `secret` sent back
+    /// as `********` keeps the stored one.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<NotifyTarget>)]
+    pub notify: Option<Option<NotifyTarget>>,
 }
 
 /// Distinguishes an absent field (outer `None`) from `null` (`Some(None)`).
@@ -223,6 +231,7 @@ async fn automations_create(
         disabled_detail: None,
         disabled_at: None,
         enabled_at: None,
+        notify: body.notify,
         concurrency: body.concurrency.unwrap_or(DEFAULT_CONCURRENCY),
         concurrency_policy: body.concurrency_policy.unwrap_or_default(),
         filter_errors: Default::default(),
@@ -325,6 +334,7 @@ async fn automations_update(
         draft,
         concurrency,
         concurrency_policy,
+        notify,
     } = patch;
     if let Some(v) = name {
         a.name = v;
@@ -373,6 +383,14 @@ async fn automations_update(
     }
     if let Some(v) = concurrency_policy {
         a.concurrency_policy = v;
+    }
+    if let Some(mut v) = notify {
+        if let (Some(new), Some(old)) = (&mut v, &a.notify)
+            && new.secret.0 == crate::model::MASK
+        {
+            new.secret = old.secret.clone();
+        }
+        a.notify = v;
     }
     a.updated_at = crate::model::now();
     validate(&state, &a).await?;
@@ -800,7 +818,7 @@ async fn validate(state: &AppState, a: &Automation) -> Result<(), Error> {
     if let Some(p) = &a.preset {
         check_name("preset.name", &p.name)?;
         check_json_object("preset.config", &p.config)?;
-        check_config(state, "preset.config", &p.name, &p.config)?;
+        check_config(state, "invalid_preset_config", "preset.config", &p.name, &p.config)?;
         let bundle = render_preset(state, p).await?;
         if bundle.entrypoint.trim().is_empty() && a.entrypoint.is_none() {
             return Err(Error::invalid(
@@ -812,7 +830,7 @@ async fn validate(state: &AppState, a: &Automation) -> Result<(), Error> {
     check_name("executor.plugin", &a.executor.plugin)?;
     check_json_object("executor.config", &a.executor.config)?;
     check_plugin(state, "executor.plugin", &a.executor.plugin, Kind::Executor)?;
-    check_config(state, "executor.config", &a.executor.plugin, &a.executor.config)?;
+    check_config(state, "invalid_executor_config", "executor.config", &a.executor.plugin, &a.executor.config)?;
     check_env(&a.env)?;
     check_env(&a.secret_env.0)?;
     if let Some(name) = a.secret_env.0.keys().find(|k| a.env.contains_key(*k)) {
@@ -823,6 +841,9 @@ async fn validate(state: &AppState, a: &Automation) -> Result<(), Error> {
             "invalid_timeout",
             format!("timeout_seconds must be 1 to {MAX_TIMEOUT_SECONDS} (got {})", a.timeout_seconds),
         ));
+    }
+    if let Some(n) = &a.notify {
+        crate::notify::check_target(n).map_err(|e| Error::invalid("invalid_notify", e.0))?;
     }
     if !(1..=1000).contains(&a.concurrency) {
         return Err(Error::invalid(
@@ -840,7 +861,7 @@ async fn validate(state: &AppState, a: &Automation) -> Result<(), Error> {
 /// the value masked where the schema marks the field `writeOnly`. A
 /// plugin without a schema takes any object; one whose schema this host
 /// cannot compile too, with a warning (the plugin's own check still runs).
-fn check_config(state: &AppState, field: &str, plugin: &str, config: &Value) -> Result<(), Error> {
+fn check_config(state: &AppState, code: &'static str, field: &str, plugin: &str, config: &Value) -> Result<(), Error> {
     let Some(schema) = state.plugins.get(plugin).and_then(|p| p.description.as_ref()?.config_schema.clone()) else {
         return Ok(());
     };
@@ -857,7 +878,7 @@ fn check_config(state: &AppState, field: &str, plugin: &str, config: &Value) -> 
     let secret = path.first().is_some_and(|top| write_only_in(&schema).iter().any(|f| f == top));
     let message = if secret { error.masked().to_string() } else { error.to_string() };
     let at = if path.is_empty() { field.to_owned() } else { format!("{field}.{}", path.join(".")) };
-    Err(Error::invalid("invalid_config", format!("{at}: {message} (the schema of plugin {plugin})")))
+    Err(Error::invalid(code, format!("{at}: {message} (the schema of plugin {plugin})")))
 }
 
 /// The top-level configuration fields a plugin's JSON Schema marks

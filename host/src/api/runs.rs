@@ -316,7 +316,11 @@ async fn runs_rerun(
     responses((status = 200, body = Run), (status = 404, body = ErrorBody))
 )]
 async fn runs_get(State(state): State<AppState>, ApiPath(id): ApiPath<Uuid>) -> Result<Json<Run>, Error> {
-    state.store.get_run(id).await?.map(Json).ok_or_else(|| Error::not_found("run", id))
+    let mut run = state.store.get_run(id).await?.ok_or_else(|| Error::not_found("run", id))?;
+    if run.status.is_final() {
+        run.notifications = state.store.run_notifications(id).await?;
+    }
+    Ok(Json(run))
 }
 
 /// Cancels a pending or running run. A running run's executor is told to

@@ -8,14 +8,15 @@ use uuid::Uuid;
 use super::types::{DbId, DbTime};
 use super::{Result, Store, to_u32, with_db};
 use crate::model::{
-    Automation, BundleRef, ConcurrencyPolicy, DisabledReason, ExecutorRef, FilterErrors, PresetRef, RunStatus,
-    SecretEnv, StatusDetail, Trigger,
+    Automation, BundleRef, ConcurrencyPolicy, DisabledReason, ExecutorRef, FilterErrors, NotifyTarget, PresetRef,
+    RunStatus, SecretEnv, StatusDetail, Trigger, WriteOnly,
 };
 
 const COLUMNS: &str = "id, name, trigger, bundle_upload_id, preset, entrypoint, env, executor, \
     timeout_seconds, enabled, concurrency, concurrency_policy, filter_error_count, \
     last_filter_error, last_filter_error_at, last_triggered_at, next_fire_at, created_at, updated_at, secret_env, \
-    description, tags, draft, disabled_reason, disabled_detail, disabled_at, enabled_at";
+    description, tags, draft, disabled_reason, disabled_detail, disabled_at, enabled_at, \
+    notify_url, notify_on, notify_secret";
 
 struct DeletedFlag(bool);
 
@@ -48,6 +49,9 @@ struct Row {
     disabled_detail: Option<String>,
     disabled_at: Option<DbTime>,
     enabled_at: Option<DbTime>,
+    notify_url: Option<String>,
+    notify_on: Option<String>,
+    notify_secret: Option<String>,
 }
 
 /// Tags as stored: `,a,b,` (empty for none), so `like '%,tag,%'` finds one.
@@ -58,6 +62,17 @@ fn tags_column(tags: &[String]) -> String {
 /// `s` for a LIKE pattern: `\`, `%` and `_` escaped (with `escape '\'`).
 fn like_escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+}
+
+/// Statuses as stored for `notify_on`: `,failed,timed_out,`, so
+/// `like '%,failed,%'` finds one.
+pub(super) fn statuses_column(statuses: &[RunStatus]) -> String {
+    format!(",{},", statuses.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(","))
+}
+
+/// Where an automation's sealed notification secret belongs.
+fn notify_secret_aad(id: Uuid) -> String {
+    format!("automations.notify_secret:{id}")
 }
 
 /// Where an automation's sealed secret environment belongs.
@@ -75,7 +90,23 @@ impl Row {
                 SecretEnv(serde_json::from_str(&json).map_err(|e| super::Error::Corrupt(format!("secret_env: {e}")))?)
             }
         };
+        let notify = match (&r.notify_url, &r.notify_secret) {
+            (Some(url), Some(sealed)) => Some(NotifyTarget {
+                url: url.clone(),
+                on: r
+                    .notify_on
+                    .as_deref()
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(|s| RunStatus::parse(s).ok_or_else(|| super::Error::Corrupt(format!("notify_on {s}"))))
+                    .collect::<Result<_>>()?,
+                secret: WriteOnly(store.open_secret(&notify_secret_aad(r.id.0), sealed)?),
+            }),
+            _ => None,
+        };
         Ok(Automation {
+            notify,
             secret_env,
             id: r.id.0,
             name: r.name,
@@ -179,22 +210,34 @@ impl Store {
         self.seal(&secret_env_aad(a.id), &json).map(Some)
     }
 
+    /// The stored form of an automation's notification target: URL,
+    /// statuses, sealed secret (all `None` without one).
+    fn notify_columns(&self, a: &Automation) -> Result<(Option<String>, Option<String>, Option<String>)> {
+        let Some(n) = &a.notify else { return Ok((None, None, None)) };
+        let sealed = self.seal(&notify_secret_aad(a.id), &n.secret.0)?;
+        Ok((Some(n.url.clone()), Some(statuses_column(&n.on)), Some(sealed)))
+    }
+
     /// Inserts a new automation.
     pub async fn insert_automation(&self, a: &Automation) -> Result<()> {
         let sql = "insert into automations (id, name, trigger, trigger_type, event_source, \
             bundle_upload_id, preset, entrypoint, env, executor, timeout_seconds, enabled, \
             concurrency, concurrency_policy, next_fire_at, updated_at, draft, disabled_reason, disabled_detail, \
-            disabled_at, enabled_at, created_at, secret_env, description, tags) \
+            disabled_at, enabled_at, created_at, secret_env, description, tags, notify_url, notify_on, notify_secret) \
             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, \
-            $21, $22, $23, $24, $25)";
+            $21, $22, $23, $24, $25, $26, $27, $28)";
         let sealed = self.seal_secret_env(a)?;
         let tags = tags_column(&a.tags);
+        let (notify_url, notify_on, notify_secret) = self.notify_columns(a)?;
         with_db!(self, write, |db| {
             bind_fields!(sqlx::query(sql), a)
                 .bind(DbTime::new(a.created_at))
                 .bind(&sealed)
                 .bind(&a.description)
                 .bind(&tags)
+                .bind(&notify_url)
+                .bind(&notify_on)
+                .bind(&notify_secret)
                 .execute(db)
                 .await?;
         });
@@ -308,14 +351,19 @@ impl Store {
             executor = $10, timeout_seconds = $11, enabled = $12, concurrency = $13, \
             concurrency_policy = $14, next_fire_at = $15, updated_at = $16, draft = $17, disabled_reason = $18, \
             disabled_detail = $19, disabled_at = $20, enabled_at = $21, secret_env = $22, \
-            description = $23, tags = $24 where id = $1 and deleted_at is null";
+            description = $23, tags = $24, notify_url = $25, notify_on = $26, notify_secret = $27 \
+            where id = $1 and deleted_at is null";
         let sealed = self.seal_secret_env(a)?;
         let tags = tags_column(&a.tags);
+        let (notify_url, notify_on, notify_secret) = self.notify_columns(a)?;
         let done = with_db!(self, write, |db| {
             bind_fields!(sqlx::query(sql), a)
                 .bind(&sealed)
                 .bind(&a.description)
                 .bind(&tags)
+                .bind(&notify_url)
+                .bind(&notify_on)
+                .bind(&notify_secret)
                 .execute(db)
                 .await?
                 .rows_affected()

@@ -135,6 +135,7 @@ impl Store {
                     pending: pending.into_iter().map(|(run, auto)| (run.0, auto.0)).collect(),
                 };
                 let ClaimChoice { claim: claim_ids, skip: skip_ids, cancel: cancel_ids } = choose(&candidates);
+                let automation_of: HashMap<Uuid, Uuid> = candidates.pending.iter().copied().collect();
 
                 let mut claim = Claim::default();
                 if !claim_ids.is_empty() {
@@ -186,6 +187,11 @@ impl Store {
                         q = q.bind(DbId(*id));
                     }
                     q.execute(&mut *tx).await?;
+                    for id in ids {
+                        if let Some(automation) = automation_of.get(id) {
+                            super::notifications::notify_in!(tx, *id, *automation, status, now);
+                        }
+                    }
                 }
                 claim.skipped = skip_ids;
                 claim.cancelled = cancel_ids;

@@ -104,6 +104,7 @@ impl TryFrom<Row> for Run {
             updated_at: r.updated_at.0,
             rerun_of: r.rerun_of.map(|id| id.0),
             progress: r.progress.map(|p| p.0),
+            notifications: Vec::new(),
         })
     }
 }
@@ -347,8 +348,11 @@ impl Store {
                  where id = $1 and status in ({}) returning {COLUMNS}",
                     status_list(from)
                 );
+                // A run that ends queues its notification in the same
+                // transaction: never an end without its message, nor two.
                 let row: Option<Row> = with_db!(self, write, |db| {
-                    sqlx::query_as(&sql)
+                    let mut tx = db.begin().await?;
+                    let row: Option<Row> = sqlx::query_as(&sql)
                         .bind(DbId(id))
                         .bind(to.as_str())
                         .bind(Json(detail))
@@ -357,8 +361,15 @@ impl Store {
                         .bind(changes.error)
                         .bind(changes.output.map(Json))
                         .bind(changes.plugin_log.map(Json))
-                        .fetch_optional(db)
-                        .await?
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    if let Some(r) = &row
+                        && to.is_final()
+                    {
+                        super::notifications::notify_in!(tx, r.id.0, r.automation_id.0, to, detail.at);
+                    }
+                    tx.commit().await?;
+                    row
                 });
                 row.map(Run::try_from).transpose()
             }
