@@ -50,6 +50,8 @@ mod wasi;
 mod polyglot;
 // WIT releases side by side: a committed 0.1.0 guest next to 0.2.0 ones.
 mod wit_versions;
+// Built-in providers (GitLab, Slack, Standard Webhooks) with their published sample payloads.
+mod provider_sources;
 // Source plugins: Linear's webhooks, and a source plugin that misbehaves.
 mod source_plugins;
 // The HTTP front against slow clients and floods.

@@ -123,9 +123,18 @@ async fn events_custom(
                 Error::Unauthorized(e.to_string())
             })?;
     let (payload, text) = parse_payload(&state, &body)?;
+    let preset = src.preset.as_deref().and_then(crate::events::presets::Preset::parse);
+    if let Some(answer) = preset.and_then(|p| p.handshake(&payload)) {
+        // A handshake (Slack's url_verification), signed like any delivery:
+        // answered, not stored.
+        return Ok((StatusCode::OK, Json(answer)).into_response());
+    }
     let key = keys::custom_key(&src.event_key_expr, &payload).unwrap_or(None);
     let configured = src.delivery_id_header.as_deref().and_then(|h| header(&headers, h)).map(str::to_owned);
-    ingest(&state, &source, configured.or(checked.delivery_id), key, text).await.map(IntoResponse::into_response)
+    let in_payload = preset.and_then(|p| p.payload_delivery_id(&payload));
+    ingest(&state, &source, configured.or(checked.delivery_id).or(in_payload), key, text)
+        .await
+        .map(IntoResponse::into_response)
 }
 
 /// How far a timestamped signature scheme's timestamp may be from now.

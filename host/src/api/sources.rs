@@ -11,6 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{ApiJson, ApiPath, AppState, Error, ErrorBody};
+use crate::events::presets::Preset;
 use crate::events::signature::Scheme;
 use crate::store::Source;
 
@@ -49,6 +50,13 @@ pub(crate) struct SourceCreate {
     /// verifies and reads this source's deliveries with its secret, instead
     /// of the HMAC check and the three fields above (which must then be absent).
     plugin: Option<String>,
+    /// A built-in provider that sets the scheme, headers and event key
+    /// (which must then be absent): `gitlab` (`X-Gitlab-Token`, key
+    /// `merge_request.open`/`push`, dedup on `X-Gitlab-Event-UUID`),
+    /// `slack` (`X-Slack-Signature`, key `event.type`, dedup on `event_id`,
+    /// answers `url_verification`), `standard-webhooks` (key `type`, dedup
+    /// on `webhook-id`).
+    preset: Option<String>,
 }
 
 /// A created source; `secret` only when the host generated it.
@@ -109,6 +117,36 @@ async fn sources_create(
         }
         super::automations::check_plugin(&state, "plugin", plugin, crate::plugins::manifest::Kind::Source)?;
     }
+    let preset = match body.preset.as_deref() {
+        None => None,
+        Some(p) => Some(Preset::parse(p).ok_or_else(|| {
+            let all: Vec<&str> = Preset::ALL.iter().map(|p| p.as_str()).collect();
+            Error::invalid("invalid_preset", format!("preset must be one of {} (got {p:?})", all.join(", ")))
+        })?),
+    };
+    let mut body = body;
+    if let Some(p) = preset {
+        if body.plugin.is_some()
+            || body.signature_header.is_some()
+            || body.signature_scheme.is_some()
+            || body.event_key_expr.is_some()
+            || body.delivery_id_header.is_some()
+        {
+            return Err(Error::invalid(
+                "preset_sets_fields",
+                format!(
+                    "preset {} sets signature_scheme, signature_header, event_key_expr and delivery_id_header; \
+                     give none of them (nor a plugin)",
+                    p.as_str()
+                ),
+            ));
+        }
+        let set = p.settings();
+        body.signature_scheme = Some(set.scheme.as_str().to_owned());
+        body.signature_header = Some(set.signature_header.to_owned());
+        body.event_key_expr = Some(set.event_key_expr.to_owned());
+        body.delivery_id_header = set.delivery_id_header.map(str::to_owned);
+    }
     let scheme = match body.signature_scheme.as_deref() {
         None => Scheme::HmacSha256,
         Some(s) => Scheme::parse(s).ok_or_else(|| {
@@ -145,6 +183,7 @@ async fn sources_create(
         event_key_expr,
         delivery_id_header: body.delivery_id_header,
         plugin: body.plugin,
+        preset: preset.map(|p| p.as_str().to_owned()),
         created_at: crate::model::now(),
         secret: secret.clone(),
     };

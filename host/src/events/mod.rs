@@ -16,6 +16,7 @@
 
 pub mod keys;
 pub mod matcher;
+pub mod presets;
 pub mod signature;
 
 use std::sync::Arc;

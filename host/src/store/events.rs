@@ -133,6 +133,11 @@ pub struct Source {
     /// the HMAC check and key expression above, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plugin: Option<String>,
+    /// The built-in provider it was made for (`gitlab`, `slack`,
+    /// `standard-webhooks`), which set the fields above and may answer a
+    /// handshake (Slack's `url_verification`); none for a custom source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
     /// When it was created.
     pub created_at: DateTime<Utc>,
     /// The HMAC secret (never serialized).
@@ -150,6 +155,7 @@ struct SourceRow {
     delivery_id_header: Option<String>,
     plugin: Option<String>,
     created_at: DbTime,
+    preset: Option<String>,
 }
 
 /// Where a source's sealed secret belongs (its associated data).
@@ -168,6 +174,7 @@ impl SourceRow {
             delivery_id_header: self.delivery_id_header,
             plugin: self.plugin,
             created_at: self.created_at.0,
+            preset: self.preset,
         })
     }
 }
@@ -396,7 +403,7 @@ impl Store {
         let n = with_db!(self, write, |db| {
             sqlx::query(
                 "insert into event_sources (name, secret, signature_header, event_key_expr, delivery_id_header, \
-                 plugin, created_at, updated_at, signature_scheme) values ($1, $2, $3, $4, $5, $6, $7, $7, $8) \
+                 plugin, created_at, updated_at, signature_scheme, preset) values ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9) \
                  on conflict (name) do nothing",
             )
             .bind(&s.name)
@@ -407,6 +414,7 @@ impl Store {
             .bind(&s.plugin)
             .bind(DbTime::new(s.created_at))
             .bind(&s.signature_scheme)
+            .bind(&s.preset)
             .execute(db)
             .await?
             .rows_affected()
@@ -418,8 +426,8 @@ impl Store {
     pub async fn get_source(&self, name: &str) -> Result<Option<Source>> {
         let row: Option<SourceRow> = with_db!(self, read, |db| {
             sqlx::query_as(
-                "select name, secret, signature_scheme, signature_header, event_key_expr, delivery_id_header, plugin, created_at \
-                 from event_sources where name = $1",
+                "select name, secret, signature_scheme, signature_header, event_key_expr, delivery_id_header, plugin, created_at, \
+                 preset from event_sources where name = $1",
             )
             .bind(name)
             .fetch_optional(db)
@@ -447,8 +455,8 @@ impl Store {
     pub async fn list_sources(&self) -> Result<Vec<Source>> {
         let rows: Vec<SourceRow> = with_db!(self, read, |db| {
             sqlx::query_as(
-                "select name, secret, signature_scheme, signature_header, event_key_expr, delivery_id_header, plugin, created_at \
-                 from event_sources order by name",
+                "select name, secret, signature_scheme, signature_header, event_key_expr, delivery_id_header, plugin, created_at, \
+                 preset from event_sources order by name",
             )
             .fetch_all(db)
             .await?
