@@ -3,7 +3,7 @@
 //! BENCHMARKS.md with these figures and the micro benchmarks' (run `cargo
 //! bench --bench micro` first; `just bench` does both).
 //!
-//! Scenarios (set `LOAD_ONLY=ingest,e2e,sandbox,scheduler,dispatch,startup,retention` to pick):
+//! Scenarios (set `LOAD_ONLY=ingest,e2e,sandbox,scheduler,dispatch,startup,retention,wakeup` to pick):
 //! - ingest: signed 14 KB GitHub deliveries, 100 filtered automations, 1/16/64
 //!   senders, SQLite and Postgres: throughput, p50/p99 acknowledgement, non-2xx;
 //! - e2e: event -> run `succeeded` through the local-sandbox executor, with the
@@ -12,7 +12,8 @@
 //! - scheduler: 10,000 automations due in the same second; steady fire lag;
 //! - dispatch: runs per second with a no-op executor, one and two hosts;
 //! - startup: time to /ready with cached plugins, idle RSS;
-//! - retention: acknowledgement latency while the sweep deletes 90,000 old runs.
+//! - retention: acknowledgement latency while the sweep deletes 90,000 old runs;
+//! - wakeup: a run made on one host, claimed by another (Postgres LISTEN/NOTIFY).
 //!
 //! `LOAD_HOST_BINARY=/path/to/automation-host` runs the scenarios against
 //! another build (an interleaved A/B against older code, for example).
@@ -267,6 +268,66 @@ async fn ingest(report: &mut Report, db: Db, senders: usize) {
             pct(&lat, 0.99),
             lat.last().copied().unwrap_or(f64::NAN),
             n as f64 / drain
+        ),
+    );
+}
+
+// --- cross-host wake-ups ------------------------------------------------------
+
+/// Time from a run's creation on one host (which dispatches nothing) to its
+/// claim by another, idle host on the same Postgres: 200 manual runs, one
+/// every 100 ms, a no-op executor. The claim loop polls every second; a
+/// `NOTIFY` from the creating host wakes it at once.
+async fn wakeup(report: &mut Report) {
+    let url = new_pg_db().await;
+    let plugins = tempfile::tempdir().unwrap();
+    std::fs::copy(format!("{}/test_noop_executor.wasm", env!("GUEST_WASM_DIR")), plugins.path().join("noop.wasm"))
+        .unwrap();
+    std::fs::write(plugins.path().join("noop.toml"), "name = \"noop\"\nkind = \"executor\"\n").unwrap();
+    let plugins_dir = plugins.path().display().to_string();
+    // Replicas of one database share its secret key.
+    let key = "ab".repeat(32);
+    let api_host = start(
+        Some(&url),
+        &[
+            ("AUTOMATION_NO_DISPATCH", "true"),
+            ("AUTOMATION_PLUGINS_DIR", &plugins_dir),
+            ("AUTOMATION_SECRET_KEY", &key),
+        ],
+    );
+    let worker = start(Some(&url), &[("AUTOMATION_PLUGINS_DIR", &plugins_dir), ("AUTOMATION_SECRET_KEY", &key)]);
+    let c = client();
+    let body = json!({"name": "woken", "trigger": {"type": "manual"},
+        "preset": {"name": "script", "config": {"script": "true"}}, "executor": {"plugin": "noop"}, "concurrency": 1000});
+    let a = api(&c, reqwest::Method::POST, format!("{}/v1/automations", api_host.base), Some(body)).await;
+    let a = a["id"].as_str().unwrap().to_owned();
+    let mut ids = Vec::new();
+    for _ in 0..200 {
+        let r = api(&c, reqwest::Method::POST, format!("{}/v1/automations/{a}/dispatch", api_host.base), None).await;
+        ids.push(r["id"].as_str().unwrap().to_owned());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut waits = Vec::new();
+    for id in &ids {
+        let run = loop {
+            let r = api(&c, reqwest::Method::GET, format!("{}/v1/runs/{id}", worker.base), None).await;
+            if r["started_at"].is_string() {
+                break r;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let t = |k: &str| chrono::DateTime::parse_from_rfc3339(run[k].as_str().unwrap()).unwrap();
+        waits.push((t("started_at") - t("created_at")).num_microseconds().unwrap() as f64 / 1000.0);
+    }
+    waits.sort_by(f64::total_cmp);
+    report.add(
+        "wakeup",
+        format!(
+            "| Postgres | 2 (one creates, one claims) | {} | {:.1} ms | {:.1} ms | {:.1} ms |",
+            waits.len(),
+            pct(&waits, 0.5),
+            pct(&waits, 0.99),
+            waits.last().copied().unwrap_or(f64::NAN)
         ),
     );
 }
@@ -862,6 +923,7 @@ fn write_markdown(report: &Report, machine: &str, ran: &str) {
         ("dispatch", "## Dispatch"),
         ("startup", "## Start-up"),
         ("retention", "## Retention"),
+        ("wakeup", "## Cross-host wake-up"),
     ];
     let rows = |s: &str| {
         report.rows.get(s).map(|r| r.join("\n")).unwrap_or_else(|| {
@@ -904,7 +966,11 @@ Ten starts, time from spawning the process to `GET /ready` answering 200, and re
 100 automations with 1,000 finished runs each, created 60 days ago. 16 senders post signed 14 KB deliveries for 8 s, first with the sweep off \
 (`AUTOMATION_RUN_RETENTION_DAYS=0`), then after a restart with it on (30 days, keep 100), so the sweep deletes 90,000 runs, 500 per statement, \
 while the deliveries are acknowledged. *Swept* is when the last of them was gone.\n\n\
-| database | senders | acks (sweep off) | p50 | p99 | non-2xx | acks (sweeping) | p50 | p99 | non-2xx | swept |\n|---|---|---|---|---|---|---|---|---|---|---|\n{}\n",
+| database | senders | acks (sweep off) | p50 | p99 | non-2xx | acks (sweeping) | p50 | p99 | non-2xx | swept |\n|---|---|---|---|---|---|---|---|---|---|---|\n{}\n\n\
+## Cross-host wake-up: (LOAD_ONLY=wakeup)\n\n\
+200 manual runs made one every 100 ms on a host that dispatches nothing; another host on the same Postgres claims them (a no-op executor). \
+Time from a run's creation to its claim (`started_at - created_at`). The claim loop polls every second; `LISTEN/NOTIFY` wakes it.\n\n\
+| database | hosts | runs | p50 | p99 | max |\n|---|---|---|---|---|---|\n{}\n",
         micro("plugin/instantiate", "instantiation from `InstancePre` (pooling, copy-on-write)", "p50 ≤ 10 µs"),
         micro("plugin/warm_call_noop", "warm host-to-guest call (a no-op `validate`)", "hundreds of ns"),
         micro(
@@ -936,6 +1002,7 @@ while the deliveries are acknowledged. *Swept* is when the last of them was gone
         rows("dispatch"),
         rows("startup"),
         rows("retention"),
+        rows("wakeup"),
     );
     // Only the generated part is replaced; the notes below it are kept.
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../BENCHMARKS.md");
@@ -982,6 +1049,9 @@ fn main() {
         if want("scheduler") {
             scheduler(&mut report, Db::Sqlite).await;
             scheduler(&mut report, Db::Postgres).await;
+        }
+        if want("wakeup") {
+            wakeup(&mut report).await;
         }
         if want("retention") {
             retention(&mut report, Db::Sqlite).await;

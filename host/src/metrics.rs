@@ -109,6 +109,8 @@ pub struct Metrics {
     pub retention_removed: LabeledCounter,
     /// Run notification attempts by outcome (`delivered`, `retried`, `failed`).
     pub notifications: LabeledCounter,
+    /// Claim-loop wake-ups that came from another host (`notify`: Postgres LISTEN).
+    pub dispatch_wakeups: LabeledCounter,
 }
 
 impl Default for Metrics {
@@ -128,6 +130,7 @@ impl Default for Metrics {
             automations_disabled: LabeledCounter::default(),
             retention_removed: LabeledCounter::default(),
             notifications: LabeledCounter::default(),
+            dispatch_wakeups: LabeledCounter::default(),
         }
     }
 }
@@ -188,6 +191,12 @@ impl Metrics {
             "automation_retention_removed_total",
             "kind",
             "Records the retention sweep removed (runs, slots, dispatch_keys, deliveries, workspaces).",
+        );
+        self.dispatch_wakeups.render(
+            &mut out,
+            "automation_dispatch_wakeups_total",
+            "source",
+            "Claim-loop wake-ups sent by another host (notify: Postgres LISTEN/NOTIFY).",
         );
         self.notifications.render(
             &mut out,

@@ -27,8 +27,10 @@ pub enum Trigger {
     /// An incoming signed event.
     Event {
         /// The event source: `github` or a custom source's name.
+        #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")]
         source: String,
         /// Event keys that fire the automation, exact or glob (`pull_request.*`).
+        #[schema(min_items = 1, max_items = 50)]
         on: Vec<String>,
         /// Optional filter expression evaluated against the payload.
         #[serde(default, skip_serializing_if = "Option::is_none")]

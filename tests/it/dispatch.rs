@@ -281,3 +281,28 @@ async fn a_granted_name_resolving_to_an_internal_address_is_refused() {
     assert_eq!(done["status"], "failed", "{done}");
     assert!(hits.load(std::sync::atomic::Ordering::SeqCst) >= 1, "a listed address must stay reachable: {done}");
 }
+
+/// A run made on one host (here one that dispatches nothing) wakes an idle
+/// other host through Postgres `LISTEN/NOTIFY`, instead of waiting for its
+/// next poll; the waking host counts it. Postgres only: SQLite is one host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_made_on_one_host_wakes_the_other_hosts() {
+    if crate::support::skip_postgres() {
+        eprintln!("AUTOMATION_TEST_SKIP_POSTGRES=1: not run (it needs two hosts on one Postgres)");
+        return;
+    }
+    let api = TestServer::start_with(Backend::Postgres, &[("AUTOMATION_NO_DISPATCH", "true")]).await;
+    let worker = api.start_peer(&[]).await;
+    let a = api.post("/v1/automations", script_automation("woken", "echo woken", json!({}))).await.expect(201).id();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let run = api.post(&format!("/v1/automations/{a}/dispatch"), json!({})).await.expect(201).id();
+    let done = wait_final(&worker, &run, 30).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let metrics = worker.get("/metrics").await.text;
+    let woken = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("automation_dispatch_wakeups_total{source=\"notify\"} "))
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(woken >= 1, "the worker was not woken by the other host: {metrics}");
+}

@@ -1,4 +1,4 @@
-use crate::support::{Backend, TestServer};
+use crate::support::{Backend, KEY, TestServer};
 use reqwest::Method;
 
 /// Every operation the description lists is served (not 404/405), and every
@@ -101,4 +101,57 @@ async fn openapi_matches_the_routes() {
     for word in ["`read`", "`operate`", "`write`", "`plugins`", "`admin`", "403", "revoked"] {
         assert!(description.contains(word), "the description does not explain {word}");
     }
+}
+
+/// schemathesis (pinned in `tests/schemathesis/requirements.txt`, installed
+/// into `target/tmp` on first use) against the served description with an
+/// admin key, every check, bounded and seeded: each status the server
+/// answers is one the description lists, and each request valid by the
+/// description is accepted. The README's test command runs it (PyPI needed
+/// on first use), so the description cannot drift from the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_the_description_true() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let requirements = repo.join("tests/schemathesis/requirements.txt");
+    let pin = std::fs::read_to_string(&requirements).unwrap();
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(pin.as_bytes()));
+    let venv = repo.join(format!("target/tmp/schemathesis-{}", &digest[..12]));
+    let st = venv.join("bin/schemathesis");
+    // A venv's scripts name its own path, so it is made in place; the
+    // marker says the install finished.
+    let done = venv.join(".installed");
+    if !done.exists() {
+        let _ = std::fs::remove_dir_all(&venv);
+        let ok = std::process::Command::new("python3").arg("-m").arg("venv").arg(&venv).status().unwrap();
+        assert!(ok.success(), "python3 -m venv failed (python3 with venv is needed)");
+        let pip = std::process::Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+            .arg(&requirements)
+            .status()
+            .unwrap();
+        assert!(pip.success(), "pip install -r tests/schemathesis/requirements.txt failed (PyPI needed)");
+        std::fs::write(&done, pin.as_bytes()).unwrap();
+    }
+    let s = TestServer::start(Backend::Sqlite).await;
+    let base = format!("http://127.0.0.1:{}", s.port());
+    let out = tokio::process::Command::new(&st)
+        .current_dir(std::env::temp_dir())
+        .env("SCHEMATHESIS_HOOKS", "hooks")
+        .env("PYTHONPATH", repo.join("tests/schemathesis"))
+        .env("NO_COLOR", "1")
+        .arg("--config-file")
+        .arg(repo.join("tests/schemathesis/schemathesis.toml"))
+        .arg("run")
+        .arg(format!("{base}/openapi.json"))
+        .args(["-H", &format!("Authorization: Bearer {KEY}")])
+        .args(["--checks", "all", "--phases", "examples,coverage,fuzzing", "--max-examples", "25", "--seed", "1"])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "schemathesis found the description untrue:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -50,6 +50,7 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub(crate) struct AutomationCreate {
     /// A name, 1 to 200 characters.
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     pub name: String,
     /// What it is for, up to 2,000 characters.
     #[serde(default)]
@@ -70,12 +71,10 @@ pub(crate) struct AutomationCreate {
     pub entrypoint: Option<String>,
     /// Environment variables for every run.
     #[serde(default)]
-    #[schema(value_type = Object)]
     pub env: BTreeMap<String, String>,
     /// Secret environment variables for every run: stored sealed, never
     /// shown again (reads give each name with `********`).
     #[serde(default)]
-    #[schema(value_type = Object)]
     pub secret_env: BTreeMap<String, String>,
     /// The executor (default: the host's `AUTOMATION_DEFAULT_EXECUTOR`).
     #[serde(default)]
@@ -127,7 +126,6 @@ pub(crate) struct AutomationPatch {
     #[schema(value_type = Option<String>)]
     pub entrypoint: Option<Option<String>>,
     /// New environment (replaces the old one).
-    #[schema(value_type = Option<Object>)]
     pub env: Option<BTreeMap<String, String>>,
     /// Changes to the secret environment, merged by name: a string sets
     /// that variable, `null` removes it, names not given are kept.
@@ -509,8 +507,7 @@ async fn automations_test(
     ApiPath(id): ApiPath<Uuid>,
     body: Bytes,
 ) -> Result<Json<TestResult>, Error> {
-    let body: TestBody =
-        if body.iter().all(u8::is_ascii_whitespace) { TestBody::default() } else { parse_json(&body)? };
+    let body: TestBody = if no_body(&body) { TestBody::default() } else { parse_json(&body)? };
     let automation = load(&state, id).await?;
     let (mut fires, mut reason, mut filter_verdict) = (true, None, None);
     let mut payload = Value::Object(Default::default());
@@ -620,8 +617,7 @@ async fn automations_dispatch(
             })?)
         }
     };
-    let body: DispatchBody =
-        if body.iter().all(u8::is_ascii_whitespace) { DispatchBody::default() } else { parse_json(&body)? };
+    let body: DispatchBody = if no_body(&body) { DispatchBody::default() } else { parse_json(&body)? };
     let automation = load(&state, id).await?;
     let trigger = RunTrigger {
         kind: "manual".into(),
@@ -748,6 +744,12 @@ async fn automations_slots(
 #[derive(Debug, Deserialize)]
 pub(crate) struct SlotsQuery {
     limit: Option<u32>,
+}
+
+/// An optional body that is absent: empty, blank, or JSON `null`.
+fn no_body(body: &[u8]) -> bool {
+    let text = body.trim_ascii();
+    text.is_empty() || text == b"null"
 }
 
 async fn load(state: &AppState, id: Uuid) -> Result<Automation, Error> {

@@ -38,9 +38,11 @@ fn check_run_token(state: &AppState, id: Uuid, headers: &HeaderMap) -> Result<()
 #[serde(deny_unknown_fields)]
 pub(crate) struct ProgressReport {
     /// What it is doing now, 1 to 200 characters.
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     phase: String,
     /// How far along, 0 to 100.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 100)]
     percent: Option<u8>,
 }
 

@@ -19,6 +19,7 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub(crate) struct EvaluateRequest {
     /// The filter expression.
+    #[schema(min_length = 1, pattern = "\\S")]
     filter: String,
     /// The event payload to evaluate it against.
     #[schema(value_type = Object)]

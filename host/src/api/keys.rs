@@ -26,6 +26,7 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub(crate) struct KeyCreate {
     /// A name to recognise the key by (1 to 200 characters).
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     name: String,
     /// What it may do: `read`, `operate`, `write`, `plugins`, `admin`.
     scopes: Vec<Scope>,

@@ -6,6 +6,7 @@
 
 mod automations;
 mod callback;
+mod describe;
 mod error;
 mod events;
 mod extract;
@@ -161,6 +162,7 @@ pub fn router(state: AppState) -> Router {
     let (public, public_spec) =
         OpenApiRouter::new().merge(health::router()).merge(callback::router()).split_for_parts();
     spec.merge(public_spec);
+    describe::describe_common(&mut spec);
     let spec = Arc::new(spec);
 
     Router::new()

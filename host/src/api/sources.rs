@@ -28,6 +28,7 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub(crate) struct SourceCreate {
     /// The source name: `POST /v1/events/{name}`.
+    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")]
     name: String,
     /// The secret, 16 to 255 characters; generated (and returned once) if
     /// absent (for `standard-webhooks`, a `whsec_` base64 secret).

@@ -53,7 +53,7 @@ async fn uploads_create(
     let limit = state.config.max_upload_bytes;
     let bytes = super::extract::read_limited(body, limit, "the upload", "AUTOMATION_MAX_UPLOAD_BYTES").await?;
     if let Some(name) = &q.name
-        && (name.len() > 200 || name.chars().any(char::is_control))
+        && (name.chars().count() > 200 || name.chars().any(char::is_control))
     {
         return Err(Error::BadRequest(
             "invalid_query",

@@ -102,6 +102,8 @@ pub struct Dispatcher {
     /// Set at shutdown: no more claims or rescues.
     draining: std::sync::atomic::AtomicBool,
     callback_secret: Vec<u8>,
+    /// Set while a wake-up for the other hosts is on its way.
+    notifying: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A run this host is driving.
@@ -134,12 +136,62 @@ impl Dispatcher {
             finished: Notify::new(),
             draining: std::sync::atomic::AtomicBool::new(false),
             callback_secret,
+            notifying: Arc::default(),
         }
     }
 
-    /// Asks the claim loop to look for pending runs now.
+    /// Asks the claim loop to look for pending runs now (runs were made on
+    /// this host), and, on Postgres, the other hosts' too.
     pub fn wake(&self) {
         self.wake.notify_one();
+        if self.store.dialect() == Dialect::Postgres && !self.notifying.swap(true, Ordering::AcqRel) {
+            let (store, notifying) = (self.store.clone(), self.notifying.clone());
+            tokio::spawn(async move {
+                // Cleared first: a wake while this one is sent sends another,
+                // so no commit goes unannounced.
+                notifying.store(false, Ordering::Release);
+                if let Err(e) = store.notify_runs().await {
+                    tracing::debug!(error = %e, "cannot tell the other hosts about new runs; they will poll");
+                }
+            });
+        }
+    }
+
+    /// Wakes the claim loop whenever another host made runs (Postgres
+    /// `LISTEN`); ends at once on SQLite. A hint: the claim loop also polls.
+    async fn listen_loop(self: Arc<Self>, stop: CancellationToken) {
+        let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        loop {
+            let mut listener = match self.store.listen_runs().await {
+                Ok(Some(l)) => l,
+                Ok(None) => return,
+                Err(e) => {
+                    self.metrics.background_errors.add("run-wakeups", 1);
+                    tracing::warn!(error = %e, "cannot listen for other hosts' runs; polling meanwhile");
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(backoff.next_delay()) => continue,
+                    }
+                }
+            };
+            backoff.reset();
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    got = listener.next() => match got {
+                        Ok(()) => {
+                            self.metrics.dispatch_wakeups.add("notify", 1);
+                            self.wake.notify_one();
+                        }
+                        Err(e) => {
+                            self.metrics.background_errors.add("run-wakeups", 1);
+                            tracing::warn!(error = %e, "lost the wake-up listener; listening again");
+                            break;
+                        }
+                    },
+                }
+            }
+        }
     }
 
     /// The completion-callback token of a run: an HMAC of its id under a
@@ -158,6 +210,8 @@ impl Dispatcher {
         sup.spawn("dispatcher", move |stop| this.clone().claim_loop(stop));
         let this = self.clone();
         sup.spawn("heartbeat", move |stop| this.clone().heartbeat_loop(stop));
+        let this = self.clone();
+        sup.spawn("run-wakeups", move |stop| this.clone().listen_loop(stop));
         let this = self.clone();
         sup.spawn("rescue", move |stop| this.clone().rescue_loop(stop));
     }

@@ -111,8 +111,10 @@ impl From<Row> for Delivery {
     }
 }
 
-/// A custom event source.
+/// A custom event source (named `EventSource` in the API description: a
+/// plugin's `Source` is where it came from).
 #[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = EventSource)]
 pub struct Source {
     /// Its name (the `{source}` in `POST /v1/events/{source}`).
     pub name: String,

@@ -25,6 +25,7 @@ mod scheduler;
 mod settings;
 pub(crate) mod types;
 mod uploads;
+mod wakeups;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -45,6 +46,7 @@ pub use runs::{DeleteRun, Dispatched, RunChanges, RunFilter, RunPage};
 pub use scheduler::{DueAutomation, FireReport, FiredSlot, NextFire, PlannedSlot, SlotPlan, SlotRecord};
 pub use settings::SealReport;
 pub use uploads::{DeleteUpload, UploadPage};
+pub use wakeups::RunListener;
 
 static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
