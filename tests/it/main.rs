@@ -64,5 +64,7 @@ mod uploads;
 mod hostile_input;
 // The OpenAPI description matches the routes.
 mod openapi;
+// The web console in a real headless Chromium.
+mod console;
 // The command line: --help, config errors, restarts.
 mod cli;

@@ -61,6 +61,8 @@ async fn openapi_matches_the_routes() {
         "DELETE /v1/runs/{id}",
         "GET /v1/tags",
         "GET /v1/runs/{id}/logs",
+        "GET /v1/me",
+        "GET /v1/schedule",
         "POST /v1/runs/{id}/progress",
         "GET /v1/api-keys",
         "POST /v1/api-keys",

@@ -41,6 +41,7 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(automations_dispatch))
         .routes(routes!(automations_test))
         .routes(routes!(automations_schedule))
+        .routes(routes!(schedule_preview))
         .routes(routes!(automations_slots))
         .routes(routes!(tags_list))
 }
@@ -675,6 +676,49 @@ pub(crate) struct ScheduleView {
     timezone: String,
     /// The next fire times after `after`.
     items: Vec<FireTime>,
+}
+
+/// A cron schedule to try before saving it.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct PreviewQuery {
+    /// The cron expression.
+    schedule: String,
+    /// Its IANA time zone (default `UTC`).
+    timezone: Option<String>,
+    /// How many fire times, 1 to 100 (default 5).
+    count: Option<usize>,
+}
+
+/// The next fire times of a cron schedule not saved yet (what a form shows
+/// as its user types), or a 422 naming the field that is wrong.
+#[utoipa::path(
+    get,
+    path = "/v1/schedule",
+    tag = "automations",
+    params(PreviewQuery),
+    security(("api_key" = [])),
+    responses((status = 200, body = ScheduleView), (status = 422, body = ErrorBody))
+)]
+async fn schedule_preview(ApiQuery(q): ApiQuery<PreviewQuery>) -> Result<Json<ScheduleView>, Error> {
+    let timezone = q.timezone.unwrap_or_else(|| "UTC".to_owned());
+    let count = q.count.unwrap_or(5);
+    if !(1..=100).contains(&count) {
+        return Err(Error::BadRequest("invalid_query", format!("count must be 1 to 100 (got {count})")));
+    }
+    check_len("trigger.schedule", &q.schedule, 256)?;
+    check_len("trigger.timezone", &timezone, 64)?;
+    let parsed = Schedule::parse(&q.schedule, &timezone).map_err(|e| match e {
+        CronError::TimeZone(_) => Error::invalid("invalid_timezone", format!("trigger.timezone: {e}")),
+        _ => Error::invalid("invalid_cron", format!("trigger.schedule: {e}")),
+    })?;
+    let tz = parsed.timezone();
+    let items = parsed
+        .upcoming(crate::model::now(), count)
+        .into_iter()
+        .map(|utc| FireTime { utc, local: utc.with_timezone(&tz).to_rfc3339() })
+        .collect();
+    Ok(Json(ScheduleView { schedule: q.schedule, timezone, items }))
 }
 
 /// Lists the next fire times of a cron automation, in UTC and local time.

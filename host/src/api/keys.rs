@@ -19,6 +19,25 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(keys_list, keys_create))
         .routes(routes!(keys_revoke))
         .routes(routes!(audit_list))
+        .routes(routes!(me))
+}
+
+/// The key a request was made with.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Me {
+    /// The key's id; absent for the operator's `AUTOMATION_API_KEY`.
+    key_id: Option<Uuid>,
+    /// The key's name.
+    name: String,
+    /// What it may do.
+    scopes: Vec<Scope>,
+}
+
+/// Who is asking: the key's name and scopes (any valid key may ask), so a
+/// client such as the console shows only what the key can do.
+#[utoipa::path(get, path = "/v1/me", tag = "keys", security(("api_key" = [])), responses((status = 200, body = Me)))]
+async fn me(axum::Extension(caller): axum::Extension<super::Caller>) -> Json<Me> {
+    Json(Me { key_id: caller.key_id, name: caller.name, scopes: caller.scopes })
 }
 
 /// The body of `POST /v1/api-keys`.

@@ -18,6 +18,7 @@ mod plugins;
 mod runs;
 pub mod server;
 mod sources;
+mod ui;
 mod uploads;
 
 use std::sync::Arc;
@@ -168,6 +169,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(public)
         .merge(v1)
+        .merge(ui::router())
         .route("/openapi.json", get(move || async move { axum::Json(spec.as_ref().clone()) }))
         .fallback(|| async { Error::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
