@@ -3,7 +3,7 @@
 //! BENCHMARKS.md with these figures and the micro benchmarks' (run `cargo
 //! bench --bench micro` first; `just bench` does both).
 //!
-//! Scenarios (set `LOAD_ONLY=ingest,e2e,sandbox,scheduler,dispatch,startup,retention,wakeup` to pick):
+//! Scenarios (set `LOAD_ONLY=ingest,e2e,sandbox,scheduler,dispatch,startup,retention,wakeup,scale` to pick):
 //! - ingest: signed 14 KB GitHub deliveries, 100 filtered automations, 1/16/64
 //!   senders, SQLite and Postgres: throughput, p50/p99 acknowledgement, non-2xx;
 //! - e2e: event -> run `succeeded` through the local-sandbox executor, with the
@@ -13,7 +13,8 @@
 //! - dispatch: runs per second with a no-op executor, one and two hosts;
 //! - startup: time to /ready with cached plugins, idle RSS;
 //! - retention: acknowledgement latency while the sweep deletes 90,000 old runs;
-//! - wakeup: a run made on one host, claimed by another (Postgres LISTEN/NOTIFY).
+//! - wakeup: a run made on one host, claimed by another (Postgres LISTEN/NOTIFY);
+//! - scale: matching cost with 100 / 1,000 / 10,000 automations and 1 KB / 14 KB / 1 MB payloads.
 //!
 //! `LOAD_HOST_BINARY=/path/to/automation-host` runs the scenarios against
 //! another build (an interleaved A/B against older code, for example).
@@ -268,6 +269,110 @@ async fn ingest(report: &mut Report, db: Db, senders: usize) {
             pct(&lat, 0.99),
             lat.last().copied().unwrap_or(f64::NAN),
             n as f64 / drain
+        ),
+    );
+}
+
+// --- scaling with the work -----------------------------------------------------
+
+/// A payload of about `bytes`: the 14 KB delivery, its issue body cut or
+/// padded (the rest of the payload and its shape stay).
+fn payload_of(bytes: usize) -> String {
+    let mut v: Value = serde_json::from_str(&common::delivery_14kb()).unwrap();
+    let base = v.to_string().len() - v["issue"]["body"].as_str().map_or(0, str::len);
+    let body = "x".repeat(bytes.saturating_sub(base));
+    v["issue"]["body"] = Value::String(body);
+    if bytes < base {
+        // Small: keep only what the filters read.
+        v = json!({"action": v["action"], "label": v["label"], "issue": {"number": 1, "title": "t", "labels": [],
+            "comments": 0, "locked": false, "state": "open", "html_url": "https://github.com/o/r/issues/1", "body": ""},
+            "repository": {"name": "r", "full_name": "o/r"}, "sender": {"login": "u"}});
+    }
+    v.to_string()
+}
+
+/// Matching cost as the work grows: `automations` event automations of one
+/// source and key with distinct JMESPath filters, dispatch off, `count`
+/// signed deliveries of about `bytes` from 8 senders; time from the first
+/// send until the last was matched.
+async fn scale(report: &mut Report, automations: usize, bytes: usize, count: usize) {
+    let server = start(None, &[("AUTOMATION_NO_DISPATCH", "true")]);
+    let c = client();
+    let base = server.base.clone();
+    let exprs = common::expressions(automations);
+    let chunks: Vec<Vec<String>> = exprs.chunks(automations.div_ceil(8)).map(<[String]>::to_vec).collect();
+    let creators: Vec<_> = chunks
+        .into_iter()
+        .map(|chunk| {
+            let (c, base) = (c.clone(), base.clone());
+            tokio::spawn(async move {
+                for (i, expr) in chunk.into_iter().enumerate() {
+                    let body = json!({"name": format!("scaled {i}"),
+                        "trigger": {"type": "event", "source": "github", "on": ["issues.*"], "filter": expr},
+                        "preset": {"name": "script", "config": {"script": "true"}}});
+                    api(&c, reqwest::Method::POST, format!("{base}/v1/automations"), Some(body)).await;
+                }
+            })
+        })
+        .collect();
+    for t in creators {
+        t.await.unwrap();
+    }
+    let payload = Arc::new(payload_of(bytes));
+    let sig = Arc::new(sign(SECRET.as_bytes(), payload.as_bytes()));
+    let started = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let senders: Vec<_> = (0..8)
+        .map(|_| {
+            let (c, base, payload, sig, next) = (c.clone(), base.clone(), payload.clone(), sig.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut last = None;
+                loop {
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if n >= count {
+                        return last;
+                    }
+                    let r = c
+                        .post(format!("{base}/v1/events/github"))
+                        .header("x-github-event", "issues")
+                        .header("x-github-delivery", format!("scale-{n}"))
+                        .header("x-hub-signature-256", sig.as_str())
+                        .header("content-type", "application/json")
+                        .body(payload.as_bytes().to_vec())
+                        .send()
+                        .await
+                        .unwrap();
+                    let v: Value = r.json().await.unwrap_or(Value::Null);
+                    last = v["id"].as_str().map(str::to_owned).or(last);
+                }
+            })
+        })
+        .collect();
+    let mut last_ids = Vec::new();
+    for t in senders {
+        last_ids.extend(t.await.unwrap());
+    }
+    let acked = started.elapsed().as_secs_f64();
+    let mut drained = f64::NAN;
+    'wait: while started.elapsed() < Duration::from_secs(600) {
+        for id in &last_ids {
+            let d = api(&c, reqwest::Method::GET, format!("{base}/v1/events/{id}"), None).await;
+            if d["status"] != "matched" {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue 'wait;
+            }
+        }
+        drained = started.elapsed().as_secs_f64();
+        break;
+    }
+    report.add(
+        "scale",
+        format!(
+            "| {automations} | {} KB | {count} | {:.0} /s | {:.0} /s | {:.2} ms |",
+            payload.len() / 1024,
+            count as f64 / acked,
+            count as f64 / drained,
+            drained * 1000.0 / count as f64
         ),
     );
 }
@@ -924,6 +1029,7 @@ fn write_markdown(report: &Report, machine: &str, ran: &str) {
         ("startup", "## Start-up"),
         ("retention", "## Retention"),
         ("wakeup", "## Cross-host wake-up"),
+        ("scale", "## Scaling with the work"),
     ];
     let rows = |s: &str| {
         report.rows.get(s).map(|r| r.join("\n")).unwrap_or_else(|| {
@@ -970,7 +1076,11 @@ while the deliveries are acknowledged. *Swept* is when the last of them was gone
 ## Cross-host wake-up: (LOAD_ONLY=wakeup)\n\n\
 200 manual runs made one every 100 ms on a host that dispatches nothing; another host on the same Postgres claims them (a no-op executor). \
 Time from a run's creation to its claim (`started_at - created_at`). The claim loop polls every second; `LISTEN/NOTIFY` wakes it.\n\n\
-| database | hosts | runs | p50 | p99 | max |\n|---|---|---|---|---|---|\n{}\n",
+| database | hosts | runs | p50 | p99 | max |\n|---|---|---|---|---|---|\n{}\n\n\
+## Scaling with the work: (LOAD_ONLY=scale)\n\n\
+SQLite, dispatch off. N event automations of one source, all on `issues.*`, each with its own JMESPath filter (a few match); signed deliveries of \
+the given size from 8 senders; *matched* is deliveries per second from the first send until the last was matched, *per delivery* its inverse.\n\n\
+| automations | payload | deliveries | acknowledged | matched | per delivery |\n|---|---|---|---|---|---|\n{}\n",
         micro("plugin/instantiate", "instantiation from `InstancePre` (pooling, copy-on-write)", "p50 ≤ 10 µs"),
         micro("plugin/warm_call_noop", "warm host-to-guest call (a no-op `validate`)", "hundreds of ns"),
         micro(
@@ -1003,6 +1113,7 @@ Time from a run's creation to its claim (`started_at - created_at`). The claim l
         rows("startup"),
         rows("retention"),
         rows("wakeup"),
+        rows("scale"),
     );
     // Only the generated part is replaced; the notes below it are kept.
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../BENCHMARKS.md");
@@ -1049,6 +1160,17 @@ fn main() {
         if want("scheduler") {
             scheduler(&mut report, Db::Sqlite).await;
             scheduler(&mut report, Db::Postgres).await;
+        }
+        if want("scale") {
+            for (automations, bytes, count) in [
+                (100, 14_000, 2000),
+                (1000, 14_000, 1000),
+                (10_000, 14_000, 200),
+                (100, 1_000, 2000),
+                (100, 1_000_000, 200),
+            ] {
+                scale(&mut report, automations, bytes, count).await;
+            }
         }
         if want("wakeup") {
             wakeup(&mut report).await;

@@ -60,7 +60,15 @@ pub struct LabeledCounter(Mutex<BTreeMap<String, u64>>);
 impl LabeledCounter {
     /// Adds `n` to the counter for `label`.
     pub fn add(&self, label: &str, n: u64) {
-        *self.0.lock().expect("metrics lock").entry(label.to_owned()).or_default() += n;
+        let mut map = self.0.lock().expect("metrics lock");
+        // The label is copied only the first time it is seen, not on every
+        // increment (the matcher adds per filter verdict).
+        match map.get_mut(label) {
+            Some(v) => *v += n,
+            None => {
+                map.insert(label.to_owned(), n);
+            }
+        }
     }
 
     /// The current value for `label`.

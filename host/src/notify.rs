@@ -166,8 +166,13 @@ pub struct Notifier {
     settings: Settings,
 }
 
-/// An attempt that failed for good (no retry makes it work).
-struct Permanent(String);
+/// Why an attempt did not deliver.
+enum Failure {
+    /// Worth trying again later (the receiver's status, if it answered).
+    Retry(String, Option<u16>),
+    /// No retry would make it work.
+    Permanent(String),
+}
 
 impl Notifier {
     /// A notifier.
@@ -221,14 +226,14 @@ impl Notifier {
         let attempts = due.attempts + 1;
         let outcome = match self.attempt(&due).await {
             Ok(status_code) => Attempt::Delivered { status_code },
-            Err(Ok((error, status_code))) => {
+            Err(Failure::Retry(error, status_code)) => {
                 let retry_at = (attempts < self.settings.attempts).then(|| {
                     let d = retry_delay(self.settings.retry_base, attempts);
                     crate::model::now() + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::hours(1))
                 });
                 Attempt::Failed { error, status_code, retry_at }
             }
-            Err(Err(Permanent(error))) => Attempt::Failed { error, status_code: None, retry_at: None },
+            Err(Failure::Permanent(error)) => Attempt::Failed { error, status_code: None, retry_at: None },
         };
         let label = match &outcome {
             Attempt::Delivered { .. } => "delivered",
@@ -245,20 +250,19 @@ impl Notifier {
         }
     }
 
-    /// One POST: the receiver's 2xx status, or why not (`Ok`: worth
-    /// retrying, with the status if there was one; `Err`: never).
-    async fn attempt(&self, due: &DueNotification) -> Result<u16, Result<(String, Option<u16>), Permanent>> {
-        let store_err = |e: crate::store::Error| Ok((format!("cannot read the run: {e}"), None));
+    /// One POST: the receiver's 2xx status, or why not.
+    async fn attempt(&self, due: &DueNotification) -> Result<u16, Failure> {
+        let store_err = |e: crate::store::Error| Failure::Retry(format!("cannot read the run: {e}"), None);
         let run = self.store.get_run(due.run_id).await.map_err(store_err)?;
-        let Some(run) = run else { return Err(Err(Permanent("the run no longer exists".into()))) };
+        let Some(run) = run else { return Err(Failure::Permanent("the run no longer exists".into())) };
         let automation = self.store.get_automation_any(run.automation_id).await.map_err(store_err)?;
         let Some((automation, _)) = automation else {
-            return Err(Err(Permanent("the automation no longer exists".into())));
+            return Err(Failure::Permanent("the automation no longer exists".into()));
         };
         let Some(target) = &automation.notify else {
-            return Err(Err(Permanent("the automation no longer has a notify target".into())));
+            return Err(Failure::Permanent("the automation no longer has a notify target".into()));
         };
-        let url = reqwest::Url::parse(&target.url).map_err(|e| Err(Permanent(format!("notify.url: {e}"))))?;
+        let url = reqwest::Url::parse(&target.url).map_err(|e| Failure::Permanent(format!("notify.url: {e}")))?;
         if let Some(ip) = literal_ip(&url)
             && is_internal(ip)
             && !self
@@ -267,9 +271,9 @@ impl Notifier {
                 .iter()
                 .any(|a| a.ip == ip && a.port.is_none_or(|p| Some(p) == url.port_or_known_default()))
         {
-            return Err(Err(Permanent(format!(
+            return Err(Failure::Permanent(format!(
                 "refused: {ip} is an internal address (list it in AUTOMATION_NOTIFY_ALLOWED_HOSTS to allow it)"
-            ))));
+            )));
         }
         let body = json!({
             "type": "run.finished",
@@ -292,7 +296,8 @@ impl Notifier {
         let id = due.id.to_string();
         let ts = chrono::Utc::now().timestamp();
         let signature = sign(&target.key(), &id, ts, body.as_bytes());
-        let client = self.client_for(&url).map_err(|e| Ok((format!("cannot make an HTTP client: {e}"), None)))?;
+        let client =
+            self.client_for(&url).map_err(|e| Failure::Retry(format!("cannot make an HTTP client: {e}"), None))?;
         let sent = client
             .post(url)
             .header("content-type", "application/json")
@@ -304,8 +309,8 @@ impl Notifier {
             .await;
         match sent {
             Ok(r) if r.status().is_success() => Ok(r.status().as_u16()),
-            Ok(r) => Err(Ok((format!("the receiver answered {}", r.status()), Some(r.status().as_u16())))),
-            Err(e) => Err(Ok((format!("cannot reach the receiver: {}", error_chain(&e)), None))),
+            Ok(r) => Err(Failure::Retry(format!("the receiver answered {}", r.status()), Some(r.status().as_u16()))),
+            Err(e) => Err(Failure::Retry(format!("cannot reach the receiver: {}", error_chain(&e)), None)),
         }
     }
 }

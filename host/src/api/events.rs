@@ -342,7 +342,10 @@ pub(crate) struct EventsQuery {
 async fn events_get(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<Json<Delivery>, Error> {
     let id =
         Uuid::parse_str(&id).map_err(|_| Error::BadRequest("invalid_path", format!("{id:?} is not a delivery id")))?;
-    state.store.get_delivery(id).await?.map(Json).ok_or_else(|| Error::not_found("delivery", id))
+    let mut delivery = state.store.get_delivery(id).await?.ok_or_else(|| Error::not_found("delivery", id))?;
+    // Why each other automation did not match is decided now, on demand.
+    delivery.result = state.matcher.explain(&delivery).await?;
+    Ok(Json(delivery))
 }
 
 /// Lists deliveries, newest first.

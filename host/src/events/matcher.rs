@@ -28,7 +28,7 @@ const CACHE_CHECK: Duration = Duration::from_secs(1);
 struct Cache {
     version: Option<(i64, Option<String>)>,
     checked: Option<Instant>,
-    by_source: HashMap<String, Arc<Vec<Automation>>>,
+    by_source: HashMap<String, Arc<SourceIndex>>,
 }
 
 /// The matcher of one host.
@@ -165,8 +165,9 @@ impl Matcher {
         }
     }
 
-    /// The live, enabled event automations of a source, cached.
-    async fn candidates(&self, source: &str) -> Result<Arc<Vec<Automation>>, crate::store::Error> {
+    /// The live, enabled event automations of a source, indexed by event
+    /// key, cached.
+    async fn candidates(&self, source: &str) -> Result<Arc<SourceIndex>, crate::store::Error> {
         let check = {
             let cache = self.cache.lock().expect("matcher cache");
             cache.checked.is_none_or(|t| t.elapsed() > CACHE_CHECK)
@@ -183,32 +184,27 @@ impl Matcher {
         if let Some(hit) = self.cache.lock().expect("matcher cache").by_source.get(source) {
             return Ok(hit.clone());
         }
-        let list = Arc::new(self.store.event_automations(source).await?);
-        self.cache.lock().expect("matcher cache").by_source.insert(source.to_owned(), list.clone());
-        Ok(list)
+        let index = Arc::new(SourceIndex::new(self.store.event_automations(source).await?));
+        self.cache.lock().expect("matcher cache").by_source.insert(source.to_owned(), index.clone());
+        Ok(index)
     }
 
-    /// Matches one delivery: which automations it fires (with their runs)
-    /// and why the others do not. Nothing is written here.
-    async fn evaluate(&self, delivery: &Delivery) -> Result<MatchRecord, crate::store::Error> {
+    /// Decides a delivery against its source's automations: a verdict for
+    /// each automation whose `on` matches the key (the index finds them;
+    /// the others are not looked at), with one filter call per plugin.
+    /// `count` records the filter verdicts in the metrics (matching does,
+    /// an explanation read later does not).
+    async fn decide(&self, delivery: &Delivery, count: bool) -> Result<Decision, crate::store::Error> {
         let key = delivery.event_key.clone().unwrap_or_default();
-        let candidates = self.candidates(&delivery.source).await?;
-        let mut matched: Vec<&Automation> = Vec::new();
-        let mut not_matched: Vec<Value> = Vec::new();
-        let mut filter_errors: Vec<(Uuid, String)> = Vec::new();
-        // plugin -> (automation, expression)
-        let mut to_filter: BTreeMap<String, Vec<(&Automation, String)>> = BTreeMap::new();
-        for a in candidates.iter() {
-            let Trigger::Event { on, filter, filter_plugin, .. } = &a.trigger else { continue };
-            if !on.iter().any(|p| key_matches(p, &key)) {
-                not_matched.push(
-                    json!({"automation_id": a.id, "reason": format!("event key {key:?} matches none of {on:?}")}),
-                );
-                continue;
-            }
+        let index = self.candidates(&delivery.source).await?;
+        let mut verdicts: Vec<(usize, Verdict)> = Vec::new();
+        // plugin -> (automation's place in the index, expression)
+        let mut to_filter: BTreeMap<&str, Vec<(usize, &str)>> = BTreeMap::new();
+        for i in index.for_key(&key) {
+            let Trigger::Event { filter, filter_plugin, .. } = &index.automations[i].trigger else { continue };
             match filter.as_deref().map(str::trim).filter(|f| !f.is_empty()) {
-                None => matched.push(a),
-                Some(f) => to_filter.entry(filter_plugin.clone()).or_default().push((a, f.to_owned())),
+                None => verdicts.push((i, Verdict::Matched)),
+                Some(f) => to_filter.entry(filter_plugin.as_str()).or_default().push((i, f)),
             }
         }
         if !to_filter.is_empty() {
@@ -223,14 +219,15 @@ impl Matcher {
             });
             for (plugin_name, items) in to_filter {
                 // One call per plugin, each distinct expression once.
-                let mut exprs: Vec<String> = items.iter().map(|(_, e)| e.clone()).collect();
-                exprs.sort();
+                let mut exprs: Vec<&str> = items.iter().map(|(_, e)| *e).collect();
+                exprs.sort_unstable();
                 exprs.dedup();
-                let verdicts: Result<Vec<Result<bool, String>>, String> =
-                    match self.plugins.require(&plugin_name, Kind::Filter) {
+                let owned: Arc<Vec<String>> = Arc::new(exprs.iter().map(|e| (*e).to_owned()).collect());
+                let results: Result<Vec<Result<bool, String>>, String> =
+                    match self.plugins.require(plugin_name, Kind::Filter) {
                         Err(e) => Err(e.to_string()),
                         Ok(plugin) => {
-                            let (ev, ex) = (event.clone(), exprs.clone());
+                            let (ev, ex) = (event.clone(), owned.clone());
                             let (result, _) =
                                 self.plugins.blocking(move |rt| rt.filter_matches(&plugin, &ev, &ex)).await;
                             result
@@ -238,35 +235,64 @@ impl Matcher {
                                 .map_err(|e| e.to_string())
                         }
                     };
-                for (a, expr) in items {
-                    let verdict = match &verdicts {
+                let (mut yes, mut no, mut failed) = (0u64, 0u64, 0u64);
+                for (i, expr) in items {
+                    let verdict = match &results {
                         // The plugin edge checked there is one verdict per
                         // expression; a miss is an error, never a panic.
                         Ok(v) => exprs
                             .binary_search(&expr)
                             .ok()
-                            .and_then(|i| v.get(i).cloned())
+                            .and_then(|n| v.get(n).cloned())
                             .unwrap_or_else(|| Err(format!("{plugin_name} gave no verdict for this expression"))),
                         Err(e) => Err(e.clone()),
                     };
-                    match verdict {
-                        Ok(true) => {
-                            self.metrics.filter_evaluations.add("match", 1);
-                            matched.push(a);
-                        }
-                        Ok(false) => {
-                            self.metrics.filter_evaluations.add("no_match", 1);
-                            not_matched
-                                .push(json!({"automation_id": a.id, "reason": "the filter is false for this payload"}));
-                        }
-                        Err(e) => {
-                            self.metrics.filter_evaluations.add("error", 1);
-                            not_matched
-                                .push(json!({"automation_id": a.id, "reason": format!("the filter failed: {e}")}));
-                            filter_errors.push((a.id, e));
+                    verdicts.push((
+                        i,
+                        match verdict {
+                            Ok(true) => {
+                                yes += 1;
+                                Verdict::Matched
+                            }
+                            Ok(false) => {
+                                no += 1;
+                                Verdict::FilterFalse
+                            }
+                            Err(e) => {
+                                failed += 1;
+                                Verdict::FilterError(e)
+                            }
+                        },
+                    ));
+                }
+                if count {
+                    for (label, n) in [("match", yes), ("no_match", no), ("error", failed)] {
+                        if n > 0 {
+                            self.metrics.filter_evaluations.add(label, n);
                         }
                     }
                 }
+            }
+        }
+        verdicts.sort_by_key(|(i, _)| *i);
+        Ok(Decision { key, index, verdicts })
+    }
+
+    /// Matches one delivery: which automations it fires (with their runs)
+    /// and which filters failed. Nothing is written here. The record keeps
+    /// no entry per automation that did not match (at 10,000 automations
+    /// that was a megabyte per delivery): `explain` gives those reasons
+    /// when someone asks.
+    async fn evaluate(&self, delivery: &Delivery) -> Result<MatchRecord, crate::store::Error> {
+        let Decision { key, index, verdicts } = self.decide(delivery, true).await?;
+        let mut matched: Vec<&Automation> = Vec::new();
+        let mut filter_errors: Vec<(Uuid, String)> = Vec::new();
+        for (i, v) in &verdicts {
+            let a = &index.automations[*i];
+            match v {
+                Verdict::Matched => matched.push(a),
+                Verdict::FilterError(e) => filter_errors.push((a.id, e.clone())),
+                Verdict::FilterFalse => {}
             }
         }
         let runs: Vec<Run> = matched
@@ -287,10 +313,151 @@ impl Matcher {
             .collect();
         let result = json!({
             "event_key": key,
-            "candidates": candidates.len(),
+            "candidates": index.automations.len(),
             "matched": runs.iter().map(|r| json!({"automation_id": r.automation_id, "run_id": r.id})).collect::<Vec<_>>(),
-            "not_matched": not_matched,
+            "filter_errors": filter_errors.iter().map(|(id, e)| json!({"automation_id": id, "error": e})).collect::<Vec<_>>(),
+            "not_matched_count": index.automations.len() - runs.len(),
         });
         Ok(MatchRecord { delivery: delivery.id, runs, filter_errors, result })
+    }
+
+    /// The full explanation of a matched delivery, for `GET /v1/events/{id}`:
+    /// its stored record (what it matched, with the runs) plus, for every
+    /// other automation of its source, why it did not match, decided now
+    /// against the automations as they are (`explained_at`). Records stored
+    /// before explanations were made on demand carry their own and are
+    /// returned as they are.
+    pub async fn explain(&self, delivery: &Delivery) -> Result<Option<Value>, crate::store::Error> {
+        let Some(mut result) = delivery.result.clone() else { return Ok(None) };
+        if result.get("not_matched").is_some() {
+            return Ok(Some(result));
+        }
+        let matched: std::collections::HashSet<String> = result["matched"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["automation_id"].as_str().map(str::to_owned))
+            .collect();
+        let Decision { key, index, verdicts } = self.decide(delivery, false).await?;
+        let mut verdict_of = verdicts.into_iter().peekable();
+        let mut not_matched = Vec::new();
+        for (i, a) in index.automations.iter().enumerate() {
+            let verdict = match verdict_of.peek() {
+                Some((j, _)) if *j == i => verdict_of.next().map(|(_, v)| v),
+                _ => None,
+            };
+            if matched.contains(&a.id.to_string()) {
+                continue;
+            }
+            let reason = match verdict {
+                None => {
+                    let on = match &a.trigger {
+                        Trigger::Event { on, .. } => on.clone(),
+                        _ => Vec::new(),
+                    };
+                    format!("event key {key:?} matches none of {on:?}")
+                }
+                Some(Verdict::FilterFalse) => "the filter is false for this payload".to_owned(),
+                Some(Verdict::FilterError(e)) => format!("the filter failed: {e}"),
+                Some(Verdict::Matched) => "it matches now, but did not when the delivery was matched".to_owned(),
+            };
+            not_matched.push(json!({"automation_id": a.id, "reason": reason}));
+        }
+        result["not_matched"] = Value::Array(not_matched);
+        result["explained_at"] = json!(crate::model::now());
+        Ok(Some(result))
+    }
+}
+
+/// What a filter or key decided for one automation.
+enum Verdict {
+    Matched,
+    FilterFalse,
+    FilterError(String),
+}
+
+/// The verdicts for a delivery's candidates (by their place in the index).
+struct Decision {
+    key: String,
+    index: Arc<SourceIndex>,
+    verdicts: Vec<(usize, Verdict)>,
+}
+
+/// A source's automations, with the ones each exact event key fires
+/// listed, so a delivery looks only at the automations its key can fire.
+pub(crate) struct SourceIndex {
+    automations: Vec<Automation>,
+    /// Exact `on` key -> automations (places in `automations`).
+    exact: HashMap<String, Vec<usize>>,
+    /// Automations with a glob among their `on` patterns: checked one by one.
+    globs: Vec<usize>,
+}
+
+impl SourceIndex {
+    fn new(automations: Vec<Automation>) -> SourceIndex {
+        let (mut exact, mut globs): (HashMap<String, Vec<usize>>, Vec<usize>) = Default::default();
+        for (i, a) in automations.iter().enumerate() {
+            let Trigger::Event { on, .. } = &a.trigger else { continue };
+            if on.iter().any(|p| p.contains(['*', '?', '['])) {
+                globs.push(i);
+            } else {
+                for p in on {
+                    let list = exact.entry(p.clone()).or_default();
+                    if list.last() != Some(&i) {
+                        list.push(i);
+                    }
+                }
+            }
+        }
+        SourceIndex { automations, exact, globs }
+    }
+
+    /// The automations whose `on` matches `key`, in index order.
+    fn for_key(&self, key: &str) -> Vec<usize> {
+        let mut out: Vec<usize> = self.exact.get(key).cloned().unwrap_or_default();
+        out.extend(self.globs.iter().copied().filter(|&i| match &self.automations[i].trigger {
+            Trigger::Event { on, .. } => on.iter().any(|p| key_matches(p, key)),
+            _ => false,
+        }));
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+}
+
+#[cfg(test)]
+mod index_tests {
+    use super::*;
+
+    fn automation(n: u128, on: &[&str]) -> Automation {
+        let mut a: Automation = serde_json::from_value(json!({
+            "id": Uuid::from_u128(n), "name": "a", "description": "", "tags": [],
+            "trigger": {"type": "event", "source": "github", "on": on},
+            "bundle": null, "preset": null, "entrypoint": null, "env": {}, "secret_env": {},
+            "executor": {"plugin": "x", "config": {}}, "timeout_seconds": 1, "enabled": true,
+            "concurrency": 1, "concurrency_policy": "queue", "filter_errors": {"count": 0, "last_error": null, "last_error_at": null},
+            "last_triggered_at": null, "next_fire_at": null,
+            "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"
+        }))
+        .unwrap();
+        a.enabled = true;
+        a
+    }
+
+    #[test]
+    fn a_key_finds_its_exact_and_glob_automations_only() {
+        let idx = SourceIndex::new(vec![
+            automation(0, &["push"]),
+            automation(1, &["issues.opened", "issues.closed"]),
+            automation(2, &["issues.*"]),
+            automation(3, &["pull_request.opened", "pull_request.?eopened"]),
+            automation(4, &["issues.opened"]),
+        ]);
+        assert_eq!(idx.for_key("issues.opened"), vec![1, 2, 4]);
+        assert_eq!(idx.for_key("issues.closed"), vec![1, 2]);
+        assert_eq!(idx.for_key("push"), vec![0]);
+        assert_eq!(idx.for_key("pull_request.reopened"), vec![3]);
+        assert_eq!(idx.for_key("pull_request.opened"), vec![3]);
+        assert!(idx.for_key("release.published").is_empty());
     }
 }
