@@ -365,10 +365,16 @@ async fn scale(report: &mut Report, automations: usize, bytes: usize, count: usi
         drained = started.elapsed().as_secs_f64();
         break;
     }
+    let metrics = c.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    let errors = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("automation_filter_evaluations_total{result=\"error\"} "))
+        .unwrap_or("0")
+        .to_owned();
     report.add(
         "scale",
         format!(
-            "| {automations} | {} KB | {count} | {:.0} /s | {:.0} /s | {:.2} ms |",
+            "| {automations} | {} KB | {count} | {:.0} /s | {:.0} /s | {:.2} ms | {errors} |",
             payload.len() / 1024,
             count as f64 / acked,
             count as f64 / drained,
@@ -1080,7 +1086,7 @@ Time from a run's creation to its claim (`started_at - created_at`). The claim l
 ## Scaling with the work: (LOAD_ONLY=scale)\n\n\
 SQLite, dispatch off. N event automations of one source, all on `issues.*`, each with its own JMESPath filter (a few match); signed deliveries of \
 the given size from 8 senders; *matched* is deliveries per second from the first send until the last was matched, *per delivery* its inverse.\n\n\
-| automations | payload | deliveries | acknowledged | matched | per delivery |\n|---|---|---|---|---|---|\n{}\n",
+| automations | payload | deliveries | acknowledged | matched | per delivery | filter errors |\n|---|---|---|---|---|---|---|\n{}\n",
         micro("plugin/instantiate", "instantiation from `InstancePre` (pooling, copy-on-write)", "p50 ≤ 10 µs"),
         micro("plugin/warm_call_noop", "warm host-to-guest call (a no-op `validate`)", "hundreds of ns"),
         micro(
@@ -1162,13 +1168,24 @@ fn main() {
             scheduler(&mut report, Db::Postgres).await;
         }
         if want("scale") {
-            for (automations, bytes, count) in [
-                (100, 14_000, 2000),
-                (1000, 14_000, 1000),
-                (10_000, 14_000, 200),
-                (100, 1_000, 2000),
-                (100, 1_000_000, 200),
-            ] {
+            // LOAD_SCALE=AUTOMATIONSxBYTESxCOUNT,... picks cases (to profile one, say).
+            let cases: Vec<(usize, usize, usize)> = match std::env::var("LOAD_SCALE") {
+                Ok(v) => v
+                    .split(',')
+                    .map(|c| {
+                        let n: Vec<usize> = c.split('x').map(|x| x.trim().parse().expect("LOAD_SCALE")).collect();
+                        (n[0], n[1], n[2])
+                    })
+                    .collect(),
+                Err(_) => vec![
+                    (100, 14_000, 2000),
+                    (1000, 14_000, 1000),
+                    (10_000, 14_000, 200),
+                    (100, 1_000, 2000),
+                    (100, 1_000_000, 200),
+                ],
+            };
+            for (automations, bytes, count) in cases {
                 scale(&mut report, automations, bytes, count).await;
             }
         }
