@@ -132,6 +132,16 @@ fn start_at(data_dir: &Path, db_url: Option<&str>, env: &[(&str, &str)]) -> Serv
     Server { child, base, _dir: None }
 }
 
+/// A signed `issues` delivery of `payload` to the GitHub endpoint.
+fn github_issues(c: &reqwest::Client, base: &str, id: String, payload: &str, sig: &str) -> reqwest::RequestBuilder {
+    c.post(format!("{base}/v1/events/github"))
+        .header("x-github-event", "issues")
+        .header("x-github-delivery", id)
+        .header("x-hub-signature-256", sig)
+        .header("content-type", "application/json")
+        .body(payload.as_bytes().to_vec())
+}
+
 fn client() -> reqwest::Client {
     reqwest::Client::builder().pool_max_idle_per_host(256).timeout(Duration::from_secs(60)).build().unwrap()
 }
@@ -201,15 +211,7 @@ async fn ingest(report: &mut Report, db: Db, senders: usize) {
                 while started.elapsed() < limit {
                     let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let t = Instant::now();
-                    let r = c
-                        .post(format!("{base}/v1/events/github"))
-                        .header("x-github-event", "issues")
-                        .header("x-github-delivery", format!("bench-{n}"))
-                        .header("x-hub-signature-256", sig.as_str())
-                        .header("content-type", "application/json")
-                        .body(payload.as_bytes().to_vec())
-                        .send()
-                        .await;
+                    let r = github_issues(&c, &base, format!("bench-{n}"), &payload, &sig).send().await;
                     match r {
                         Ok(r) if r.status().is_success() => {
                             let v: Value = r.json().await.unwrap_or(Value::Null);
@@ -332,16 +334,7 @@ async fn scale(report: &mut Report, automations: usize, bytes: usize, count: usi
                     if n >= count {
                         return last;
                     }
-                    let r = c
-                        .post(format!("{base}/v1/events/github"))
-                        .header("x-github-event", "issues")
-                        .header("x-github-delivery", format!("scale-{n}"))
-                        .header("x-hub-signature-256", sig.as_str())
-                        .header("content-type", "application/json")
-                        .body(payload.as_bytes().to_vec())
-                        .send()
-                        .await
-                        .unwrap();
+                    let r = github_issues(&c, &base, format!("scale-{n}"), &payload, &sig).send().await.unwrap();
                     let v: Value = r.json().await.unwrap_or(Value::Null);
                     last = v["id"].as_str().map(str::to_owned).or(last);
                 }
@@ -459,13 +452,7 @@ async fn send_for(c: &reqwest::Client, base: &str, senders: usize, limit: Durati
                 while started.elapsed() < limit {
                     n += 1;
                     let t = Instant::now();
-                    let r = c
-                        .post(format!("{base}/v1/events/github"))
-                        .header("x-github-event", "issues")
-                        .header("x-github-delivery", format!("ret-{i}-{n}-{}", uuid::Uuid::now_v7()))
-                        .header("x-hub-signature-256", sig.as_str())
-                        .header("content-type", "application/json")
-                        .body(payload.as_bytes().to_vec())
+                    let r = github_issues(&c, &base, format!("ret-{i}-{n}-{}", uuid::Uuid::now_v7()), &payload, &sig)
                         .send()
                         .await;
                     match r {
@@ -846,10 +833,17 @@ async fn dispatch(report: &mut Report, db: Db, hosts: usize) {
     std::fs::write(plugins.path().join("noop.toml"), "name = \"noop\"\nkind = \"executor\"\n").unwrap();
     let plugins_dir = plugins.path().display().to_string();
     let data = tempfile::tempdir().unwrap();
+    // Replicas of one database share its secret key (each host here has a
+    // data directory of its own on Postgres).
+    let key = "cd".repeat(32);
     let creator = start_at(
         data.path(),
         url.as_deref(),
-        &[("AUTOMATION_NO_DISPATCH", "true"), ("AUTOMATION_PLUGINS_DIR", &plugins_dir)],
+        &[
+            ("AUTOMATION_NO_DISPATCH", "true"),
+            ("AUTOMATION_PLUGINS_DIR", &plugins_dir),
+            ("AUTOMATION_SECRET_KEY", &key),
+        ],
     );
     let c = client();
     let base = creator.base.clone();
@@ -890,7 +884,11 @@ async fn dispatch(report: &mut Report, db: Db, hosts: usize) {
     }
     drop(creator);
     // The dispatching hosts (SQLite: the same data directory; Postgres: the same database).
-    let env = [("AUTOMATION_PLUGINS_DIR", plugins_dir.as_str()), ("AUTOMATION_MAX_CONCURRENT_RUNS", "64")];
+    let env = [
+        ("AUTOMATION_PLUGINS_DIR", plugins_dir.as_str()),
+        ("AUTOMATION_MAX_CONCURRENT_RUNS", "64"),
+        ("AUTOMATION_SECRET_KEY", key.as_str()),
+    ];
     let t = Instant::now();
     let mut servers = Vec::new();
     for _ in 0..hosts {

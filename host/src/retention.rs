@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::plugins::Registry;
-use crate::store::Store;
+use crate::store::{Retained, Store};
 
 /// Rows per delete statement.
 pub const BATCH: u32 = 500;
@@ -114,11 +114,11 @@ impl Sweeper {
         let s = &self.settings;
         if s.run_days > 0 {
             let before = now - chrono::Duration::days(i64::from(s.run_days));
-            for automation in self.store.automations_with_runs_over(s.keep).await? {
+            for automation in self.store.automations_over(Retained::Runs, s.keep).await? {
                 removed.runs +=
                     self.batches(stop, "runs", || self.store.purge_runs_of(automation, s.keep, before, BATCH)).await?;
             }
-            for automation in self.store.automations_with_slots_over(s.keep).await? {
+            for automation in self.store.automations_over(Retained::Slots, s.keep).await? {
                 removed.slots += self
                     .batches(stop, "slots", || self.store.purge_slots_of(automation, s.keep, before, BATCH))
                     .await?;

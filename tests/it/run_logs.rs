@@ -131,3 +131,19 @@ async fn output_is_served_while_the_run_goes_and_streamed_until_it_ends(backend:
     s.get("/v1/runs/00000000-0000-7000-8000-000000000000/logs").await.expect(404);
     let _ = std::fs::remove_file(&secret);
 }
+
+/// Attack: the run makes its progress file a FIFO that nobody writes. A
+/// host opening it for reading would wait there for a writer, holding the
+/// run's driver (and a worker thread) for good; it opens it without
+/// blocking, sees it is not a regular file, and the run ends as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_for_a_progress_file_does_not_hold_the_host() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    let script = "mkfifo \"$AUTOMATION_PROGRESS_FILE\"; sleep 1.5; echo done";
+    let a = s.post("/v1/automations", script_automation("fifo", script, json!({}))).await.expect(201).id();
+    let run = s.post(&format!("/v1/automations/{a}/dispatch"), json!({})).await.expect(201).id();
+    let done = wait_final(&s, &run, 30).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert!(done["progress"].is_null(), "a FIFO is no progress: {done}");
+    assert_eq!(done["output"]["stdout"], "done\n");
+}

@@ -42,6 +42,7 @@ pub use events::{Delivery, MatchRecord, NewDelivery, Source, Stored};
 pub use health::{Failing, Health};
 pub use notifications::{Attempt, DueNotification};
 pub use plugins::{RecordedGrant, StoredPlugin};
+pub use retention::Retained;
 pub use runs::{DeleteRun, Dispatched, RunChanges, RunFilter, RunPage};
 pub use scheduler::{DueAutomation, FireReport, FiredSlot, NextFire, PlannedSlot, SlotPlan, SlotRecord};
 pub use settings::SealReport;

@@ -10,16 +10,32 @@ use super::types::{DbId, DbTime};
 use super::{Result, Store, status_list, with_db};
 use crate::model::RunStatus;
 
+/// The per-automation tables the sweep trims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retained {
+    /// `runs`.
+    Runs,
+    /// `cron_slots`.
+    Slots,
+}
+
+impl Retained {
+    fn name(self) -> &'static str {
+        match self {
+            Retained::Runs => "runs",
+            Retained::Slots => "cron_slots",
+        }
+    }
+}
+
 impl Store {
-    /// Automations (deleted ones too) with more than `keep` runs: the only
-    /// ones the run sweep can take anything from.
-    pub async fn automations_with_runs_over(&self, keep: u32) -> Result<Vec<Uuid>> {
-        let ids: Vec<DbId> = with_db!(self, read, |db| {
-            sqlx::query_scalar("select automation_id from runs group by automation_id having count(*) > $1")
-                .bind(i64::from(keep))
-                .fetch_all(db)
-                .await?
-        });
+    /// Automations (deleted ones too) with more than `keep` rows in `table`
+    /// (their runs or their cron slots): the only ones a sweep of that
+    /// table can take anything from.
+    pub async fn automations_over(&self, table: Retained, keep: u32) -> Result<Vec<Uuid>> {
+        let sql = format!("select automation_id from {} group by automation_id having count(*) > $1", table.name());
+        let ids: Vec<DbId> =
+            with_db!(self, read, |db| sqlx::query_scalar(&sql).bind(i64::from(keep)).fetch_all(db).await?);
         Ok(ids.into_iter().map(|i| i.0).collect())
     }
 
@@ -51,17 +67,6 @@ impl Store {
                 .await?
                 .rows_affected()
         }))
-    }
-
-    /// Automations with more than `keep` recorded cron slots.
-    pub async fn automations_with_slots_over(&self, keep: u32) -> Result<Vec<Uuid>> {
-        let ids: Vec<DbId> = with_db!(self, read, |db| {
-            sqlx::query_scalar("select automation_id from cron_slots group by automation_id having count(*) > $1")
-                .bind(i64::from(keep))
-                .fetch_all(db)
-                .await?
-        });
-        Ok(ids.into_iter().map(|i| i.0).collect())
     }
 
     /// Deletes up to `batch` of an automation's slots recorded before
