@@ -25,6 +25,7 @@ pub mod backoff;
 pub mod config;
 pub mod dispatch;
 pub mod events;
+pub mod group_commit;
 pub mod metrics;
 pub mod model;
 pub mod notify;

@@ -21,8 +21,7 @@ pub mod signature;
 
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
-
+use crate::group_commit::GroupCommit;
 use crate::metrics::Metrics;
 use crate::store::{NewDelivery, Store, Stored};
 
@@ -32,11 +31,9 @@ const MAX_GROUP: usize = 512;
 /// What a sender is told when its delivery could not be stored.
 const UNSTORED: &str = "this host cannot store deliveries right now; nothing was stored, retry later";
 
-type Pending = (NewDelivery, oneshot::Sender<Result<Stored, String>>);
-
 /// The ingestion front: hands deliveries to the group committer.
 pub struct Ingest {
-    tx: mpsc::Sender<Pending>,
+    commit: GroupCommit<NewDelivery, Result<Stored, String>>,
 }
 
 impl Ingest {
@@ -48,63 +45,44 @@ impl Ingest {
         metrics: Arc<Metrics>,
         sup: &crate::supervise::Supervisor,
     ) -> Ingest {
-        let (tx, rx) = mpsc::channel::<Pending>(8192);
-        let rx = Arc::new(tokio::sync::Mutex::new(rx));
-        sup.spawn("ingest", move |stop| commit_loop(store.clone(), matcher.clone(), metrics.clone(), rx.clone(), stop));
-        Ingest { tx }
+        let commit = GroupCommit::start("ingest", MAX_GROUP, sup, move |batch: Vec<NewDelivery>| {
+            let (store, matcher, metrics) = (store.clone(), matcher.clone(), metrics.clone());
+            async move { commit(&store, &matcher, &metrics, &batch).await }
+        });
+        Ingest { commit }
     }
 
     /// Stores a delivery durably; returns once it is committed (or found to
     /// be a duplicate).
     pub async fn submit(&self, delivery: NewDelivery) -> Result<Stored, String> {
-        let (reply, answer) = oneshot::channel();
-        self.tx.send((delivery, reply)).await.map_err(|_| "the host is shutting down".to_owned())?;
-        answer.await.map_err(|_| "the host is shutting down".to_owned())?
+        self.commit.submit(delivery).await.unwrap_or_else(|| Err("the host is shutting down".to_owned()))
     }
 }
 
-async fn commit_loop(
-    store: Store,
-    matcher: Arc<matcher::Matcher>,
-    metrics: Arc<Metrics>,
-    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Pending>>>,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    let mut rx = rx.lock().await;
-    let mut batch: Vec<Pending> = Vec::with_capacity(MAX_GROUP);
-    loop {
-        let first = tokio::select! {
-            first = rx.recv() => first,
-            () = stop.cancelled() => None,
-        };
-        let Some(first) = first else { return };
-        batch.push(first);
-        while batch.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
+/// One group commit of deliveries: all stored, or none (and each sender
+/// told so).
+async fn commit(
+    store: &Store,
+    matcher: &matcher::Matcher,
+    metrics: &Metrics,
+    batch: &[NewDelivery],
+) -> Vec<Result<Stored, String>> {
+    match store.insert_deliveries(batch).await {
+        Ok(stored) => {
+            for s in &stored {
+                metrics.deliveries.add(if matches!(s, Stored::New(_)) { "accepted" } else { "duplicate" }, 1);
             }
+            matcher.wake();
+            stored.into_iter().map(Ok).collect()
         }
-        let deliveries: Vec<NewDelivery> = batch.iter().map(|(d, _)| d.clone()).collect();
-        match store.insert_deliveries(&deliveries).await {
-            Ok(stored) => {
-                for ((_, reply), s) in batch.drain(..).zip(stored) {
-                    metrics.deliveries.add(if matches!(s, Stored::New(_)) { "accepted" } else { "duplicate" }, 1);
-                    let _ = reply.send(Ok(s));
-                }
-                matcher.wake();
-            }
-            Err(e) => {
-                // Nothing of the batch is acknowledged; senders retry (GitHub
-                // and most providers do on a 5xx). What went wrong is logged,
-                // not sent to unauthenticated senders.
-                tracing::error!(error = %e, deliveries = batch.len(), "storing deliveries failed; answering 503");
-                metrics.background_errors.add("ingest", 1);
-                for (_, reply) in batch.drain(..) {
-                    metrics.deliveries.add("store_failed", 1);
-                    let _ = reply.send(Err(UNSTORED.to_owned()));
-                }
-            }
+        Err(e) => {
+            // Nothing of the batch is acknowledged; senders retry (GitHub
+            // and most providers do on a 5xx). What went wrong is logged,
+            // not sent to unauthenticated senders.
+            tracing::error!(error = %e, deliveries = batch.len(), "storing deliveries failed; answering 503");
+            metrics.background_errors.add("ingest", 1);
+            metrics.deliveries.add("store_failed", batch.len() as u64);
+            batch.iter().map(|_| Err(UNSTORED.to_owned())).collect()
         }
     }
 }
