@@ -158,6 +158,13 @@ async fn runs_complete(
 #[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, content_type = "text/plain", body = String)))]
 async fn metrics(State(state): State<AppState>) -> ([(axum::http::HeaderName, &'static str); 1], String) {
     let mut text = state.metrics.render();
+    if let Some(uses) = state.store.sqlite_writer_uses() {
+        text.push_str(
+            "# HELP automation_sqlite_writer_uses_total Uses of the SQLite writer connection (transactions and single statements).\n\
+             # TYPE automation_sqlite_writer_uses_total counter\n",
+        );
+        text.push_str(&format!("automation_sqlite_writer_uses_total {uses}\n"));
+    }
     if let Ok(counts) = state.store.count_runs_by_status().await {
         text.push_str("# HELP automation_runs Runs in the database by status.\n# TYPE automation_runs gauge\n");
         for (status, n) in counts {

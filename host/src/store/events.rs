@@ -189,7 +189,7 @@ impl Store {
         let r = async {
             self.file_intact()?;
             let out = {
-                with_db!(self, write, |db| {
+                with_db!(self, ack, |db| {
                     let mut tx = db.begin().await?;
                     let mut qb = sqlx::QueryBuilder::new(
                         "insert into deliveries (id, source, delivery_id, event_key, payload, received_at, status) ",
@@ -339,6 +339,14 @@ impl Store {
             }
             .await,
         )
+    }
+
+    /// A delivery's payload as it was received (a run's driver reads its
+    /// event this way, through a reader).
+    pub async fn delivery_payload(&self, id: Uuid) -> Result<Option<String>> {
+        Ok(with_db!(self, read, |db| {
+            sqlx::query_scalar("select payload from deliveries where id = $1").bind(DbId(id)).fetch_optional(db).await?
+        }))
     }
 
     /// Reads a delivery.

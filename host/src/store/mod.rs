@@ -43,7 +43,7 @@ pub use health::{Failing, Health};
 pub use notifications::{Attempt, DueNotification};
 pub use plugins::{RecordedGrant, StoredPlugin};
 pub use retention::Retained;
-pub use runs::{DeleteRun, Dispatched, RunChanges, RunFilter, RunPage};
+pub use runs::{DeleteRun, Dispatched, RunChanges, RunEnd, RunFilter, RunPage, RunStart, RunWrite};
 pub use scheduler::{DueAutomation, FireReport, FiredSlot, NextFire, PlannedSlot, SlotPlan, SlotRecord};
 pub use settings::SealReport;
 pub use uploads::{DeleteUpload, UploadPage};
@@ -114,6 +114,13 @@ enum Inner {
         write: SqlitePool,
         /// Readers run concurrently with the writer under WAL.
         read: SqlitePool,
+        /// Times the writer was used (a transaction or a single statement).
+        writer_uses: std::sync::Arc<std::sync::atomic::AtomicU64>,
+        /// The background writers' lane: one of them at a time waits for
+        /// (or holds) the writer, so a delivery's commit, which skips the
+        /// lane, waits behind at most one other transaction, never behind
+        /// a queue of run bookkeeping.
+        lane: std::sync::Arc<tokio::sync::Semaphore>,
     },
     Postgres(PgPool),
 }
@@ -133,7 +140,25 @@ macro_rules! with_db {
             }
         }
     };
+    // Every write but the acknowledgement path's: on SQLite it waits its
+    // turn in the background lane first.
     ($store:expr, write, |$e:ident| $body:expr) => {
+        match &$store.inner {
+            $crate::store::Inner::Sqlite { write, lane, .. } => {
+                // The semaphore is never closed; were it, the write would
+                // simply go without its turn.
+                let _turn = lane.acquire().await.ok();
+                let $e = write;
+                $body
+            }
+            $crate::store::Inner::Postgres(pool) => {
+                let $e = pool;
+                $body
+            }
+        }
+    };
+    // The commit a sender waits for (deliveries): straight to the writer.
+    ($store:expr, ack, |$e:ident| $body:expr) => {
         match &$store.inner {
             $crate::store::Inner::Sqlite { write, .. } => {
                 let $e = write;
@@ -183,6 +208,7 @@ impl Store {
                 None => opts,
             };
             let file = std::sync::Arc::new(health::FileWatch::new(opts.get_filename().to_owned()));
+            let writer_uses = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
             let write = SqlitePoolOptions::new()
                 .max_connections(1)
                 .min_connections(1)
@@ -194,7 +220,13 @@ impl Store {
                         Box::pin(async move { Ok(fresh) })
                     }
                 })
-                .after_release(|conn, _| Box::pin(writer_is_sound(conn)))
+                .after_release({
+                    let uses = writer_uses.clone();
+                    move |conn, _| {
+                        uses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        Box::pin(writer_is_sound(conn))
+                    }
+                })
                 .connect_with(opts.clone())
                 .await?;
             let read = SqlitePoolOptions::new()
@@ -214,7 +246,13 @@ impl Store {
             // replaced connection must not create an empty database.
             write.set_connect_options(opts.clone().create_if_missing(false));
             read.set_connect_options(opts.read_only(true).create_if_missing(false));
-            Ok(Store { inner: Inner::Sqlite { write, read }, health, file: Some(file), secrets: None })
+            let lane = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
+            Ok(Store {
+                inner: Inner::Sqlite { write, read, writer_uses, lane },
+                health,
+                file: Some(file),
+                secrets: None,
+            })
         }
     }
 
@@ -259,6 +297,15 @@ impl Store {
             Inner::Postgres(pool) => POSTGRES_MIGRATOR.run(pool).await?,
         }
         Ok(())
+    }
+
+    /// How many times the SQLite writer connection was used so far (each a
+    /// transaction or a single statement); `None` on Postgres.
+    pub fn sqlite_writer_uses(&self) -> Option<u64> {
+        match &self.inner {
+            Inner::Sqlite { writer_uses, .. } => Some(writer_uses.load(std::sync::atomic::Ordering::Relaxed)),
+            Inner::Postgres(_) => None,
+        }
     }
 
     /// Whether writes work now.
@@ -325,7 +372,7 @@ impl Store {
     /// Closes every connection (used at shutdown).
     pub async fn close(&self) {
         match &self.inner {
-            Inner::Sqlite { write, read } => {
+            Inner::Sqlite { write, read, .. } => {
                 read.close().await;
                 write.close().await;
             }
