@@ -24,12 +24,20 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::group_commit::GroupCommit;
 use crate::metrics::Metrics;
 use crate::model::{Automation, DisabledReason, PluginLogLine, Run, RunOutput, RunStatus, StatusDetail};
 use crate::plugins::manifest::{Capability, Kind};
 use crate::plugins::registry::LookupError;
 use crate::plugins::{Bundle, CallError, CallReport, ExecStatus, Registry, RunContext};
-use crate::store::{Dialect, RunChanges, Store};
+use crate::store::{Dialect, RunChanges, RunEnd, RunStart, RunWrite, Store};
+
+/// Most run starts and ends written in one transaction.
+const MAX_RUN_WRITES: usize = 256;
+
+/// What the run-write committer answers: whether the write applied (the
+/// run was still `running`, and for a start still ours).
+type WriteAnswer = Result<bool, Arc<crate::store::Error>>;
 
 /// Most plugin log lines kept per run, and most bytes.
 const RUN_LOG_LINES: usize = 200;
@@ -104,6 +112,10 @@ pub struct Dispatcher {
     callback_secret: Vec<u8>,
     /// Set while a wake-up for the other hosts is on its way.
     notifying: Arc<std::sync::atomic::AtomicBool>,
+    /// Writes the starts and ends of runs that happen together in one
+    /// transaction; set by [`Dispatcher::spawn`] (without it each write is
+    /// its own).
+    run_writes: std::sync::OnceLock<GroupCommit<RunWrite, WriteAnswer>>,
 }
 
 /// A run this host is driving.
@@ -137,6 +149,7 @@ impl Dispatcher {
             draining: std::sync::atomic::AtomicBool::new(false),
             callback_secret,
             notifying: Arc::default(),
+            run_writes: std::sync::OnceLock::new(),
         }
     }
 
@@ -204,8 +217,15 @@ impl Dispatcher {
         hex::encode(mac.finalize().into_bytes())
     }
 
-    /// Starts the claim, heartbeat and rescue loops under `sup`.
+    /// Starts the claim, heartbeat and rescue loops and the run-write
+    /// committer under `sup`.
     pub fn spawn(self: &Arc<Self>, sup: &crate::supervise::Supervisor) {
+        let store = self.store.clone();
+        let commit = GroupCommit::start("run-writes", MAX_RUN_WRITES, sup, move |writes: Vec<RunWrite>| {
+            let store = store.clone();
+            async move { write_runs(&store, &writes).await }
+        });
+        let _ = self.run_writes.set(commit);
         let this = self.clone();
         sup.spawn("dispatcher", move |stop| this.clone().claim_loop(stop));
         let this = self.clone();
@@ -461,19 +481,20 @@ impl Dispatcher {
         let detail = self.detail(RunStatus::Running, reason);
         let lines = log.take();
         let changes = RunChanges { error, output, plugin_log: (!lines.is_empty()).then_some(lines) };
+        let end = RunWrite::End(RunEnd { id: run.id, to, detail, changes });
         // The end of a run is retried until it is written: a run reported
         // done must not stay `running`, nor be forgotten.
         let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         let mut attempts = 0u32;
         loop {
-            match self.store.transition_run(run.id, &[RunStatus::Running], to, &detail, changes.clone()).await {
-                Ok(Some(_)) => {
+            match self.commit_run_write(&end).await {
+                Ok(true) => {
                     self.metrics.runs_finished.add(to.as_str(), 1);
                     tracing::info!(run.id = %run.id, automation.id = %run.automation_id, status = %to, reason, attempts, "run finished");
                     self.run_ended(run.automation_id, to).await;
                     return true;
                 }
-                Ok(None) => return false,
+                Ok(false) => return false,
                 Err(e) => {
                     attempts += 1;
                     self.metrics.background_errors.add("run_finish", 1);
@@ -485,6 +506,25 @@ impl Dispatcher {
                 }
             }
         }
+    }
+
+    /// Writes a run's start or end with the others that happen meanwhile
+    /// (one commit), or on its own when there is no committer (dispatch not
+    /// started, or stopped).
+    async fn commit_run_write(&self, write: &RunWrite) -> WriteAnswer {
+        if let Some(commit) = self.run_writes.get()
+            && let Some(answer) = commit.submit(write.clone()).await
+        {
+            return answer;
+        }
+        Ok(self
+            .store
+            .write_runs(std::slice::from_ref(write))
+            .await
+            .map_err(Arc::new)?
+            .first()
+            .copied()
+            .unwrap_or(false))
     }
 
     /// After a run of `automation_id` ended `status`: a failure may be the
@@ -574,26 +614,41 @@ impl Dispatcher {
         let started = run.started_at.unwrap_or_else(Utc::now);
         let timeout = Duration::from_secs(u64::from(automation.timeout_seconds));
         let deadline = run.timeout_at.unwrap_or(started + timeout);
-        let ctx = self.context(&run, &automation, timeout);
+        // An event run's payload is its delivery's: read here as text,
+        // through a reader (not in the claim's transaction), and passed on
+        // as it came.
+        let payload = match run.trigger.event_id {
+            Some(event) if run.trigger.payload.is_null() => match self.store.delivery_payload(event).await {
+                Ok(text) => text,
+                Err(e) => {
+                    tracing::warn!(run.id = %run.id, error = %e, "cannot read the run's event; the run will be rescued");
+                    return;
+                }
+            },
+            _ => None,
+        };
+        let ctx = self.context(&run, &automation, timeout, payload);
 
-        let handle = match run.executor_handle.clone() {
-            Some(h) => h,
+        // A run started here was just seen `running` and ours (the start
+        // was recorded on that condition); a rescued one is checked first.
+        let (handle, known_running) = match run.executor_handle.clone() {
+            Some(h) => (h, false),
             None => match self.start(&run, &log, &automation, &executor, &ctx, deadline, &stop).await {
-                Some(h) => h,
+                Some(h) => (h, true),
                 None => return,
             },
         };
-        self.poll_until_final(&run, &log, &executor, &ctx, &handle, deadline, &stop).await;
+        self.poll_until_final(&run, &log, &executor, &ctx, &handle, deadline, &stop, known_running).await;
     }
 
-    fn context(&self, run: &Run, automation: &Automation, timeout: Duration) -> RunContext {
+    fn context(&self, run: &Run, automation: &Automation, timeout: Duration, payload: Option<String>) -> RunContext {
         RunContext {
             run_id: run.id,
             automation_id: automation.id,
             automation_name: automation.name.clone(),
             attempt: run.attempt,
             trigger_kind: run.trigger.kind.clone(),
-            trigger_payload: run.trigger.payload.to_string(),
+            trigger_payload: payload.unwrap_or_else(|| run.trigger.payload.to_string()),
             event_key: run.trigger.event_key.clone(),
             scheduled_for: run.trigger.scheduled_for,
             config: automation.executor.config.to_string(),
@@ -654,7 +709,14 @@ impl Dispatcher {
                 }
             }
         };
-        match self.store.record_start(run.id, &self.settings.host_id, executor.name(), &handle, deadline).await {
+        let start = RunWrite::Start(RunStart {
+            id: run.id,
+            host: self.settings.host_id.clone(),
+            executor: executor.name().to_owned(),
+            handle: handle.clone(),
+            timeout_at: deadline,
+        });
+        match self.commit_run_write(&start).await {
             Ok(true) => Some(handle),
             Ok(false) => {
                 // Cancelled (or taken) while starting: stop what we started.
@@ -718,8 +780,14 @@ impl Dispatcher {
         handle: &str,
         deadline: DateTime<Utc>,
         stop: &CancellationToken,
+        known_running: bool,
     ) {
         let mut interval = Duration::from_millis(50);
+        // Whether the next turn may skip reading the run's status: right
+        // after the start, and when the wake-up came from the run's process
+        // ending (its end is then written only if it is still `running`, so
+        // a cancel or callback meanwhile is not overwritten).
+        let mut skip_check = known_running;
         let mut errors = 0u32;
         // A local process of this run ending wakes the loop at once (the
         // executor is polled early); remote executors keep the interval.
@@ -727,14 +795,16 @@ impl Dispatcher {
         let mut last_progress: Option<String> = None;
         loop {
             // Someone else may have ended the run: a cancel, a callback.
-            match self.store.get_run_status(run.id).await {
-                Ok(Some(status)) if status != RunStatus::Running => {
-                    tracing::info!(run.id = %run.id, %status, "run ended elsewhere; stopping it on the executor");
-                    self.cancel_on_executor(run, log, executor, ctx, handle).await;
-                    return;
+            if !std::mem::take(&mut skip_check) {
+                match self.store.get_run_status(run.id).await {
+                    Ok(Some(status)) if status != RunStatus::Running => {
+                        tracing::info!(run.id = %run.id, %status, "run ended elsewhere; stopping it on the executor");
+                        self.cancel_on_executor(run, log, executor, ctx, handle).await;
+                        return;
+                    }
+                    Ok(None) => return,
+                    _ => {}
                 }
-                Ok(None) => return,
-                _ => {}
             }
             if stop.is_cancelled() {
                 // Our lease is gone; check once more above next time.
@@ -803,7 +873,7 @@ impl Dispatcher {
             tokio::select! {
                 () = stop.cancelled() => {}
                 () = tokio::time::sleep(interval) => {}
-                () = ended.notified(), if errors == 0 => {}
+                () = ended.notified(), if errors == 0 => skip_check = true,
             }
         }
     }
@@ -838,6 +908,26 @@ impl Dispatcher {
         log.add("cancel", &report);
         if let Err(e) = result {
             tracing::warn!(run.id = %run.id, error = %e, "the executor could not cancel the run");
+        }
+    }
+}
+
+/// The run-write committer's write: every start and end in one
+/// transaction; if that fails, each on its own, so one write the database
+/// refuses does not hold back the others that happened to come with it.
+async fn write_runs(store: &Store, writes: &[RunWrite]) -> Vec<WriteAnswer> {
+    match store.write_runs(writes).await {
+        Ok(applied) => applied.into_iter().map(Ok).collect(),
+        Err(e) if writes.len() == 1 => vec![Err(Arc::new(e))],
+        Err(_) => {
+            let mut answers = Vec::with_capacity(writes.len());
+            for write in writes {
+                answers.push(match store.write_runs(std::slice::from_ref(write)).await {
+                    Ok(moved) => Ok(moved.first().copied().unwrap_or(false)),
+                    Err(e) => Err(Arc::new(e)),
+                });
+            }
+            answers
         }
     }
 }

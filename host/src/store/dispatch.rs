@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use super::runs::{COLUMNS, Row};
+use super::runs::{DRIVER_COLUMNS, Row};
 use super::types::{DbId, DbTime};
 use super::{Dialect, Result, Store, with_db};
 use crate::model::{ConcurrencyPolicy, Run, RunStatus, StatusDetail};
@@ -148,7 +148,7 @@ impl Store {
                     let sql = format!(
                         "update runs set status = 'running', lease_owner = $1, lease_expires_at = $2, started_at = $3, \
                          updated_at = $3, attempt = attempt + 1, status_detail = $4 \
-                         where status = 'pending' and id in ({}) returning {COLUMNS}",
+                         where status = 'pending' and id in ({}) returning {DRIVER_COLUMNS}",
                         placeholders(5, claim_ids.len())
                     );
                     let mut q = sqlx::query_as::<_, Row>(&sql)
@@ -202,39 +202,6 @@ impl Store {
         .await)
     }
 
-    /// Records that an executor started a run: its plugin, handle, deadline
-    /// and callback token hash. False if the run is no longer ours and running.
-    pub async fn record_start(
-        &self,
-        run_id: Uuid,
-        host: &str,
-        executor: &str,
-        handle: &str,
-        timeout_at: DateTime<Utc>,
-    ) -> Result<bool> {
-        self.noted(
-            async {
-                let n = with_db!(self, write, |db| {
-                    sqlx::query(
-                        "update runs set executor = $3, executor_handle = $4, timeout_at = $5, updated_at = $6 \
-                     where id = $1 and lease_owner = $2 and status = 'running'",
-                    )
-                    .bind(DbId(run_id))
-                    .bind(host)
-                    .bind(executor)
-                    .bind(handle)
-                    .bind(DbTime::new(timeout_at))
-                    .bind(DbTime::new(crate::model::now()))
-                    .execute(db)
-                    .await?
-                    .rows_affected()
-                });
-                Ok(n == 1)
-            }
-            .await,
-        )
-    }
-
     /// Stores the hash of a run's completion-callback token.
     pub async fn set_callback_token(&self, run_id: Uuid, token_hash: &str) -> Result<()> {
         with_db!(self, write, |db| {
@@ -266,11 +233,21 @@ impl Store {
                 if ids.is_empty() {
                     return Ok(Vec::new());
                 }
-                let sql = format!(
-                    "update runs set lease_expires_at = $2 where lease_owner = $1 and status = 'running' \
-                 and id in ({}) returning id",
-                    placeholders(3, ids.len())
-                );
+                // Postgres: the rows are locked in id order, as the run-end
+                // committer locks them, so a heartbeat and a batch of ends
+                // never wait for each other in a cycle (a deadlock).
+                let ids_sql = placeholders(3, ids.len());
+                let sql = match self.dialect() {
+                    Dialect::Postgres => format!(
+                        "update runs set lease_expires_at = $2 where id in (select id from runs \
+                         where lease_owner = $1 and status = 'running' and id in ({ids_sql}) order by id for update) \
+                         returning id"
+                    ),
+                    Dialect::Sqlite => format!(
+                        "update runs set lease_expires_at = $2 where lease_owner = $1 and status = 'running' \
+                         and id in ({ids_sql}) returning id"
+                    ),
+                };
                 let held: Vec<DbId> = with_db!(self, write, |db| {
                     let mut q = sqlx::query_scalar(&sql).bind(host).bind(DbTime::new(until));
                     for id in ids {
@@ -313,7 +290,7 @@ impl Store {
                         let detail = detail_for(owner.as_deref().unwrap_or("an unknown host"));
                         let row: Option<Row> = sqlx::query_as(&format!(
                         "update runs set lease_owner = $2, lease_expires_at = $3, status_detail = $4, updated_at = $5 \
-                         where id = $1 and status = 'running' returning {COLUMNS}"
+                         where id = $1 and status = 'running' returning {DRIVER_COLUMNS}"
                     ))
                     .bind(id)
                     .bind(host)

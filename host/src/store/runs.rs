@@ -50,6 +50,14 @@ pub(super) const COLUMNS: &str = "id, automation_id, status, status_detail, trig
     timeout_at, updated_at, rerun_of, progress, \
     (select d.payload from deliveries d where d.id = runs.event_id) as event_payload";
 
+/// The columns of a run as its driver takes it (claim, rescue): without
+/// the event payload, which the driver reads as text from the delivery
+/// ([`Store::delivery_payload`]) through a reader, outside the writer's
+/// transaction.
+pub(super) const DRIVER_COLUMNS: &str = "id, automation_id, status, status_detail, trigger, attempt, \
+    executor, executor_handle, output, error, plugin_log, created_at, started_at, finished_at, \
+    timeout_at, updated_at, rerun_of, progress, null as event_payload";
+
 #[derive(FromRow)]
 pub(super) struct Row {
     id: DbId,
@@ -149,6 +157,53 @@ pub struct RunFilter {
     pub created_after: Option<chrono::DateTime<chrono::Utc>>,
     /// Only runs created before this.
     pub created_before: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// What a run's driver writes about it (see [`Store::write_runs`]).
+#[derive(Debug, Clone)]
+pub enum RunWrite {
+    /// The executor started it.
+    Start(RunStart),
+    /// It ended.
+    End(RunEnd),
+}
+
+impl RunWrite {
+    fn run_id(&self) -> Uuid {
+        match self {
+            RunWrite::Start(s) => s.id,
+            RunWrite::End(e) => e.id,
+        }
+    }
+}
+
+/// That an executor started a run: its plugin, handle, deadline. Written
+/// only while the run is `running` and leased to `host`.
+#[derive(Debug, Clone)]
+pub struct RunStart {
+    /// The run.
+    pub id: Uuid,
+    /// The host that holds its lease.
+    pub host: String,
+    /// The executor plugin.
+    pub executor: String,
+    /// The executor's handle for it.
+    pub handle: String,
+    /// When it times out.
+    pub timeout_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// One run's end, as its driver records it.
+#[derive(Debug, Clone)]
+pub struct RunEnd {
+    /// The run, which must still be `running`.
+    pub id: Uuid,
+    /// Its final status.
+    pub to: RunStatus,
+    /// Why it ended.
+    pub detail: StatusDetail,
+    /// Its error, output and log.
+    pub changes: RunChanges,
 }
 
 /// Fields a transition may set besides the status.
@@ -372,6 +427,72 @@ impl Store {
                     row
                 });
                 row.map(Run::try_from).transpose()
+            }
+            .await,
+        )
+    }
+
+    /// Writes what drivers report about their runs, in one transaction
+    /// (the dispatcher's group commit of starts and ends). A start is
+    /// written only if the run is still `running` and leased to its host;
+    /// an end only if the run is still `running`, with its notification
+    /// queued. For each write, whether it applied (false: the run was
+    /// cancelled, finished by a callback or taken over). Nothing of the run
+    /// is read back (its payload, output): its driver has them.
+    pub async fn write_runs(&self, writes: &[RunWrite]) -> Result<Vec<bool>> {
+        self.noted(
+            async {
+                let end_sql = "update runs set status = $2, status_detail = $3, updated_at = $4, finished_at = $4, \
+                               error = coalesce($5, error), output = coalesce($6, output), \
+                               plugin_log = coalesce($7, plugin_log) \
+                               where id = $1 and status = 'running' returning automation_id";
+                let start_sql = "update runs set executor = $3, executor_handle = $4, timeout_at = $5, updated_at = $6 \
+                                 where id = $1 and lease_owner = $2 and status = 'running'";
+                let now = crate::model::now();
+                // In id order: Postgres locks each row as it is updated, and
+                // the heartbeat locks its rows in the same order (no deadlock).
+                let mut order: Vec<usize> = (0..writes.len()).collect();
+                order.sort_by_key(|&i| writes[i].run_id());
+                with_db!(self, write, |db| {
+                    let mut tx = db.begin().await?;
+                    let mut applied = vec![false; writes.len()];
+                    for i in order {
+                        applied[i] = match &writes[i] {
+                            RunWrite::Start(s) => {
+                                sqlx::query(start_sql)
+                                    .bind(DbId(s.id))
+                                    .bind(&s.host)
+                                    .bind(&s.executor)
+                                    .bind(&s.handle)
+                                    .bind(DbTime::new(s.timeout_at))
+                                    .bind(DbTime::new(now))
+                                    .execute(&mut *tx)
+                                    .await?
+                                    .rows_affected()
+                                    == 1
+                            }
+                            RunWrite::End(end) => {
+                                debug_assert!(end.to.is_final(), "a run ends in a final status");
+                                let automation: Option<DbId> = sqlx::query_scalar(end_sql)
+                                    .bind(DbId(end.id))
+                                    .bind(end.to.as_str())
+                                    .bind(Json(&end.detail))
+                                    .bind(DbTime::new(end.detail.at))
+                                    .bind(end.changes.error.as_deref())
+                                    .bind(end.changes.output.as_ref().map(Json))
+                                    .bind(end.changes.plugin_log.as_ref().map(Json))
+                                    .fetch_optional(&mut *tx)
+                                    .await?;
+                                if let Some(a) = automation {
+                                    super::notifications::notify_in!(tx, end.id, a.0, end.to, end.detail.at);
+                                }
+                                automation.is_some()
+                            }
+                        };
+                    }
+                    tx.commit().await?;
+                    Ok(applied)
+                })
             }
             .await,
         )
