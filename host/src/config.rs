@@ -357,6 +357,12 @@ pub struct Config {
     #[arg(long, env = "AUTOMATION_SANDBOX_MEMORY_MB", default_value_t = 1024, global = true)]
     pub sandbox_memory_mb: u64,
 
+    /// Scheduling niceness of sandboxed runs, 0-19 (higher yields more CPU
+    /// to the host: acknowledgements come first when the CPU is short).
+    #[arg(long, env = "AUTOMATION_SANDBOX_NICE", default_value_t = crate::sandbox::DEFAULT_NICE,
+          value_parser = clap::value_parser!(i32).range(0..=19), global = true)]
+    pub sandbox_nice: i32,
+
     /// Processes and threads of one sandboxed run.
     #[arg(long, env = "AUTOMATION_SANDBOX_PROCESSES", default_value_t = 256, global = true)]
     pub sandbox_processes: u64,
@@ -576,6 +582,7 @@ impl Config {
                 cpu_seconds: self.sandbox_cpu_seconds,
                 workspace_bytes: mb(self.sandbox_workspace_mb),
                 tmp_bytes: mb(self.sandbox_tmp_mb),
+                nice: self.sandbox_nice,
             },
             read_only: self.sandbox_read_only_paths.clone(),
             identity: crate::sandbox::Identity { uid: self.sandbox_uid, gid: self.sandbox_gid },

@@ -584,3 +584,24 @@ fn nix_is_root() -> bool {
 fn nix_kill(pid: i32) {
     let _ = std::process::Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_yield_the_cpu_to_the_host_and_cannot_take_it_back() {
+    // Runs are background work: their processes run at a lower priority
+    // (niceness 10 by default), so a sender waiting for its 202 comes first
+    // when the CPU is short, and a run cannot raise its priority again.
+    let script = "read -r s < /proc/self/stat; set -- $s; echo \"nice=${19}\"; \
+                  if renice -n 0 -p $$ >/dev/null 2>&1; then echo raised; else echo refused; fi; \
+                  read -r s < /proc/self/stat; set -- $s; echo \"after=${19}\"";
+    let s = TestServer::start(Backend::Sqlite).await;
+    let done = run(&s, script, json!({})).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let out = stdout(&done);
+    assert!(out.contains("nice=10"), "runs get niceness 10 by default: {out}");
+    assert!(out.contains("refused") && out.contains("after=10"), "a run raised its own priority: {out}");
+    drop(s);
+    let s = TestServer::start_with(Backend::Sqlite, &[("AUTOMATION_SANDBOX_NICE", "17")]).await;
+    let done = run(&s, script, json!({})).await;
+    assert!(stdout(&done).contains("nice=17"), "the operator sets the niceness: {}", stdout(&done));
+    healthy(&s).await;
+}

@@ -52,7 +52,7 @@ use nix::unistd::{Gid, Pid, Uid};
 
 use super::cgroup::RunCgroup;
 use super::policy::{Applied, Control, Exit, INSIDE_ID, Network, Policy, Report, human_bytes};
-use super::sys::{Forked, default_sigpipe, fork_into};
+use super::sys::{Forked, default_sigpipe, fork_into, lower_priority};
 use super::{landlock, limits, root, seccomp};
 
 /// Time between SIGTERM and SIGKILL when a run is asked to stop.
@@ -176,6 +176,14 @@ fn run() -> Result<(), String> {
         .map_err(|e| format!("cannot read the policy: {e}"))?;
     let policy: Policy = serde_json::from_slice(&line).map_err(|e| format!("bad policy: {e}"))?;
     let mut host = Host { sock: Some(sock), lines: LineBuf::default() };
+    // Lower priority first, for the launcher and everything it starts: an
+    // unprivileged process cannot raise it again (RLIMIT_NICE is 0 unless
+    // an administrator gave more), so a run cannot take the CPU from the
+    // host's acknowledgements.
+    if let Err(e) = lower_priority(policy.limits.nice) {
+        host.send(&Report::Failed { error: e });
+        return Ok(());
+    }
     if let Err(error) = launch(&policy, &mut host) {
         host.send(&Report::Failed { error });
     }

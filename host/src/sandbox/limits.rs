@@ -45,6 +45,8 @@ pub(crate) fn rlimits(
         // SIGXCPU at the limit, SIGKILL a little later if it is ignored.
         Rlimit { resource: Resource::RLIMIT_CPU, soft: l.cpu_seconds, hard: l.cpu_seconds.saturating_add(5) },
         Rlimit { resource: Resource::RLIMIT_CORE, soft: 0, hard: 0 },
+        // No raising the priority back (the launcher lowered it).
+        Rlimit { resource: Resource::RLIMIT_NICE, soft: 0, hard: 0 },
         Rlimit { resource: Resource::RLIMIT_MEMLOCK, soft: 64 << 10, hard: 64 << 10 },
         Rlimit {
             resource: Resource::RLIMIT_NPROC,

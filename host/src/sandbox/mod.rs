@@ -45,7 +45,7 @@ use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use policy::{Applied, CgroupPlan, Control, Exit, LAUNCHER_ARG, Layers, Policy, RUN_MARKER, Report};
-pub use policy::{Identity, Level, Limits, Network};
+pub use policy::{DEFAULT_NICE, Identity, Level, Limits, Network};
 
 /// How long a process may take to start (build its sandbox and `execve`).
 const START_TIMEOUT: Duration = Duration::from_secs(30);

@@ -100,6 +100,13 @@ impl Network {
     }
 }
 
+/// The niceness runs get unless configured (`AUTOMATION_SANDBOX_NICE`).
+pub const DEFAULT_NICE: i32 = 10;
+
+fn default_nice() -> i32 {
+    DEFAULT_NICE
+}
+
 /// Resource limits of one run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
@@ -118,6 +125,11 @@ pub struct Limits {
     pub workspace_bytes: u64,
     /// Size of the private `/tmp` (and `/dev/shm`), bytes.
     pub tmp_bytes: u64,
+    /// Scheduling niceness of the run's processes (0-19; higher yields
+    /// more): runs are background work, and a webhook sender waiting for
+    /// its 202 comes first when the CPU is short.
+    #[serde(default = "default_nice")]
+    pub nice: i32,
 }
 
 impl Default for Limits {
@@ -130,6 +142,7 @@ impl Default for Limits {
             cpu_seconds: 3600,
             workspace_bytes: 1 << 30,
             tmp_bytes: 256 << 20,
+            nice: DEFAULT_NICE,
         }
     }
 }

@@ -37,6 +37,31 @@ pub(super) fn fork_into(flags: CloneFlags) -> nix::Result<Forked> {
     }
 }
 
+/// Lowers the calling process's scheduling priority to niceness `nice`
+/// (clamped to 0-19); inherited by every process it starts. A niceness at
+/// or below the current one is left as it is (lowering it again would need
+/// a privilege).
+pub(super) fn lower_priority(nice: i32) -> Result<(), String> {
+    let nice = nice.clamp(0, 19);
+    // SAFETY: getpriority and setpriority take integers and touch no memory.
+    // getpriority may return -1 as a value, so errno tells failures apart.
+    let now = unsafe {
+        nix::errno::Errno::clear();
+        libc::getpriority(libc::PRIO_PROCESS, 0)
+    };
+    if now == -1 && nix::errno::Errno::last_raw() != 0 {
+        return Err(format!("getpriority: {}", nix::errno::Errno::last()));
+    }
+    if nice <= now {
+        return Ok(());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {
+        return Err(format!("cannot lower the run's priority (nice {nice}): {}", nix::errno::Errno::last()));
+    }
+    Ok(())
+}
+
 /// Puts `SIGPIPE` back to its default action. The Rust runtime ignores it at
 /// start-up, and an ignored signal stays ignored across `execve`; a shell
 /// pipeline in a run expects the default.
