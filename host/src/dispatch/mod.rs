@@ -32,7 +32,7 @@ use crate::plugins::registry::LookupError;
 use crate::plugins::{Bundle, CallError, CallReport, ExecStatus, Registry, RunContext};
 use crate::store::{Dialect, RunChanges, RunEnd, RunStart, RunWrite, Store};
 
-/// Most run starts and ends written in one transaction.
+/// Most run ends written in one transaction.
 const MAX_RUN_WRITES: usize = 256;
 
 /// What the run-write committer answers: whether the write applied (the
@@ -112,9 +112,8 @@ pub struct Dispatcher {
     callback_secret: Vec<u8>,
     /// Set while a wake-up for the other hosts is on its way.
     notifying: Arc<std::sync::atomic::AtomicBool>,
-    /// Writes the starts and ends of runs that happen together in one
-    /// transaction; set by [`Dispatcher::spawn`] (without it each write is
-    /// its own).
+    /// Writes the ends of runs that end together in one transaction; set
+    /// by [`Dispatcher::spawn`] (without it each end is its own).
     run_writes: std::sync::OnceLock<GroupCommit<RunWrite, WriteAnswer>>,
 }
 
@@ -508,9 +507,9 @@ impl Dispatcher {
         }
     }
 
-    /// Writes a run's start or end with the others that happen meanwhile
-    /// (one commit), or on its own when there is no committer (dispatch not
-    /// started, or stopped).
+    /// Writes a run's end with the others that end meanwhile (one commit),
+    /// or on its own when there is no committer (dispatch not started, or
+    /// stopped).
     async fn commit_run_write(&self, write: &RunWrite) -> WriteAnswer {
         if let Some(commit) = self.run_writes.get()
             && let Some(answer) = commit.submit(write.clone()).await
@@ -716,7 +715,12 @@ impl Dispatcher {
             handle: handle.clone(),
             timeout_at: deadline,
         });
-        match self.commit_run_write(&start).await {
+        // Written on its own, not through the run-write committer: sharing
+        // the ends' commits made them longer, and acknowledgements waited
+        // behind them (mixed benchmark, SQLite, 16 senders: 1,098 and 823
+        // acknowledged/s on their own against 443 and 368 batched).
+        let written = self.store.write_runs(std::slice::from_ref(&start)).await;
+        match written.map(|applied| applied.first().copied().unwrap_or(false)) {
             Ok(true) => Some(handle),
             Ok(false) => {
                 // Cancelled (or taken) while starting: stop what we started.
