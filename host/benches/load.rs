@@ -3,7 +3,7 @@
 //! BENCHMARKS.md with these figures and the micro benchmarks' (run `cargo
 //! bench --bench micro` first; `just bench` does both).
 //!
-//! Scenarios (set `LOAD_ONLY=ingest,e2e,sandbox,scheduler,dispatch,startup,retention,wakeup,scale` to pick):
+//! Scenarios (set `LOAD_ONLY=ingest,mixed,e2e,sandbox,scheduler,dispatch,startup,retention,wakeup,scale` to pick):
 //! - ingest: signed 14 KB GitHub deliveries, 100 filtered automations, 1/16/64
 //!   senders, SQLite and Postgres: throughput, p50/p99 acknowledgement, non-2xx;
 //! - e2e: event -> run `succeeded` through the local-sandbox executor, with the
@@ -14,6 +14,8 @@
 //! - startup: time to /ready with cached plugins, idle RSS;
 //! - retention: acknowledgement latency while the sweep deletes 90,000 old runs;
 //! - wakeup: a run made on one host, claimed by another (Postgres LISTEN/NOTIFY);
+//! - mixed: acknowledgements while the runs they make execute through the
+//!   isolated local sandbox (SQLite and Postgres, 16 and 64 senders);
 //! - scale: matching cost with 100 / 1,000 / 10,000 automations and 1 KB / 14 KB / 1 MB payloads.
 //!
 //! `LOAD_HOST_BINARY=/path/to/automation-host` runs the scenarios against
@@ -271,6 +273,182 @@ async fn ingest(report: &mut Report, db: Db, senders: usize) {
             pct(&lat, 0.99),
             lat.last().copied().unwrap_or(f64::NAN),
             n as f64 / drain
+        ),
+    );
+}
+
+// --- mixed: acknowledgements while runs execute ----------------------------------
+
+/// CPU seconds of a process (its threads) and of the children it reaped.
+fn cpu_seconds(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0.0)).collect();
+    let tick = 100.0; // USER_HZ on Linux
+    let at = |i: usize| f.get(i - 3).copied().unwrap_or(0.0) / tick;
+    (at(14) + at(15), at(16) + at(17))
+}
+
+/// Bytes the process read through read/pread (SQLite pages, pipes; not sockets).
+fn bytes_read(pid: u32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    io.lines().find_map(|l| l.strip_prefix("rchar: ")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
+/// The value of an unlabelled counter, or the sum over a labelled one.
+fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with(' ') || r.starts_with('{')))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// The next transaction id Postgres will hand out: the difference between
+/// two readings is how many transactions wrote (read-only ones get none).
+async fn pg_next_xid(url: &str) -> i64 {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    sqlx::query_scalar("select pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// The workload of a user's traffic: 100 event automations, each filter
+/// matching one issue number, every run a one-line bash script through the
+/// isolated local sandbox; `count` signed 14 KB deliveries from `senders`,
+/// each matching one automation, spread over all 100. Acknowledgements are
+/// measured while the runs execute.
+async fn mixed(report: &mut Report, db: Db, senders: usize, count: usize) {
+    let url = if db == Db::Postgres { Some(new_pg_db().await) } else { None };
+    let server = start(url.as_deref(), &[]);
+    let pid = server.child.id();
+    let c = client();
+    let base = server.base.clone();
+    let level = isolation_level(&c, &base).await;
+    let automations = 100;
+    for i in 0..automations {
+        let body = json!({
+            "name": format!("mixed {i}"),
+            "trigger": {"type": "event", "source": "github", "on": ["issues.*"],
+                "filter": format!("issue.number == `{i}` && action == 'labeled'")},
+            "preset": {"name": "script", "config": {"script": format!("echo issue {i}")}},
+            "executor": {"plugin": "local-sandbox"},
+        });
+        api(&c, reqwest::Method::POST, format!("{base}/v1/automations"), Some(body)).await;
+    }
+    let template: Value = serde_json::from_str(&common::delivery_14kb()).unwrap();
+    let bodies: Arc<Vec<(String, String)>> = Arc::new(
+        (0..automations)
+            .map(|i| {
+                let mut v = template.clone();
+                v["issue"]["number"] = json!(i);
+                let body = v.to_string();
+                let sig = sign(SECRET.as_bytes(), body.as_bytes());
+                (body, sig)
+            })
+            .collect(),
+    );
+    let finished = |c: reqwest::Client, base: String| async move {
+        let text = c.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+        (metric_sum(&text, "automation_runs_finished_total"), metric_sum(&text, "automation_sqlite_writer_uses_total"))
+    };
+    let wait_finished = |n: f64| {
+        let (c, base) = (c.clone(), base.clone());
+        async move {
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(600) {
+                if finished(c.clone(), base.clone()).await.0 >= n {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            false
+        }
+    };
+    // Warm-up: one run per automation, finished.
+    for (i, (body, sig)) in bodies.iter().enumerate() {
+        let r = github_issues(&c, &base, format!("mixed-warm-{i}"), body, sig).send().await.unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    assert!(wait_finished(automations as f64).await, "the warm-up runs did not finish");
+
+    let (cpu0, children0) = cpu_seconds(pid);
+    let read0 = bytes_read(pid);
+    let (_, writes0) = finished(c.clone(), base.clone()).await;
+    let xid0 = match &url {
+        Some(u) => pg_next_xid(u).await,
+        None => 0,
+    };
+    let started = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..senders)
+        .map(|_| {
+            let (c, base, bodies, next) = (c.clone(), base.clone(), bodies.clone(), next.clone());
+            tokio::spawn(async move {
+                let (mut lat, mut errors) = (Vec::new(), 0u64);
+                loop {
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if n >= count {
+                        return (lat, errors);
+                    }
+                    let (body, sig) = &bodies[n % bodies.len()];
+                    let t = Instant::now();
+                    match github_issues(&c, &base, format!("mixed-{n}"), body, sig).send().await {
+                        Ok(r) if r.status() == 202 => lat.push(t.elapsed().as_secs_f64() * 1000.0),
+                        _ => errors += 1,
+                    }
+                }
+            })
+        })
+        .collect();
+    let (mut lat, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        let (l, e) = t.await.unwrap();
+        lat.extend(l);
+        errors += e;
+    }
+    let acked_in = started.elapsed().as_secs_f64();
+    let (done_then, _) = finished(c.clone(), base.clone()).await;
+    let backlog = (automations + count) as f64 - done_then;
+    let all = wait_finished((automations + lat.len()) as f64).await;
+    let drained = started.elapsed().as_secs_f64();
+    let (cpu1, children1) = cpu_seconds(pid);
+    let read1 = bytes_read(pid);
+    let (_, writes1) = finished(c.clone(), base.clone()).await;
+    let total = |status: &str| {
+        let (c, base) = (c.clone(), base.clone());
+        let status = status.to_owned();
+        async move {
+            api(&c, reqwest::Method::GET, format!("{base}/v1/runs?status={status}&limit=1"), None).await["total"]
+                .as_u64()
+                .unwrap_or(0)
+        }
+    };
+    let succeeded = total("succeeded").await as usize;
+    let lost = (automations + lat.len()).saturating_sub(succeeded);
+    let n = lat.len();
+    lat.sort_by(f64::total_cmp);
+    let runs = n.max(1) as f64;
+    let writes = match &url {
+        Some(u) => format!("{:.2} write transactions", (pg_next_xid(u).await - xid0) as f64 / runs),
+        None => format!("{:.2} writer uses", (writes1 - writes0) / runs),
+    };
+    report.add(
+        "mixed",
+        format!(
+            "| {} | {level} | {senders} | {n} | {:.0} /s | {:.1} ms | {:.1} ms | {errors} | {:.0} /s | {backlog:.0} | {} | {:.2} ms | {:.2} ms | {writes} | {:.0} KB |",
+            db.name(),
+            n as f64 / acked_in,
+            pct(&lat, 0.5),
+            pct(&lat, 0.99),
+            n as f64 / drained,
+            if all { lost.to_string() } else { format!("{lost} (runs still unfinished after 600 s)") },
+            (cpu1 - cpu0) * 1000.0 / runs,
+            (children1 - children0) * 1000.0 / runs,
+            (read1 - read0) as f64 / runs / 1024.0,
         ),
     );
 }
@@ -1026,6 +1204,7 @@ fn write_markdown(report: &Report, machine: &str, ran: &str) {
         };
     let headings = [
         ("ingest", "## Event ingestion"),
+        ("mixed", "## Acknowledgements while runs execute"),
         ("e2e", "## Event to run"),
         ("sandbox", "## Local sandbox throughput"),
         ("scheduler", "## Scheduler"),
@@ -1056,6 +1235,17 @@ Signed 14 KB GitHub deliveries (`issues.labeled`) against 100 event automations 
 each sender sending its next request as soon as the previous is acknowledged. Latency is to the 202, which comes after the delivery is \
 committed; matching runs at the same time on the same 2 cores. *Matched* is deliveries per second until the last acknowledged one was matched.\n\n\
 | database | senders | deliveries | acknowledged | p50 | p99 | max | non-2xx | matched |\n|---|---|---|---|---|---|---|---|---|\n{}\n\n\
+## Acknowledgements while runs execute: (LOAD_ONLY=mixed)\n\n\
+100 event automations, each filter matching one issue number, each run a one-line bash script (`echo issue N`) through local-sandbox with its \
+isolation as probed, at most 32 runs at once (the default), one run at a time per automation (the default, queued). After one warm-up run per \
+automation, 3,000 signed 14 KB deliveries from the senders, each matching one automation, spread over all 100. *Acknowledged* is over the sending \
+window, *runs finished* from the first send until the last run succeeded, *backlog* the runs not yet finished when the last 202 came back, \
+*lost* the acknowledged deliveries without a succeeded run at the end. CPU is the host process's (all its threads) and its reaped children's (the \
+sandboxed runs), per delivery; *writes* the SQLite writer connection's uses (transactions and single statements) or the Postgres transactions \
+that wrote (transaction ids handed out), per run, ingestion and matching included; *read* what the host read through `read`/`pread` \
+(database pages, pipes; not sockets), per run.\n\n\
+| database | isolation | senders | deliveries | acknowledged | p50 | p99 | non-2xx | runs finished | backlog | lost | host CPU | runs' CPU | writes per run | read per run |\n\
+|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n{}\n\n\
 ## Event to run `succeeded`: (LOAD_ONLY=e2e)\n\n\
 One delivery at a time (60 measured after 5 warm-up), time from sending it to its run being `succeeded` through the local-sandbox executor (`echo done`), \
 with the sandbox's isolation as probed (`full` here: namespaces, Landlock, seccomp, cgroup) and unconfined (`AUTOMATION_SANDBOX_ISOLATION=none`).\n\n\
@@ -1110,6 +1300,7 @@ the given size from 8 senders; *matched* is deliveries per second from the first
         micro("cron_next_fire/weekdays_paris", "cron next fire: `30 9 * * MON-FRI` Europe/Paris", ""),
         micro("cron_next_fire/every_15_minutes_across_dst", "cron next fire across a DST change (slow path)", ""),
         rows("ingest"),
+        rows("mixed"),
         rows("e2e"),
         rows("sandbox"),
         rows("scheduler"),
@@ -1145,6 +1336,18 @@ fn main() {
             for db in [Db::Sqlite, Db::Postgres] {
                 for senders in [1, 16, 64] {
                     ingest(&mut report, db, senders).await;
+                }
+            }
+        }
+        if want("mixed") {
+            // LOAD_MIXED=sqlite:16,postgres:64 picks cases.
+            let pick = std::env::var("LOAD_MIXED").unwrap_or_default();
+            for db in [Db::Sqlite, Db::Postgres] {
+                for senders in [16, 64] {
+                    let case = format!("{}:{senders}", db.name().to_lowercase());
+                    if pick.is_empty() || pick.split(',').any(|p| p.trim() == case) {
+                        mixed(&mut report, db, senders, 3000).await;
+                    }
                 }
             }
         }
