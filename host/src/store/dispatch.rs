@@ -1,5 +1,5 @@
 //! What the dispatcher needs: claiming pending runs under the concurrency
-//! limits, leases and heartbeats, recording starts, and rescue.
+//! limits, leases and heartbeats, and rescue (starts and ends: `Store::write_runs`).
 //!
 //! Claiming locks the automations whose runs it considers (Postgres:
 //! `for update skip locked`; SQLite: its single writer), so the count of an
