@@ -404,12 +404,7 @@ async fn mixed(report: &mut Report, db: Db, senders: usize, count: usize) {
             })
         })
         .collect();
-    let (mut lat, mut errors) = (Vec::new(), 0);
-    for t in tasks {
-        let (l, e) = t.await.unwrap();
-        lat.extend(l);
-        errors += e;
-    }
+    let (mut lat, errors) = gather(tasks).await;
     let acked_in = started.elapsed().as_secs_f64();
     let (done_then, _) = finished(c.clone(), base.clone()).await;
     let backlog = (automations + count) as f64 - done_then;
@@ -616,6 +611,18 @@ async fn wakeup(report: &mut Report) {
 
 // --- retention ---------------------------------------------------------------
 
+/// The senders' acknowledgement latencies (ms), unsorted, and their
+/// non-2xx count, once all have finished.
+async fn gather(tasks: Vec<tokio::task::JoinHandle<(Vec<f64>, u64)>>) -> (Vec<f64>, u64) {
+    let (mut lat, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        let (l, e) = t.await.unwrap();
+        lat.extend(l);
+        errors += e;
+    }
+    (lat, errors)
+}
+
 /// Sends signed 14 KB deliveries from `senders` for `limit`; the
 /// acknowledgement latencies (ms) and the count of non-2xx answers.
 async fn send_for(c: &reqwest::Client, base: &str, senders: usize, limit: Duration) -> (Vec<f64>, u64) {
@@ -642,12 +649,7 @@ async fn send_for(c: &reqwest::Client, base: &str, senders: usize, limit: Durati
             })
         })
         .collect();
-    let (mut lat, mut errors) = (Vec::new(), 0);
-    for t in tasks {
-        let (l, e) = t.await.unwrap();
-        lat.extend(l);
-        errors += e;
-    }
+    let (mut lat, errors) = gather(tasks).await;
     lat.sort_by(f64::total_cmp);
     (lat, errors)
 }
