@@ -62,6 +62,28 @@ fn main() {
         }
     }
     report("kept instance", &payload, &expressions, matched, &mut times);
+
+    // Searches over a long text: 100 `regex()` filters over the issue body
+    // (the fixture's sentence repeated to 1 KB and 10 KB), on a kept
+    // instance, where the search rather than the compilation is the cost.
+    let patterns: Vec<String> = (0..100).map(|i| format!("regex(issue.body || '', 'fix(es)? #{i}\\b')")).collect();
+    let mut value: serde_json::Value = serde_json::from_str(&payload).expect("the payload is JSON");
+    let sentence = value["issue"]["body"].as_str().unwrap_or("some text ").to_owned();
+    for size in [1 << 10, 10 << 10] {
+        value["issue"]["body"] = serde_json::Value::String(sentence.repeat(size / sentence.len().max(1) + 1));
+        let text = value.to_string();
+        times.clear();
+        for round in 0..=ROUNDS {
+            let start = Instant::now();
+            let results = engine.matches_cached(&cache, &text, &patterns);
+            let elapsed = start.elapsed();
+            matched = results.iter().filter(|r| matches!(r, Ok(true))).count();
+            if round > 0 {
+                times.push(elapsed);
+            }
+        }
+        report(&format!("kept instance, regex over a {} KB body", size >> 10), &text, &patterns, matched, &mut times);
+    }
 }
 
 fn report(what: &str, payload: &str, expressions: &[String], matched: usize, times: &mut [Duration]) {
