@@ -31,6 +31,10 @@ pub const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 64;
 ///   about a microsecond per call and no plugin here uses it;
 /// - epoch interruption rather than fuel for deadlines: a counter check at
 ///   loop heads instead of fuel accounting on every block.
+///
+/// `AUTOMATION_WASM_PERF_MAP=1` (a profiling aid, not a setting) writes
+/// `/tmp/perf-<pid>.map`, so `perf report` names the functions of plugins'
+/// compiled code instead of showing bare addresses.
 pub fn build(fuel: bool, max_instances: u32) -> wasmtime::Result<Engine> {
     let mut config = Config::new();
     config
@@ -40,6 +44,9 @@ pub fn build(fuel: bool, max_instances: u32) -> wasmtime::Result<Engine> {
         .consume_fuel(fuel)
         .memory_init_cow(true)
         .parallel_compilation(true);
+    if std::env::var_os("AUTOMATION_WASM_PERF_MAP").is_some_and(|v| v == "1") {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(max_instances)
         .total_core_instances(max_instances * 8)
