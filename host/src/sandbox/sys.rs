@@ -37,11 +37,28 @@ pub(super) fn fork_into(flags: CloneFlags) -> nix::Result<Forked> {
     }
 }
 
-/// Lowers the calling process's scheduling priority to niceness `nice`
-/// (clamped to 0-19); inherited by every process it starts. A niceness at
-/// or below the current one is left as it is (lowering it again would need
-/// a privilege).
-pub(super) fn lower_priority(nice: i32) -> Result<(), String> {
+/// Why a scheduling priority could not be lowered.
+#[derive(Debug, thiserror::Error)]
+pub enum PriorityError {
+    /// The current niceness could not be read.
+    #[error("getpriority: {0}")]
+    Read(nix::errno::Errno),
+    /// The niceness could not be set.
+    #[error("cannot lower the priority to nice {nice}: {errno}")]
+    Set {
+        /// The niceness asked for.
+        nice: i32,
+        /// Why.
+        errno: nix::errno::Errno,
+    },
+}
+
+/// Lowers the calling thread's scheduling priority to niceness `nice`
+/// (clamped to 0-19); inherited by every thread and process it starts (on
+/// Linux the nice value belongs to the thread: the launcher, single-threaded,
+/// lowers its whole process). A niceness at or below the current one is left
+/// as it is (lowering it again would need a privilege).
+pub fn lower_priority(nice: i32) -> Result<(), PriorityError> {
     let nice = nice.clamp(0, 19);
     // SAFETY: getpriority and setpriority take integers and touch no memory.
     // getpriority may return -1 as a value, so errno tells failures apart.
@@ -50,14 +67,14 @@ pub(super) fn lower_priority(nice: i32) -> Result<(), String> {
         libc::getpriority(libc::PRIO_PROCESS, 0)
     };
     if now == -1 && nix::errno::Errno::last_raw() != 0 {
-        return Err(format!("getpriority: {}", nix::errno::Errno::last()));
+        return Err(PriorityError::Read(nix::errno::Errno::last()));
     }
     if nice <= now {
         return Ok(());
     }
     // SAFETY: as above.
     if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {
-        return Err(format!("cannot lower the run's priority (nice {nice}): {}", nix::errno::Errno::last()));
+        return Err(PriorityError::Set { nice, errno: nix::errno::Errno::last() });
     }
     Ok(())
 }
