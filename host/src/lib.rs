@@ -105,7 +105,11 @@ pub async fn start_plugins(config: &Config, store: Option<&Store>) -> anyhow::Re
         config.grants(),
         false,
     )?);
-    let registry = Arc::new(plugins::Registry::new(runtime));
+    let registry = Arc::new(
+        plugins::Registry::new(runtime)
+            .with_run_work_priority(config.sandbox_nice)
+            .context("cannot start the threads that drive runs")?,
+    );
     registry.load_all(Some(&config.effective_plugins_dir()), store).await?;
     let (summary, _, refused) = probe.await.context("the sandbox probe failed")?;
     if refused {

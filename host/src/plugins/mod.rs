@@ -34,6 +34,7 @@ pub mod inspect;
 mod limits;
 pub mod manifest;
 mod outbound;
+mod pool;
 pub mod registry;
 mod warm;
 
