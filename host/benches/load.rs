@@ -120,6 +120,11 @@ fn start_at(data_dir: &Path, db_url: Option<&str>, env: &[(&str, &str)]) -> Serv
     if let Some(url) = db_url {
         cmd.env("AUTOMATION_DATABASE_URL", url);
     }
+    // Passed through for profiling the hosts under load (`perf report`
+    // then names plugins' compiled functions).
+    if let Some(v) = std::env::var_os("AUTOMATION_WASM_PERF_MAP") {
+        cmd.env("AUTOMATION_WASM_PERF_MAP", v);
+    }
     let mut child = cmd.spawn().expect("start automation-host");
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
