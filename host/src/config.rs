@@ -358,9 +358,7 @@ pub struct Config {
     pub sandbox_memory_mb: u64,
 
     /// Scheduling niceness of sandboxed runs, 0-19 (higher yields more CPU
-    /// to the host: acknowledgements come first when the CPU is short); the
-    /// host's own threads that drive runs (presets, executor calls) run at
-    /// it too.
+    /// to the host: acknowledgements come first when the CPU is short).
     #[arg(long, env = "AUTOMATION_SANDBOX_NICE", default_value_t = crate::sandbox::DEFAULT_NICE,
           value_parser = clap::value_parser!(i32).range(0..=19), global = true)]
     pub sandbox_nice: i32,

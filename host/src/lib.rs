@@ -105,11 +105,7 @@ pub async fn start_plugins(config: &Config, store: Option<&Store>) -> anyhow::Re
         config.grants(),
         false,
     )?);
-    let registry = Arc::new(
-        plugins::Registry::new(runtime)
-            .with_run_work_priority(config.sandbox_nice)
-            .context("cannot start the threads that drive runs")?,
-    );
+    let registry = Arc::new(plugins::Registry::new(runtime));
     registry.load_all(Some(&config.effective_plugins_dir()), store).await?;
     let (summary, _, refused) = probe.await.context("the sandbox probe failed")?;
     if refused {

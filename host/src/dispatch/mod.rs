@@ -684,7 +684,7 @@ impl Dispatcher {
         let handle = loop {
             attempt += 1;
             let (plugin, c, b) = (executor.clone(), ctx.clone(), bundle.clone());
-            let (result, report) = self.plugins.blocking_run_work(move |rt| rt.executor_start(&plugin, &c, &b)).await;
+            let (result, report) = self.plugins.blocking(move |rt| rt.executor_start(&plugin, &c, &b)).await;
             log_report(run.id, executor.name(), "start", &report);
             log.add("start", &report);
             match result {
@@ -743,7 +743,7 @@ impl Dispatcher {
                 message: format!("preset: {e}"),
             })?;
             let config = preset.config.to_string();
-            let (result, _) = self.plugins.blocking_run_work(move |rt| rt.preset_render(&plugin, &config)).await;
+            let (result, _) = self.plugins.blocking(move |rt| rt.preset_render(&plugin, &config)).await;
             bundle = result.map_err(|e| BundleError {
                 disable: (!e.is_transient()).then_some(DisabledReason::BadBundle),
                 message: format!("the preset could not render the bundle: {e}"),
@@ -825,7 +825,7 @@ impl Dispatcher {
                 return;
             }
             let (plugin, c, h) = (executor.clone(), ctx.clone(), handle.to_owned());
-            let (result, report) = self.plugins.blocking_run_work(move |rt| rt.executor_poll(&plugin, &c, &h)).await;
+            let (result, report) = self.plugins.blocking(move |rt| rt.executor_poll(&plugin, &c, &h)).await;
             log_report(run.id, executor.name(), "poll", &report);
             log.add("poll", &report);
             match result {
@@ -907,7 +907,7 @@ impl Dispatcher {
         handle: &str,
     ) {
         let (plugin, c, h) = (executor.clone(), ctx.clone(), handle.to_owned());
-        let (result, report) = self.plugins.blocking_run_work(move |rt| rt.executor_cancel(&plugin, &c, &h)).await;
+        let (result, report) = self.plugins.blocking(move |rt| rt.executor_cancel(&plugin, &c, &h)).await;
         log_report(run.id, executor.name(), "cancel", &report);
         log.add("cancel", &report);
         if let Err(e) = result {

@@ -34,7 +34,6 @@ pub mod inspect;
 mod limits;
 pub mod manifest;
 mod outbound;
-mod pool;
 pub mod registry;
 mod warm;
 

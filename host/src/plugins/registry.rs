@@ -37,21 +37,12 @@ pub struct Registry {
     /// Bundled and directory plugins, to fall back to when an uploaded
     /// plugin of the same name is deleted.
     base: RwLock<BTreeMap<String, Arc<Plugin>>>,
-    /// Lower-priority threads for the calls that drive runs, if any.
-    run_work: Option<super::pool::LowPriorityPool>,
 }
 
 impl Registry {
     /// An empty registry over a runtime.
     pub fn new(runtime: Arc<Runtime>) -> Registry {
-        Registry { runtime, plugins: RwLock::default(), base: RwLock::default(), run_work: None }
-    }
-
-    /// Makes [`Registry::blocking_run_work`] run its calls on threads at
-    /// niceness `nice` (0: on the shared blocking threads, as other calls).
-    pub fn with_run_work_priority(mut self, nice: i32) -> std::io::Result<Registry> {
-        self.run_work = if nice > 0 { Some(super::pool::LowPriorityPool::new(nice)?) } else { None };
-        Ok(self)
+        Registry { runtime, plugins: RwLock::default(), base: RwLock::default() }
     }
 
     /// The runtime.
@@ -211,19 +202,6 @@ impl Registry {
         match tokio::task::spawn_blocking(move || f(&rt)).await {
             Ok(r) => r,
             Err(e) => std::panic::resume_unwind(e.into_panic()),
-        }
-    }
-
-    /// As [`Registry::blocking`], for the work of driving a run (presets,
-    /// executors): on the lower-priority threads when there are any, so
-    /// acknowledgements and matching get the CPU first (see `pool`).
-    pub async fn blocking_run_work<R: Send + 'static>(&self, f: impl FnOnce(&Runtime) -> R + Send + 'static) -> R {
-        match &self.run_work {
-            None => self.blocking(f).await,
-            Some(pool) => {
-                let rt = self.runtime.clone();
-                pool.run(move || f(&rt)).await
-            }
         }
     }
 }
