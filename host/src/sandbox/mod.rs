@@ -46,7 +46,6 @@ use uuid::Uuid;
 
 use policy::{Applied, CgroupPlan, Control, Exit, LAUNCHER_ARG, Layers, Policy, RUN_MARKER, Report};
 pub use policy::{DEFAULT_NICE, Identity, Level, Limits, Network};
-pub use sys::{PriorityError, lower_priority as lower_thread_priority};
 
 /// How long a process may take to start (build its sandbox and `execve`).
 const START_TIMEOUT: Duration = Duration::from_secs(30);

@@ -39,7 +39,7 @@ pub(super) fn fork_into(flags: CloneFlags) -> nix::Result<Forked> {
 
 /// Why a scheduling priority could not be lowered.
 #[derive(Debug, thiserror::Error)]
-pub enum PriorityError {
+pub(super) enum PriorityError {
     /// The current niceness could not be read.
     #[error("getpriority: {0}")]
     Read(nix::errno::Errno),
@@ -58,7 +58,7 @@ pub enum PriorityError {
 /// Linux the nice value belongs to the thread: the launcher, single-threaded,
 /// lowers its whole process). A niceness at or below the current one is left
 /// as it is (lowering it again would need a privilege).
-pub fn lower_priority(nice: i32) -> Result<(), PriorityError> {
+pub(super) fn lower_priority(nice: i32) -> Result<(), PriorityError> {
     let nice = nice.clamp(0, 19);
     // SAFETY: getpriority and setpriority take integers and touch no memory.
     // getpriority may return -1 as a value, so errno tells failures apart.
