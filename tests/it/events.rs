@@ -17,6 +17,7 @@ db_tests!(
     acknowledged_deliveries_survive_kill_9,
     an_events_payload_is_stored_once_for_all_its_runs,
     signature_schemes_verify_refuse_stale_and_dedup,
+    automation_changes_reach_the_very_next_delivery,
 );
 
 pub(crate) fn fixtures() -> Vec<(String, PathBuf)> {
@@ -478,4 +479,62 @@ async fn signature_schemes_verify_refuse_stale_and_dedup(backend: Backend) {
     assert_eq!(ok.body["event_key"], "push");
     assert_eq!(stored("gl").await, 1);
     assert_eq!(stored("slack").await, 1);
+}
+
+/// The matcher keeps the automations in memory and patches them with the
+/// ones that changed: every create, edit, disable and delete made through
+/// the API decides the very next delivery, with no wait for a refresh.
+async fn automation_changes_reach_the_very_next_delivery(backend: Backend) {
+    let s = TestServer::start_with(backend, &server_env()).await;
+    let body = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/github-webhooks/issues/opened.payload.json"),
+    )
+    .unwrap();
+    let mut n = 0;
+    let mut fired = async || -> Vec<String> {
+        n += 1;
+        let id = deliver(&s, "issues", &format!("change-{n}"), &body).await.expect(202).id();
+        let d = wait_matched(&s, &id).await;
+        let mut ids: Vec<String> = d["result"]["matched"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["automation_id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let make = |name: &str, on: &str, filter: Option<&str>| {
+        let mut trigger = json!({"type": "event", "source": "github", "on": [on]});
+        if let Some(f) = filter {
+            trigger["filter"] = json!(f);
+        }
+        json!({"name": name, "trigger": trigger, "preset": {"name": "script", "config": {"script": "true"}}})
+    };
+    let a = s.post("/v1/automations", make("a", "issues.*", Some("action == 'opened'"))).await.expect(201).id();
+    let b = s.post("/v1/automations", make("b", "push", None)).await.expect(201).id();
+    assert_eq!(fired().await, vec![a.clone()]);
+    // Edited: its filter is false now.
+    let mut trigger = make("a", "issues.*", Some("action == 'closed'"))["trigger"].clone();
+    s.patch(&format!("/v1/automations/{a}"), json!({"trigger": trigger.clone()})).await.expect(200);
+    assert!(fired().await.is_empty());
+    // Created, and an edit that makes another one fire.
+    let c = s.post("/v1/automations", make("c", "issues.opened", None)).await.expect(201).id();
+    s.patch(&format!("/v1/automations/{b}"), json!({"trigger": make("b", "issues.opened", None)["trigger"]}))
+        .await
+        .expect(200);
+    let mut both = vec![b.clone(), c.clone()];
+    both.sort();
+    assert_eq!(fired().await, both);
+    // Disabled, deleted.
+    s.patch(&format!("/v1/automations/{b}"), json!({"enabled": false})).await.expect(200);
+    s.delete(&format!("/v1/automations/{c}")).await.expect(204);
+    assert!(fired().await.is_empty());
+    // Back again: enabled, and filter true.
+    s.patch(&format!("/v1/automations/{b}"), json!({"enabled": true})).await.expect(200);
+    trigger["filter"] = json!("action == 'opened'");
+    s.patch(&format!("/v1/automations/{a}"), json!({"trigger": trigger})).await.expect(200);
+    let mut both = vec![a, b];
+    both.sort();
+    assert_eq!(fired().await, both);
 }

@@ -269,6 +269,26 @@ impl Store {
         row.map(|(d, r)| r.into_automation(self).map(|a| (a, d.0))).transpose()
     }
 
+    /// Every automation changed at or after `since`, whatever its trigger,
+    /// deleted ones too (with whether it is deleted): what a matcher patches
+    /// its cached automations with instead of reading them all again.
+    pub async fn automations_changed_since(&self, since: DateTime<Utc>) -> Result<Vec<(Automation, bool)>> {
+        let sql = format!(
+            "select {COLUMNS}, deleted_at is not null as deleted from automations where updated_at >= $1 order by id"
+        );
+        let rows: Vec<(DeletedFlag, Row)> = with_db!(self, read, |db| {
+            use sqlx::Row as _;
+            let rows = sqlx::query(&sql).bind(DbTime::new(since)).fetch_all(db).await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let deleted: bool = r.try_get("deleted")?;
+                out.push((DeletedFlag(deleted), Row::from_row(r)?));
+            }
+            out
+        });
+        rows.into_iter().map(|(d, r)| r.into_automation(self).map(|a| (a, d.0))).collect()
+    }
+
     /// The live, enabled event automations of one source (by the
     /// `(event_source, trigger_type)` index, not a scan).
     pub async fn event_automations(&self, source: &str) -> Result<Vec<Automation>> {

@@ -398,13 +398,13 @@ impl Store {
 
     /// A fingerprint of the event automations (count and latest change), so
     /// a matcher knows when to refresh its cache.
-    pub async fn event_automations_version(&self) -> Result<(i64, Option<String>)> {
+    pub async fn event_automations_version(&self) -> Result<(i64, Option<chrono::DateTime<chrono::Utc>>)> {
         let row: (i64, Option<DbTime>) = with_db!(self, read, |db| {
             sqlx::query_as("select count(*), max(updated_at) from automations where trigger_type = 'event'")
                 .fetch_one(db)
                 .await?
         });
-        Ok((row.0, row.1.map(|t| t.0.to_rfc3339())))
+        Ok((row.0, row.1.map(|t| t.0)))
     }
 
     /// Inserts a custom source; false if the name is taken.
