@@ -538,3 +538,39 @@ async fn automation_changes_reach_the_very_next_delivery(backend: Backend) {
     both.sort();
     assert_eq!(fired().await, both);
 }
+
+/// Filters whose regexes make the lazy DFA build state after state (each
+/// `a[ab]{13}c...` has 2^14 states over a text of `a` and `b`, and never
+/// matches it) must not make the filter run out of its 64 MiB: the `regex`
+/// engine bounds each regex's DFA cache and, past it, searches without the
+/// DFA. A guard for the filter's regex set-up (lazy DFA on since
+/// 6d9fd94): it passed before that change and after it.
+#[tokio::test]
+async fn regex_filters_cannot_exhaust_the_filters_memory() {
+    let s = TestServer::start_with(Backend::Sqlite, &server_env()).await;
+    for i in 0..200 {
+        let filter = format!("regex(issue.body, 'a[ab]{{13}}c{{{}}}')", i + 1);
+        let a = json!({"name": format!("dfa {i}"),
+            "trigger": {"type": "event", "source": "github", "on": ["issues.opened"], "filter": filter},
+            "preset": {"name": "script", "config": {"script": "true"}}});
+        s.post("/v1/automations", a).await.expect(201);
+    }
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/github-webhooks/issues/opened.payload.json");
+    let mut payload: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    // 32 KB of `a` and `b` from a fixed xorshift, so every run is the same.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let body: String = (0..16 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if x & 1 == 0 { 'a' } else { 'b' }
+        })
+        .collect();
+    payload["issue"]["body"] = json!(body);
+    let id = deliver(&s, "issues", "dfa-1", payload.to_string().as_bytes()).await.expect(202).id();
+    let d = wait_matched(&s, &id).await;
+    assert_eq!(d["result"]["filter_errors"], json!([]), "{}", d["result"]);
+    assert_eq!(d["result"]["matched"], json!([]), "none of them matches");
+}
