@@ -181,7 +181,7 @@ fn run() -> Result<(), String> {
     // an administrator gave more), so a run cannot take the CPU from the
     // host's acknowledgements.
     if let Err(e) = lower_priority(policy.limits.nice) {
-        host.send(&Report::Failed { error: format!("cannot lower the run's priority: {e}") });
+        host.send(&Report::Failed { error: e.to_string() });
         return Ok(());
     }
     if let Err(error) = launch(&policy, &mut host) {

@@ -44,7 +44,7 @@ pub(super) enum PriorityError {
     #[error("getpriority: {0}")]
     Read(nix::errno::Errno),
     /// The niceness could not be set.
-    #[error("cannot lower the priority to nice {nice}: {errno}")]
+    #[error("cannot lower the run's priority (nice {nice}): {errno}")]
     Set {
         /// The niceness asked for.
         nice: i32,
