@@ -18,6 +18,10 @@ pub struct Histogram {
 /// Buckets for latencies from a millisecond to a minute.
 pub const LATENCY_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
+/// Buckets for commits, which take from a fraction of a millisecond (one
+/// `fsync`) to tens of milliseconds when they queue.
+pub const COMMIT_BUCKETS: &[f64] = &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0];
+
 impl Histogram {
     /// An empty histogram.
     pub fn new(bounds: &'static [f64]) -> Histogram {
@@ -119,6 +123,9 @@ pub struct Metrics {
     pub notifications: LabeledCounter,
     /// Claim-loop wake-ups that came from another host (`notify`: Postgres LISTEN).
     pub dispatch_wakeups: LabeledCounter,
+    /// Seconds each group commit of deliveries took (the transaction every
+    /// sender of the group waits for).
+    pub delivery_commit: Histogram,
 }
 
 impl Default for Metrics {
@@ -139,6 +146,7 @@ impl Default for Metrics {
             retention_removed: LabeledCounter::default(),
             notifications: LabeledCounter::default(),
             dispatch_wakeups: LabeledCounter::default(),
+            delivery_commit: Histogram::new(COMMIT_BUCKETS),
         }
     }
 }
@@ -163,6 +171,11 @@ impl Metrics {
             &mut out,
             "automation_event_match_lag_seconds",
             "Delay between accepting a delivery and matching it.",
+        );
+        self.delivery_commit.render(
+            &mut out,
+            "automation_event_delivery_commit_seconds",
+            "Time each group commit of deliveries took (what their senders wait for before the 202).",
         );
         self.filter_evaluations.render(
             &mut out,

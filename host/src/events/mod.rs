@@ -67,7 +67,10 @@ async fn commit(
     metrics: &Metrics,
     batch: &[NewDelivery],
 ) -> Vec<Result<Stored, String>> {
-    match store.insert_deliveries(batch).await {
+    let started = std::time::Instant::now();
+    let result = store.insert_deliveries(batch).await;
+    metrics.delivery_commit.observe(started.elapsed().as_secs_f64());
+    match result {
         Ok(stored) => {
             for s in &stored {
                 metrics.deliveries.add(if matches!(s, Stored::New(_)) { "accepted" } else { "duplicate" }, 1);
