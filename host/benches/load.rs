@@ -125,6 +125,12 @@ fn start_at(data_dir: &Path, db_url: Option<&str>, env: &[(&str, &str)]) -> Serv
     if let Some(v) = std::env::var_os("AUTOMATION_WASM_PERF_MAP") {
         cmd.env("AUTOMATION_WASM_PERF_MAP", v);
     }
+    // LOAD_HOST_ENV=NAME=VALUE,... sets more of the hosts' environment (to
+    // compare settings A/B on one build).
+    for pair in std::env::var("LOAD_HOST_ENV").unwrap_or_default().split(',').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').expect("LOAD_HOST_ENV is NAME=VALUE,...");
+        cmd.env(name, value);
+    }
     let mut child = cmd.spawn().expect("start automation-host");
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -1349,11 +1355,14 @@ fn main() {
         if want("mixed") {
             // LOAD_MIXED=sqlite:16,postgres:64 picks cases.
             let pick = std::env::var("LOAD_MIXED").unwrap_or_default();
+            // LOAD_MIXED_COUNT=N sends N deliveries instead of 3,000 (a longer
+            // window to profile, say).
+            let count = std::env::var("LOAD_MIXED_COUNT").map_or(3000, |n| n.parse().expect("LOAD_MIXED_COUNT"));
             for db in [Db::Sqlite, Db::Postgres] {
                 for senders in [16, 64] {
                     let case = format!("{}:{senders}", db.name().to_lowercase());
                     if pick.is_empty() || pick.split(',').any(|p| p.trim() == case) {
-                        mixed(&mut report, db, senders, 3000).await;
+                        mixed(&mut report, db, senders, count).await;
                     }
                 }
             }
