@@ -247,7 +247,7 @@ impl Dispatcher {
             if budget > 0 {
                 let lease_until = Utc::now() + self.settings.lease;
                 let claim =
-                    self.store.claim_runs(&self.settings.host_id, lease_until, |c| plan::choose_claims(c, budget));
+                    self.store.claim_runs(&self.settings.host_id, lease_until, move |c| plan::choose_claims(c, budget));
                 match claim.await {
                     Ok(claim) => {
                         backoff.reset();

@@ -92,6 +92,36 @@ mod tests {
         assert_eq!(ids(&choice.skip), [12]);
     }
 
+    /// The store reads only `pending_to_read` of each automation's oldest
+    /// pending runs: whatever the budget, the choice must be the one made
+    /// over all of them.
+    #[test]
+    fn reading_only_the_runs_a_claim_could_act_on_changes_no_choice() {
+        let mut gone = automation(5, 2, ConcurrencyPolicy::Queue, 0);
+        gone.deleted = true;
+        let automations = vec![
+            automation(1, 2, ConcurrencyPolicy::Queue, 1), // one free slot
+            automation(2, 1, ConcurrencyPolicy::Queue, 1), // full: none read
+            automation(3, 1, ConcurrencyPolicy::Skip, 0),  // one claimed, rest skipped
+            automation(4, 3, ConcurrencyPolicy::Queue, 0), // three free
+            gone,
+        ];
+        // Forty pending runs, interleaved over the five automations (and one unknown).
+        let pending: Vec<(u128, u128)> = (100..140).map(|r| (r, [1, 2, 3, 4, 5, 9][(r % 6) as usize])).collect();
+        let all = candidates(automations.clone(), &pending);
+        let mut read: Vec<(u128, u128)> = Vec::new();
+        for a in &automations {
+            let n = a.pending_to_read().max(0) as usize;
+            read.extend(pending.iter().filter(|(_, auto)| Uuid::from_u128(*auto) == a.id).take(n));
+        }
+        read.sort();
+        assert!(read.len() < pending.len() / 2, "most rows are not read: {}", read.len());
+        let some = candidates(automations, &read);
+        for budget in [0, 1, 2, 3, 5, 100] {
+            assert_eq!(choose_claims(&some, budget), choose_claims(&all, budget), "budget {budget}");
+        }
+    }
+
     #[test]
     fn a_deleted_automations_runs_are_cancelled() {
         let mut gone = automation(1, 5, ConcurrencyPolicy::Queue, 0);

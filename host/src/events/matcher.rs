@@ -15,7 +15,7 @@ use crate::metrics::Metrics;
 use crate::model::{Automation, Run, RunTrigger, Trigger};
 use crate::plugins::manifest::Kind;
 use crate::plugins::{FilterEvent, Registry};
-use crate::store::{Delivery, MatchRecord, Store};
+use crate::store::{Delivery, MatchRecord, PendingDelivery, Store};
 use futures::StreamExt;
 
 /// Deliveries claimed at once.
@@ -117,7 +117,7 @@ impl Matcher {
             // faster but took the second core from acknowledgements (16
             // senders on SQLite: 3,160/s -> 1,890/s, p99 15 -> 32 ms; see
             // BENCHMARKS.md): the 202 is what senders wait for.
-            let outcomes: Vec<(Delivery, _)> = futures::stream::iter(claimed)
+            let outcomes: Vec<(PendingDelivery, _)> = futures::stream::iter(claimed)
                 .map(|d| async move {
                     let outcome = self.evaluate(&d).await;
                     (d, outcome)
@@ -237,7 +237,7 @@ impl Matcher {
     /// the others are not looked at), with one filter call per plugin.
     /// `count` records the filter verdicts in the metrics (matching does,
     /// an explanation read later does not).
-    async fn decide(&self, delivery: &Delivery, count: bool) -> Result<Decision, crate::store::Error> {
+    async fn decide(&self, delivery: &PendingDelivery, count: bool) -> Result<Decision, crate::store::Error> {
         let key = delivery.event_key.clone().unwrap_or_default();
         let index = self.candidates(&delivery.source).await?;
         let plan = index.plan(&key);
@@ -249,7 +249,7 @@ impl Matcher {
                 id: delivery.id,
                 source: delivery.source.clone(),
                 key: key.clone(),
-                payload: delivery.payload_text.clone(),
+                payload: delivery.payload.clone(),
                 received_at: delivery.received_at,
             });
             for call in &plan.calls {
@@ -313,7 +313,7 @@ impl Matcher {
     /// no entry per automation that did not match (at 10,000 automations
     /// that was a megabyte per delivery): `explain` gives those reasons
     /// when someone asks.
-    async fn evaluate(&self, delivery: &Delivery) -> Result<MatchRecord, crate::store::Error> {
+    async fn evaluate(&self, delivery: &PendingDelivery) -> Result<MatchRecord, crate::store::Error> {
         let Decision { key, index, verdicts } = self.decide(delivery, true).await?;
         let mut matched: Vec<&Automation> = Vec::new();
         let mut filter_errors: Vec<(Uuid, String)> = Vec::new();
@@ -368,7 +368,7 @@ impl Matcher {
             .flatten()
             .filter_map(|m| m["automation_id"].as_str().map(str::to_owned))
             .collect();
-        let Decision { key, index, verdicts } = self.decide(delivery, false).await?;
+        let Decision { key, index, verdicts } = self.decide(&PendingDelivery::from(delivery), false).await?;
         let mut verdict_of = verdicts.into_iter().peekable();
         let mut not_matched = Vec::new();
         for (i, a) in index.automations.iter().enumerate() {

@@ -1,6 +1,7 @@
 //! Automations: insert, read, list, update and soft-delete.
 
 use chrono::{DateTime, Utc};
+use sqlx::Connection as _;
 use sqlx::FromRow;
 use sqlx::types::Json;
 use uuid::Uuid;

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use sqlx::Connection as _;
 use sqlx::types::Json;
 use uuid::Uuid;
 
@@ -45,6 +46,22 @@ pub struct ClaimAutomation {
     /// Its runs now `running`.
     pub running: i64,
 }
+
+impl ClaimAutomation {
+    /// How many of its oldest pending runs a claim needs to see: all of them
+    /// when it was deleted (they are cancelled) or when runs over its limit
+    /// are skipped, else one per free slot (the rest wait their turn).
+    pub fn pending_to_read(&self) -> i64 {
+        if self.deleted || self.policy == ConcurrencyPolicy::Skip {
+            MAX_PENDING_READ
+        } else {
+            (self.concurrency - self.running).clamp(0, MAX_PENDING_READ)
+        }
+    }
+}
+
+/// Most pending runs one claim reads.
+const MAX_PENDING_READ: i64 = 5000;
 
 /// What a claim may act on: the automations with the oldest pending runs
 /// (locked), and their pending runs, oldest first.
@@ -90,10 +107,14 @@ impl Store {
             with_db!(self, write, |db| {
                 let mut tx = db.begin().await?;
                 let lock = if dialect == Dialect::Postgres { " for update skip locked" } else { "" };
+                // Without statistics SQLite reads pending runs through
+                // `runs_leases` (status first) and sorts them; the partial
+                // index of pending runs is already in the order wanted.
+                let pending_index = if dialect == Dialect::Sqlite { " indexed by runs_pending" } else { "" };
                 // The automations with the oldest pending runs, locked.
                 let autos: Vec<(DbId, i64, String, Option<DbTime>)> = sqlx::query_as(&format!(
                     "select id, concurrency, concurrency_policy, deleted_at from automations where id in (\
-                       select automation_id from runs where status = 'pending' \
+                       select automation_id from runs{pending_index} where status = 'pending' \
                        group by automation_id order by min(created_at) limit {CLAIM_AUTOMATIONS}){lock}"
                 ))
                 .fetch_all(&mut *tx)
@@ -112,26 +133,49 @@ impl Store {
                 }
                 let running: HashMap<Uuid, i64> =
                     running_q.fetch_all(&mut *tx).await?.into_iter().map(|(id, n)| (id.0, n)).collect();
-                let pending_sql = format!(
-                    "select id, automation_id from runs where status = 'pending' and automation_id in ({in_list}) \
-                     order by id limit 5000"
-                );
-                let mut pending_q = sqlx::query_as::<_, (DbId, DbId)>(&pending_sql);
-                for a in &autos {
-                    pending_q = pending_q.bind(a.0);
-                }
-                let pending = pending_q.fetch_all(&mut *tx).await?;
-                let candidates = ClaimCandidates {
-                    automations: autos
-                        .iter()
-                        .map(|(id, concurrency, policy, deleted)| ClaimAutomation {
-                            id: id.0,
-                            concurrency: *concurrency,
-                            policy: ConcurrencyPolicy::parse(policy).unwrap_or_default(),
-                            deleted: deleted.is_some(),
-                            running: running.get(&id.0).copied().unwrap_or(0),
+                let automations: Vec<ClaimAutomation> = autos
+                    .iter()
+                    .map(|(id, concurrency, policy, deleted)| ClaimAutomation {
+                        id: id.0,
+                        concurrency: *concurrency,
+                        policy: ConcurrencyPolicy::parse(policy).unwrap_or_default(),
+                        deleted: deleted.is_some(),
+                        running: running.get(&id.0).copied().unwrap_or(0),
+                    })
+                    .collect();
+                // Only the pending runs a claim could act on: an automation
+                // whose queue is full contributes none, one with free slots
+                // its oldest few (not thousands of rows per claim when a
+                // backlog waits behind a few busy automations).
+                let wanted: Vec<(Uuid, i64)> =
+                    automations.iter().map(|a| (a.id, a.pending_to_read())).filter(|(_, n)| *n > 0).collect();
+                let pending = if wanted.is_empty() {
+                    Vec::new()
+                } else {
+                    // One index seek per automation (`runs_pending`), its
+                    // oldest runs first.
+                    let arms: Vec<String> = (0..wanted.len())
+                        .map(|i| {
+                            format!(
+                                "select * from (select id, automation_id, created_at from runs{pending_index} \
+                                 where status = 'pending' and automation_id = ${} order by created_at, id limit ${}) as p{i}",
+                                2 * i + 1,
+                                2 * i + 2
+                            )
                         })
-                        .collect(),
+                        .collect();
+                    let pending_sql = format!(
+                        "select id, automation_id from ({}) as p order by created_at, id limit {MAX_PENDING_READ}",
+                        arms.join(" union all ")
+                    );
+                    let mut pending_q = sqlx::query_as::<_, (DbId, DbId)>(&pending_sql);
+                    for (id, n) in &wanted {
+                        pending_q = pending_q.bind(DbId(*id)).bind(*n);
+                    }
+                    pending_q.fetch_all(&mut *tx).await?
+                };
+                let candidates = ClaimCandidates {
+                    automations,
                     pending: pending.into_iter().map(|(run, auto)| (run.0, auto.0)).collect(),
                 };
                 let ClaimChoice { claim: claim_ids, skip: skip_ids, cancel: cancel_ids } = choose(&candidates);

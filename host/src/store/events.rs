@@ -1,8 +1,11 @@
 //! Event sources and deliveries: durable acknowledgement (group-committed),
 //! claiming for matching, and the matching result with its runs.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use sqlx::Connection as _;
 use sqlx::FromRow;
 use sqlx::types::Json;
 use utoipa::ToSchema;
@@ -49,6 +52,34 @@ pub struct MatchRecord {
     pub filter_errors: Vec<(Uuid, String)>,
     /// What matched and why the others did not.
     pub result: serde_json::Value,
+}
+
+/// A delivery waiting to be matched: what the matcher reads of it (the
+/// payload as stored text, never parsed by the host).
+#[derive(Debug, Clone)]
+pub struct PendingDelivery {
+    /// Our id.
+    pub id: Uuid,
+    /// The source.
+    pub source: String,
+    /// The event key.
+    pub event_key: Option<String>,
+    /// When it arrived.
+    pub received_at: DateTime<Utc>,
+    /// The payload as stored (JSON text).
+    pub payload: String,
+}
+
+impl From<&Delivery> for PendingDelivery {
+    fn from(d: &Delivery) -> PendingDelivery {
+        PendingDelivery {
+            id: d.id,
+            source: d.source.clone(),
+            event_key: d.event_key.clone(),
+            received_at: d.received_at,
+            payload: d.payload_text.clone(),
+        }
+    }
 }
 
 /// A stored delivery.
@@ -182,51 +213,56 @@ impl SourceRow {
 }
 
 impl Store {
-    /// Stores deliveries in one transaction (group commit): concurrent
+    /// Stores deliveries in one statement (group commit): concurrent
     /// requests share one commit. A delivery whose provider id was seen
     /// before is not stored again.
+    ///
+    /// One multi-row `insert` in autocommit is atomic (all rows or none)
+    /// and holds the SQLite writer for a single round trip, instead of
+    /// three with `begin` and `commit` around it: every round trip the
+    /// writer is held is time the other writers, and the next group of
+    /// senders, wait. The original of a duplicate is looked up afterwards,
+    /// through a reader.
     pub async fn insert_deliveries(&self, batch: &[NewDelivery]) -> Result<Vec<Stored>> {
         let r = async {
             self.file_intact()?;
-            let out = {
-                with_db!(self, ack, |db| {
-                    let mut tx = db.begin().await?;
-                    let mut qb = sqlx::QueryBuilder::new(
-                        "insert into deliveries (id, source, delivery_id, event_key, payload, received_at, status) ",
-                    );
-                    qb.push_values(batch, |mut b, d| {
-                        b.push_bind(DbId(d.id))
-                            .push_bind(&d.source)
-                            .push_bind(&d.delivery_id)
-                            .push_bind(&d.event_key)
-                            .push_bind(&d.payload)
-                            .push_bind(DbTime::new(d.received_at))
-                            .push_bind(if d.event_key.is_some() { "pending" } else { "unrecognized" });
-                    });
-                    qb.push(" on conflict (source, delivery_id) where delivery_id is not null do nothing returning id");
-                    let inserted: Vec<DbId> = qb.build_query_scalar().fetch_all(&mut *tx).await?;
-                    let inserted: std::collections::HashSet<Uuid> = inserted.into_iter().map(|i| i.0).collect();
-                    let mut out = Vec::with_capacity(batch.len());
-                    for d in batch {
-                        if inserted.contains(&d.id) {
-                            out.push(Stored::New(d.id));
-                            continue;
-                        }
-                        let first: Option<DbId> =
-                            sqlx::query_scalar("select id from deliveries where source = $1 and delivery_id = $2")
-                                .bind(&d.source)
-                                .bind(&d.delivery_id)
-                                .fetch_optional(&mut *tx)
-                                .await?;
-                        out.push(Stored::Duplicate(first.map(|f| f.0).unwrap_or(d.id)));
-                    }
-                    tx.commit().await?;
-                    Ok::<_, super::Error>(out)
-                })
-            }?;
+            let inserted: Vec<DbId> = with_db!(self, ack, |db| {
+                let mut qb = sqlx::QueryBuilder::new(
+                    "insert into deliveries (id, source, delivery_id, event_key, payload, received_at, status) ",
+                );
+                qb.push_values(batch, |mut b, d| {
+                    b.push_bind(DbId(d.id))
+                        .push_bind(&d.source)
+                        .push_bind(&d.delivery_id)
+                        .push_bind(&d.event_key)
+                        .push_bind(&d.payload)
+                        .push_bind(DbTime::new(d.received_at))
+                        .push_bind(if d.event_key.is_some() { "pending" } else { "unrecognized" });
+                });
+                qb.push(" on conflict (source, delivery_id) where delivery_id is not null do nothing returning id");
+                qb.build_query_scalar().fetch_all(db).await?
+            });
             // A commit into a file that was deleted or replaced meanwhile
             // reached no one: it must not be acknowledged.
             self.file_intact()?;
+            let inserted: std::collections::HashSet<Uuid> = inserted.into_iter().map(|i| i.0).collect();
+            let mut out = Vec::with_capacity(batch.len());
+            for d in batch {
+                if inserted.contains(&d.id) {
+                    out.push(Stored::New(d.id));
+                    continue;
+                }
+                // Committed before this statement (or by it, for a second
+                // copy in the same group), so any reader sees it.
+                let first: Option<DbId> = with_db!(self, read, |db| {
+                    sqlx::query_scalar("select id from deliveries where source = $1 and delivery_id = $2")
+                        .bind(&d.source)
+                        .bind(&d.delivery_id)
+                        .fetch_optional(db)
+                        .await?
+                });
+                out.push(Stored::Duplicate(first.map(|f| f.0).unwrap_or(d.id)));
+            }
             Ok(out)
         }
         .await;
@@ -240,7 +276,16 @@ impl Store {
     /// before `stale_before`, and ones `host` itself claimed but could not
     /// record: its matcher claims one batch at a time) for matching by
     /// `host`, oldest first.
-    pub async fn claim_deliveries(&self, host: &str, limit: u32, stale_before: DateTime<Utc>) -> Result<Vec<Delivery>> {
+    ///
+    /// The claim returns no payload: reading 14 KB payloads back inside the
+    /// update held the SQLite writer while every row was handed over. They
+    /// are read afterwards through a reader (a payload never changes).
+    pub async fn claim_deliveries(
+        &self,
+        host: &str,
+        limit: u32,
+        stale_before: DateTime<Utc>,
+    ) -> Result<Vec<PendingDelivery>> {
         self.noted(
             async {
                 let lock = if self.dialect() == Dialect::Postgres { " for update skip locked" } else { "" };
@@ -248,9 +293,9 @@ impl Store {
                     "update deliveries set status = 'matching', claimed_by = $1, claimed_at = $2 where id in (\
                    select id from deliveries where status = 'pending' \
                or (status = 'matching' and (claimed_at < $3 or claimed_by = $1)) \
-                   order by id limit {limit}{lock}) returning {COLUMNS}"
+                   order by id limit {limit}{lock}) returning id, source, event_key, received_at"
                 );
-                let rows: Vec<Row> = with_db!(self, write, |db| {
+                let claimed: Vec<(DbId, String, Option<String>, DbTime)> = with_db!(self, write, |db| {
                     sqlx::query_as(&sql)
                         .bind(host)
                         .bind(DbTime::new(crate::model::now()))
@@ -258,7 +303,31 @@ impl Store {
                         .fetch_all(db)
                         .await?
                 });
-                let mut out: Vec<Delivery> = rows.into_iter().map(Delivery::from).collect();
+                if claimed.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let read_sql = format!(
+                    "select id, payload from deliveries where id in ({})",
+                    super::dispatch::placeholders(1, claimed.len())
+                );
+                let payloads: Vec<(DbId, String)> = with_db!(self, read, |db| {
+                    let mut q = sqlx::query_as(&read_sql);
+                    for (id, ..) in &claimed {
+                        q = q.bind(*id);
+                    }
+                    q.fetch_all(db).await?
+                });
+                let mut payloads: HashMap<Uuid, String> = payloads.into_iter().map(|(id, p)| (id.0, p)).collect();
+                let mut out: Vec<PendingDelivery> = claimed
+                    .into_iter()
+                    .filter_map(|(id, source, event_key, received_at)| {
+                        // Always there (deliveries waiting to be matched are
+                        // never purged); one that is not is left claimed and
+                        // taken again by this host's next claim.
+                        let payload = payloads.remove(&id.0)?;
+                        Some(PendingDelivery { id: id.0, source, event_key, received_at: received_at.0, payload })
+                    })
+                    .collect();
                 out.sort_by_key(|d| d.id);
                 Ok(out)
             }
@@ -275,25 +344,26 @@ impl Store {
                 let now = crate::model::now();
                 with_db!(self, write, |db| {
                     let mut tx = db.begin().await?;
-                    let mut runs: Vec<&Run> = Vec::new();
-                    let mut recorded = 0;
-                    for r in records {
-                        let done = sqlx::query(
-                            "update deliveries set status = 'matched', matched_at = $3, result = $4 \
-                         where id = $1 and claimed_by = $2 and status = 'matching'",
-                        )
-                        .bind(DbId(r.delivery))
-                        .bind(host)
-                        .bind(DbTime::new(now))
-                        .bind(Json(&r.result))
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                        if done != 1 {
-                            continue; // another host took it over; it records its own
-                        }
-                        recorded += 1;
-                        runs.extend(&r.runs);
+                    // Every delivery's result in one statement (a round trip
+                    // per delivery held the writer for each of them); those
+                    // another host took over are not returned.
+                    let mut done: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
+                    for chunk in records.chunks(1000) {
+                        let mut qb = sqlx::QueryBuilder::new("update deliveries set status = 'matched', matched_at = ");
+                        qb.push_bind(DbTime::new(now)).push(", result = v.column2 from (");
+                        qb.push_values(chunk, |mut b, r| {
+                            b.push_bind(DbId(r.delivery)).push_bind(Json(&r.result));
+                        });
+                        qb.push(") as v where deliveries.id = v.column1 and deliveries.claimed_by = ")
+                            .push_bind(host)
+                            .push(" and deliveries.status = 'matching' returning deliveries.id");
+                        let ids: Vec<DbId> = qb.build_query_scalar().fetch_all(&mut *tx).await?;
+                        done.extend(ids.into_iter().map(|i| i.0));
+                    }
+                    let mine: Vec<&MatchRecord> = records.iter().filter(|r| done.contains(&r.delivery)).collect();
+                    let recorded = mine.len();
+                    let runs: Vec<&Run> = mine.iter().flat_map(|r| &r.runs).collect();
+                    for r in &mine {
                         for (automation, error) in &r.filter_errors {
                             sqlx::query(
                                 "update automations set filter_error_count = filter_error_count + 1, \

@@ -12,6 +12,7 @@
 //! sqlx 0.8's macros check against one database per crate, and we have two.
 //! The end-to-end suite runs every storage behaviour on both instead.
 
+mod ack_conn;
 mod api_keys;
 mod automations;
 mod dispatch;
@@ -26,11 +27,13 @@ mod settings;
 pub(crate) mod types;
 mod uploads;
 mod wakeups;
+mod writer;
 
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::Connection as _;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
@@ -38,7 +41,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 pub use api_keys::AuditPage;
 pub use automations::{AutomationFilter, AutomationPage};
 pub use dispatch::{Claim, ClaimAutomation, ClaimCandidates, ClaimChoice};
-pub use events::{Delivery, MatchRecord, NewDelivery, Source, Stored};
+pub use events::{Delivery, MatchRecord, NewDelivery, PendingDelivery, Source, Stored};
 pub use health::{Failing, Health};
 pub use notifications::{Attempt, DueNotification};
 pub use plugins::{RecordedGrant, StoredPlugin};
@@ -108,21 +111,22 @@ pub struct Store {
 #[derive(Clone)]
 enum Inner {
     Sqlite {
-        /// One connection: SQLite has one writer at a time anyway, and queuing
-        /// writers in our pool instead of in SQLite's busy handler means no
-        /// "database is locked" under load.
-        write: SqlitePool,
+        /// One connection (see `writer`).
+        writer: std::sync::Arc<writer::Writer>,
         /// Readers run concurrently with the writer under WAL.
         read: SqlitePool,
-        /// Times the writer was used (a transaction or a single statement).
-        writer_uses: std::sync::Arc<std::sync::atomic::AtomicU64>,
         /// The background writers' lane: one of them at a time waits for
         /// (or holds) the writer, so a delivery's commit, which skips the
         /// lane, waits behind at most one other transaction, never behind
         /// a queue of run bookkeeping.
         lane: std::sync::Arc<tokio::sync::Semaphore>,
     },
-    Postgres(PgPool),
+    Postgres {
+        /// Everything but the acknowledgement path.
+        pool: PgPool,
+        /// The delivery commits' own connection (see `ack_conn`).
+        ack: std::sync::Arc<ack_conn::AckConnection>,
+    },
 }
 
 /// Runs `$body` once per dialect with `$e` bound to that dialect's pool, so a
@@ -134,7 +138,7 @@ macro_rules! with_db {
                 let $e = read;
                 $body
             }
-            $crate::store::Inner::Postgres(pool) => {
+            $crate::store::Inner::Postgres { pool, .. } => {
                 let $e = pool;
                 $body
             }
@@ -144,14 +148,15 @@ macro_rules! with_db {
     // turn in the background lane first.
     ($store:expr, write, |$e:ident| $body:expr) => {
         match &$store.inner {
-            $crate::store::Inner::Sqlite { write, lane, .. } => {
+            $crate::store::Inner::Sqlite { writer, lane, .. } => {
                 // The semaphore is never closed; were it, the write would
                 // simply go without its turn.
-                let _turn = lane.acquire().await.ok();
-                let $e = write;
+                let _lane = lane.acquire().await.ok();
+                let mut turn = writer.turn().await?;
+                let $e = &mut *turn;
                 $body
             }
-            $crate::store::Inner::Postgres(pool) => {
+            $crate::store::Inner::Postgres { pool, .. } => {
                 let $e = pool;
                 $body
             }
@@ -160,13 +165,17 @@ macro_rules! with_db {
     // The commit a sender waits for (deliveries): straight to the writer.
     ($store:expr, ack, |$e:ident| $body:expr) => {
         match &$store.inner {
-            $crate::store::Inner::Sqlite { write, .. } => {
-                let $e = write;
+            $crate::store::Inner::Sqlite { writer, .. } => {
+                let mut turn = writer.turn().await?;
+                let $e = &mut *turn;
                 $body
             }
-            $crate::store::Inner::Postgres(pool) => {
-                let $e = pool;
-                $body
+            $crate::store::Inner::Postgres { ack, .. } => {
+                let mut turn = ack.turn().await?;
+                let $e = &mut *turn;
+                let done = $body;
+                turn.succeeded();
+                done
             }
         }
     };
@@ -186,12 +195,14 @@ impl Store {
         let health = std::sync::Arc::new(Health::default());
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let opts = PgConnectOptions::from_str(url)?;
+            let ack = std::sync::Arc::new(ack_conn::AckConnection::new(opts.clone()));
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections)
+                .test_before_acquire(false)
                 .acquire_timeout(Duration::from_secs(10))
                 .connect_with(opts)
                 .await?;
-            Ok(Store { inner: Inner::Postgres(pool), health, file: None, secrets: None })
+            Ok(Store { inner: Inner::Postgres { pool, ack }, health, file: None, secrets: None })
         } else {
             let opts = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(true)
@@ -208,29 +219,12 @@ impl Store {
                 None => opts,
             };
             let file = std::sync::Arc::new(health::FileWatch::new(opts.get_filename().to_owned()));
-            let writer_uses = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-            let write = SqlitePoolOptions::new()
-                .max_connections(1)
-                .min_connections(1)
-                .acquire_timeout(Duration::from_secs(30))
-                .before_acquire({
-                    let file = file.clone();
-                    move |_, meta| {
-                        let fresh = !file.stale(meta.age);
-                        Box::pin(async move { Ok(fresh) })
-                    }
-                })
-                .after_release({
-                    let uses = writer_uses.clone();
-                    move |conn, _| {
-                        uses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        Box::pin(writer_is_sound(conn))
-                    }
-                })
-                .connect_with(opts.clone())
-                .await?;
+            let writer = std::sync::Arc::new(writer::Writer::open(opts.clone(), file.clone()).await?);
             let read = SqlitePoolOptions::new()
                 .max_connections(max_connections.clamp(1, 8))
+                // In-process: a ping before each use would only cost a
+                // hand-off to the connection's thread and back.
+                .test_before_acquire(false)
                 .acquire_timeout(Duration::from_secs(30))
                 .before_acquire({
                     let file = file.clone();
@@ -244,15 +238,10 @@ impl Store {
             let _ = file.check();
             // From now on a missing file is an outage, not a fresh start: a
             // replaced connection must not create an empty database.
-            write.set_connect_options(opts.clone().create_if_missing(false));
+            writer.set_connect_options(opts.clone().create_if_missing(false));
             read.set_connect_options(opts.read_only(true).create_if_missing(false));
             let lane = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
-            Ok(Store {
-                inner: Inner::Sqlite { write, read, writer_uses, lane },
-                health,
-                file: Some(file),
-                secrets: None,
-            })
+            Ok(Store { inner: Inner::Sqlite { writer, read, lane }, health, file: Some(file), secrets: None })
         }
     }
 
@@ -285,7 +274,7 @@ impl Store {
     pub fn dialect(&self) -> Dialect {
         match self.inner {
             Inner::Sqlite { .. } => Dialect::Sqlite,
-            Inner::Postgres(_) => Dialect::Postgres,
+            Inner::Postgres { .. } => Dialect::Postgres,
         }
     }
 
@@ -293,8 +282,8 @@ impl Store {
     /// while it migrates, so replicas starting together do not race.
     pub async fn migrate(&self) -> Result<()> {
         match &self.inner {
-            Inner::Sqlite { write, .. } => SQLITE_MIGRATOR.run(write).await?,
-            Inner::Postgres(pool) => POSTGRES_MIGRATOR.run(pool).await?,
+            Inner::Sqlite { writer, .. } => SQLITE_MIGRATOR.run(&mut *writer.turn().await?).await?,
+            Inner::Postgres { pool, .. } => POSTGRES_MIGRATOR.run(pool).await?,
         }
         Ok(())
     }
@@ -303,8 +292,8 @@ impl Store {
     /// transaction or a single statement); `None` on Postgres.
     pub fn sqlite_writer_uses(&self) -> Option<u64> {
         match &self.inner {
-            Inner::Sqlite { writer_uses, .. } => Some(writer_uses.load(std::sync::atomic::Ordering::Relaxed)),
-            Inner::Postgres(_) => None,
+            Inner::Sqlite { writer, .. } => Some(writer.uses()),
+            Inner::Postgres { .. } => None,
         }
     }
 
@@ -372,50 +361,16 @@ impl Store {
     /// Closes every connection (used at shutdown).
     pub async fn close(&self) {
         match &self.inner {
-            Inner::Sqlite { write, read, .. } => {
+            Inner::Sqlite { writer, read, .. } => {
                 read.close().await;
-                write.close().await;
+                writer.close().await;
             }
-            Inner::Postgres(pool) => pool.close().await,
+            Inner::Postgres { pool, ack } => {
+                ack.close().await;
+                pool.close().await;
+            }
         }
     }
-}
-
-/// Decides whether the SQLite writer connection may be used again once a
-/// caller is done with it; `false` closes it and the pool opens a new one.
-///
-/// Why: when SQLite fails a statement or a `COMMIT` with `SQLITE_FULL` or an
-/// I/O error, it may roll the whole transaction back by itself. sqlx then
-/// sends its own `ROLLBACK`, which fails ("no transaction is active"), and
-/// its count of open transactions stays at 1. From then on sqlx nests every
-/// transaction as a `SAVEPOINT`; after one more failure a `ROLLBACK TO
-/// SAVEPOINT` leaves a real transaction open, and every later "commit" is a
-/// `RELEASE` inside it: it reports success and persists nothing, even after
-/// space comes back. That is how a full disk turned into acknowledged and
-/// lost deliveries. A connection that is not cleanly outside any
-/// transaction is therefore never reused.
-async fn writer_is_sound(conn: &mut sqlx::SqliteConnection) -> std::result::Result<bool, sqlx::Error> {
-    use sqlx::{Connection, Executor, TransactionManager};
-    let depth = |c: &sqlx::SqliteConnection| sqlx::sqlite::SqliteTransactionManager::get_transaction_depth(c);
-    if depth(conn) == 0 {
-        // Committed (or never in a transaction): the common case, no cost.
-        return Ok(true);
-    }
-    // A transaction was dropped without a commit; its rollback is queued on
-    // the connection. Let it run, then look again.
-    conn.ping().await?;
-    if depth(conn) != 0 {
-        tracing::warn!("the database writer's rollback failed; replacing the connection");
-        return Ok(false);
-    }
-    // sqlx agrees it is out of any transaction; make sure SQLite does too (a
-    // `BEGIN` inside a transaction is refused).
-    if conn.execute("BEGIN").await.is_err() {
-        tracing::warn!("the database writer was left inside a transaction; replacing the connection");
-        return Ok(false);
-    }
-    conn.execute("ROLLBACK").await?;
-    Ok(true)
 }
 
 /// Turns a stored unsigned value back into `u32`, refusing nonsense.

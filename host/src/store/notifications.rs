@@ -7,13 +7,13 @@ use uuid::Uuid;
 
 use super::types::{DbId, DbTime};
 use super::{Result, Store, to_u32, with_db};
-use crate::model::NotificationRecord;
+use crate::model::{NotificationRecord, RunStatus};
 
 /// Queues the notification of run `$run_id`'s end in `$status`, inside the
 /// transaction `$tx`, when its automation's `notify` lists that status.
 macro_rules! notify_in {
     ($tx:expr, $run_id:expr, $automation_id:expr, $status:expr, $now:expr) => {{
-        let pattern = format!("%,{},%", $status.as_str());
+        let pattern = $crate::store::notifications::notify_pattern($status);
         sqlx::query(
             "insert into notifications (id, run_id, automation_id, status, attempts, next_attempt_at, created_at) \
              select $1, $2, id, 'pending', 0, $3, $3 from automations \
@@ -29,6 +29,11 @@ macro_rules! notify_in {
     }};
 }
 pub(crate) use notify_in;
+
+/// The `like` pattern of an automation's `notify_on` that lists `status`.
+pub(super) fn notify_pattern(status: RunStatus) -> String {
+    format!("%,{},%", status.as_str())
+}
 
 const COLUMNS: &str =
     "id, status, attempts, last_error, last_status_code, delivered_at, next_attempt_at, created_at, run_id";

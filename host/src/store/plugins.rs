@@ -1,5 +1,6 @@
 //! Uploaded plugins and the plugins' key-value state.
 
+use sqlx::Connection as _;
 use sqlx::FromRow;
 use sqlx::types::Json;
 
@@ -245,6 +246,7 @@ impl Store {
         let caps = serde_json::to_string(&g.capabilities).unwrap_or_else(|_| "[]".into());
         let hosts = serde_json::to_string(&g.allowed_hosts).unwrap_or_else(|_| "[]".into());
         with_db!(self, write, |db| {
+            let mut tx = db.begin().await?;
             sqlx::query(
                 "insert into plugin_grants (name, sha256, capabilities, allowed_hosts, granted_by, granted_at) \
                  values ($1, $2, $3, $4, $5, $6) on conflict (name, sha256) do update set \
@@ -257,14 +259,15 @@ impl Store {
             .bind(&hosts)
             .bind(&g.granted_by)
             .bind(DbTime::new(g.granted_at))
-            .execute(db)
+            .execute(&mut *tx)
             .await?;
             // Replicas notice grant changes as plugin changes.
             sqlx::query("update plugins set updated_at = $2 where name = $1")
                 .bind(&g.name)
                 .bind(DbTime::new(g.granted_at))
-                .execute(db)
+                .execute(&mut *tx)
                 .await?;
+            tx.commit().await?;
         });
         Ok(())
     }
@@ -301,17 +304,19 @@ impl Store {
     /// Withdraws the grant of a component; false if there was none.
     pub async fn delete_plugin_grant(&self, name: &str, sha256: &str) -> Result<bool> {
         let n = with_db!(self, write, |db| {
+            let mut tx = db.begin().await?;
             let n = sqlx::query("delete from plugin_grants where name = $1 and sha256 = $2")
                 .bind(name)
                 .bind(sha256)
-                .execute(db)
+                .execute(&mut *tx)
                 .await?
                 .rows_affected();
             sqlx::query("update plugins set updated_at = $2 where name = $1")
                 .bind(name)
                 .bind(DbTime::new(crate::model::now()))
-                .execute(db)
+                .execute(&mut *tx)
                 .await?;
+            tx.commit().await?;
             n
         });
         Ok(n == 1)

@@ -3,6 +3,7 @@
 //! Every transition is one conditional `update ... where status in (...)`:
 //! the first writer wins, and a loser learns it from getting no row back.
 
+use sqlx::Connection as _;
 use sqlx::FromRow;
 use sqlx::types::Json;
 use uuid::Uuid;
@@ -215,6 +216,41 @@ pub struct RunChanges {
     pub output: Option<RunOutput>,
     /// Sets `plugin_log`.
     pub plugin_log: Option<Vec<PluginLogLine>>,
+}
+
+/// A run's end, written only while it is `running` (binds: see `bind_end!`).
+const END_RUN: &str = "update runs set status = $2, status_detail = $3, updated_at = $4, finished_at = $4, \
+                       error = coalesce($5, error), output = coalesce($6, output), \
+                       plugin_log = coalesce($7, plugin_log) where id = $1 and status = 'running'";
+
+/// That a run's executor started it, written only while it is `running`
+/// and leased to the host (binds: see `bind_start!`).
+const START_RUN: &str = "update runs set executor = $3, executor_handle = $4, timeout_at = $5, updated_at = $6 \
+                         where id = $1 and lease_owner = $2 and status = 'running'";
+
+/// Binds the parameters of [`START_RUN`] for `start`, written at `now`.
+macro_rules! bind_start {
+    ($q:expr, $start:expr, $now:expr) => {
+        $q.bind(DbId($start.id))
+            .bind(&$start.host)
+            .bind(&$start.executor)
+            .bind(&$start.handle)
+            .bind(DbTime::new($start.timeout_at))
+            .bind(DbTime::new($now))
+    };
+}
+
+/// Binds `$1`-`$7` of [`END_RUN`] for `end`.
+macro_rules! bind_end {
+    ($q:expr, $end:expr) => {
+        $q.bind(DbId($end.id))
+            .bind($end.to.as_str())
+            .bind(Json(&$end.detail))
+            .bind(DbTime::new($end.detail.at))
+            .bind($end.changes.error.as_deref())
+            .bind($end.changes.output.as_ref().map(Json))
+            .bind($end.changes.plugin_log.as_ref().map(Json))
+    };
 }
 
 impl Store {
@@ -439,15 +475,21 @@ impl Store {
     /// queued. For each write, whether it applied (false: the run was
     /// cancelled, finished by a callback or taken over). Nothing of the run
     /// is read back (its payload, output): its driver has them.
+    ///
+    /// A write alone (the common case: starts are written as they happen,
+    /// and most ends are alone in their group) is one statement without a
+    /// transaction around it, so it holds the SQLite writer for one round
+    /// trip instead of three or four; an end takes that path only when its
+    /// automation wants no notification (else both go in one transaction).
     pub async fn write_runs(&self, writes: &[RunWrite]) -> Result<Vec<bool>> {
+        if let [one] = writes
+            && let Some(applied) = self.noted(self.write_run_alone(one).await)?
+        {
+            return Ok(vec![applied]);
+        }
         self.noted(
             async {
-                let end_sql = "update runs set status = $2, status_detail = $3, updated_at = $4, finished_at = $4, \
-                               error = coalesce($5, error), output = coalesce($6, output), \
-                               plugin_log = coalesce($7, plugin_log) \
-                               where id = $1 and status = 'running' returning automation_id";
-                let start_sql = "update runs set executor = $3, executor_handle = $4, timeout_at = $5, updated_at = $6 \
-                                 where id = $1 and lease_owner = $2 and status = 'running'";
+                let end_sql = format!("{END_RUN} returning automation_id");
                 let now = crate::model::now();
                 // In id order: Postgres locks each row as it is updated, and
                 // the heartbeat locks its rows in the same order (no deadlock).
@@ -459,30 +501,13 @@ impl Store {
                     for i in order {
                         applied[i] = match &writes[i] {
                             RunWrite::Start(s) => {
-                                sqlx::query(start_sql)
-                                    .bind(DbId(s.id))
-                                    .bind(&s.host)
-                                    .bind(&s.executor)
-                                    .bind(&s.handle)
-                                    .bind(DbTime::new(s.timeout_at))
-                                    .bind(DbTime::new(now))
-                                    .execute(&mut *tx)
-                                    .await?
-                                    .rows_affected()
+                                bind_start!(sqlx::query(START_RUN), s, now).execute(&mut *tx).await?.rows_affected()
                                     == 1
                             }
                             RunWrite::End(end) => {
                                 debug_assert!(end.to.is_final(), "a run ends in a final status");
-                                let automation: Option<DbId> = sqlx::query_scalar(end_sql)
-                                    .bind(DbId(end.id))
-                                    .bind(end.to.as_str())
-                                    .bind(Json(&end.detail))
-                                    .bind(DbTime::new(end.detail.at))
-                                    .bind(end.changes.error.as_deref())
-                                    .bind(end.changes.output.as_ref().map(Json))
-                                    .bind(end.changes.plugin_log.as_ref().map(Json))
-                                    .fetch_optional(&mut *tx)
-                                    .await?;
+                                let automation: Option<DbId> =
+                                    bind_end!(sqlx::query_scalar(&end_sql), end).fetch_optional(&mut *tx).await?;
                                 if let Some(a) = automation {
                                     super::notifications::notify_in!(tx, end.id, a.0, end.to, end.detail.at);
                                 }
@@ -496,5 +521,37 @@ impl Store {
             }
             .await,
         )
+    }
+
+    /// One start, or one end that queues no notification, as a single
+    /// statement; `None` when the end must go through a transaction (its
+    /// automation wants a notification, or the run is not running: the
+    /// transaction finds out which).
+    async fn write_run_alone(&self, write: &RunWrite) -> Result<Option<bool>> {
+        let now = crate::model::now();
+        let n = match write {
+            RunWrite::Start(s) => with_db!(self, write, |db| {
+                bind_start!(sqlx::query(START_RUN), s, now).execute(db).await?.rows_affected()
+            }),
+            RunWrite::End(end) => {
+                debug_assert!(end.to.is_final(), "a run ends in a final status");
+                let sql = format!(
+                    "{END_RUN} and not exists (select 1 from automations \
+                     where automations.id = runs.automation_id and notify_url is not null and notify_on like $8)"
+                );
+                let n = with_db!(self, write, |db| {
+                    bind_end!(sqlx::query(&sql), end)
+                        .bind(super::notifications::notify_pattern(end.to))
+                        .execute(db)
+                        .await?
+                        .rows_affected()
+                });
+                if n == 0 {
+                    return Ok(None);
+                }
+                n
+            }
+        };
+        Ok(Some(n == 1))
     }
 }

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
+use sqlx::Connection as _;
 use sqlx::types::Json;
 use uuid::Uuid;
 

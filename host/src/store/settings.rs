@@ -2,6 +2,7 @@
 //! the start-up step that keeps secrets sealed at rest.
 
 use super::{Error, Result, Store, with_db};
+use sqlx::Connection as _;
 
 /// The setting that proves a host holds the key this database was sealed
 /// with: a sealed known value.
@@ -20,12 +21,16 @@ impl Store {
     pub async fn setting_or_create(&self, key: &str, make: impl FnOnce() -> String) -> Result<String> {
         let value = make();
         with_db!(self, write, |db| {
+            let mut tx = db.begin().await?;
             sqlx::query("insert into settings (key, value) values ($1, $2) on conflict (key) do nothing")
                 .bind(key)
                 .bind(&value)
-                .execute(db)
+                .execute(&mut *tx)
                 .await?;
-            Ok(sqlx::query_scalar("select value from settings where key = $1").bind(key).fetch_one(db).await?)
+            let stored =
+                sqlx::query_scalar("select value from settings where key = $1").bind(key).fetch_one(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(stored)
         })
     }
 

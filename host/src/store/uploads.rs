@@ -1,6 +1,7 @@
 //! Uploads: bundle archives. The bytes live in the database, not on one
 //! host's disk, so any replica sharing a Postgres database can run any bundle.
 
+use sqlx::Connection as _;
 use sqlx::FromRow;
 use uuid::Uuid;
 

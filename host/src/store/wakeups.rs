@@ -24,7 +24,7 @@ impl RunListener {
 impl Store {
     /// Tells the other hosts that runs were made (Postgres; a no-op on SQLite).
     pub async fn notify_runs(&self) -> Result<()> {
-        if let Inner::Postgres(pool) = &self.inner {
+        if let Inner::Postgres { pool, .. } = &self.inner {
             sqlx::query("select pg_notify($1, '')").bind(CHANNEL).execute(pool).await?;
         }
         Ok(())
@@ -32,7 +32,7 @@ impl Store {
 
     /// A listener for the other hosts' wake-ups; `None` on SQLite.
     pub async fn listen_runs(&self) -> Result<Option<RunListener>> {
-        let Inner::Postgres(pool) = &self.inner else { return Ok(None) };
+        let Inner::Postgres { pool, .. } = &self.inner else { return Ok(None) };
         let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
         listener.listen(CHANNEL).await?;
         Ok(Some(RunListener(listener)))
