@@ -357,6 +357,13 @@ pub struct Config {
     #[arg(long, env = "AUTOMATION_SANDBOX_MEMORY_MB", default_value_t = 1024, global = true)]
     pub sandbox_memory_mb: u64,
 
+    /// Scheduling niceness of the host's background threads (matching,
+    /// driving runs, schedules), 0-19: acknowledging deliveries and the API
+    /// keep niceness 0 and come first when the CPU is short.
+    #[arg(long, env = "AUTOMATION_BACKGROUND_NICE", default_value_t = 10,
+          value_parser = clap::value_parser!(i32).range(0..=19), global = true)]
+    pub background_nice: i32,
+
     /// Scheduling niceness of sandboxed runs, 0-19 (higher yields more CPU
     /// to the host: acknowledgements come first when the CPU is short).
     #[arg(long, env = "AUTOMATION_SANDBOX_NICE", default_value_t = crate::sandbox::DEFAULT_NICE,

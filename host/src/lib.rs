@@ -74,12 +74,16 @@ pub async fn open_store(config: &Config, migrate: bool) -> anyhow::Result<Store>
 
 /// Builds the plugin runtime and loads every plugin: bundled, from the
 /// plugins directory, and uploaded (from the database).
-pub async fn start_plugins(config: &Config, store: Option<&Store>) -> anyhow::Result<Arc<plugins::Registry>> {
+pub async fn start_plugins(
+    config: &Config,
+    store: Option<&Store>,
+    background: tokio::runtime::Handle,
+) -> anyhow::Result<Arc<plugins::Registry>> {
     let started = std::time::Instant::now();
     let sandbox = Arc::new(sandbox::Sandbox::new(
         config.data_dir.join("workspaces"),
         config.sandbox_settings(),
-        tokio::runtime::Handle::current(),
+        background.clone(),
     ));
     // Probe the machine's isolation once (it starts a few sandboxed `true`
     // processes) and end whatever an earlier process of this host left.
@@ -94,7 +98,7 @@ pub async fn start_plugins(config: &Config, store: Option<&Store>) -> anyhow::Re
     let services = Arc::new(plugins::host::Services {
         store: store.cloned(),
         sandbox,
-        runtime: tokio::runtime::Handle::current(),
+        runtime: background,
         kv_quota: config.kv_quota(),
     });
     let cache_dir = config.cache_dir();
@@ -149,9 +153,14 @@ pub async fn serve(
     plugins: Arc<plugins::Registry>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    background: tokio::runtime::Handle,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(metrics::Metrics::default());
+    // The acknowledgement path (the API and the delivery commits) runs on
+    // this runtime; everything else on `background`, whose threads yield
+    // the CPU to it.
     let sup = supervise::Supervisor::new(tokio_util::sync::CancellationToken::new(), metrics.clone());
+    let bg = sup.on(background);
     let secret = store
         .secret_setting_or_create("callback_secret", || {
             use rand::RngCore;
@@ -189,11 +198,11 @@ pub async fn serve(
             run_all_cap: config.run_all_cap,
         },
     ));
-    scheduler.spawn(&sup);
+    scheduler.spawn(&bg);
     if config.no_dispatch {
         tracing::info!("AUTOMATION_NO_DISPATCH: this host does not carry out runs");
     } else {
-        dispatcher.spawn(&sup);
+        dispatcher.spawn(&bg);
     }
     let matcher = Arc::new(events::matcher::Matcher::new(
         store.clone(),
@@ -203,12 +212,13 @@ pub async fn serve(
         host_id.clone(),
         Duration::from_secs(config.lease_seconds),
     ));
-    matcher.spawn(&sup);
+    matcher.spawn(&bg);
     let ingest = Arc::new(events::Ingest::start(store.clone(), matcher.clone(), metrics.clone(), &sup));
     {
         let store = store.clone();
-        sup.spawn("storage-probe", move |stop| probe_storage(store.clone(), stop));
+        bg.spawn("storage-probe", move |stop| probe_storage(store.clone(), stop));
     }
+
     {
         let sweeper = Arc::new(retention::Sweeper::new(
             store.clone(),
@@ -222,7 +232,7 @@ pub async fn serve(
                 every: Duration::from_secs(config.retention_sweep_seconds),
             },
         ));
-        sup.spawn("retention", move |stop| {
+        bg.spawn("retention", move |stop| {
             let sweeper = sweeper.clone();
             async move { sweeper.run(stop).await }
         });
@@ -236,7 +246,7 @@ pub async fn serve(
             public_url: config.public_url.clone().unwrap_or_else(|| format!("http://{local}")),
         };
         let notifier = Arc::new(notify::Notifier::new(store.clone(), metrics.clone(), settings));
-        sup.spawn("notifier", move |stop| {
+        bg.spawn("notifier", move |stop| {
             let notifier = notifier.clone();
             async move { notifier.run(stop).await }
         });
@@ -253,7 +263,7 @@ pub async fn serve(
     );
     {
         let (store, plugins) = (store.clone(), plugins.clone());
-        sup.spawn("plugin-follow", move |stop| follow_uploaded_plugins(store.clone(), plugins.clone(), stop));
+        bg.spawn("plugin-follow", move |stop| follow_uploaded_plugins(store.clone(), plugins.clone(), stop));
     }
     let app = api::router(state);
     let grace = Duration::from_secs(config.shutdown_grace_seconds);

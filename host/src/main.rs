@@ -43,7 +43,30 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    // Background work (matching, runs, schedules) on threads of its own that
+    // yield the CPU to the acknowledgement path.
+    let background_nice = cli.config.background_nice;
+    let background = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("automation-bg")
+        .on_thread_start(move || {
+            if let Err(e) = automation_host::sandbox::lower_thread_priority(background_nice) {
+                static ONCE: std::sync::Once = std::sync::Once::new();
+                ONCE.call_once(|| tracing::warn!(error = %e, "background threads keep the host's priority"));
+            }
+        })
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("automation-host: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let handle = background.handle().clone();
+    let result = runtime.block_on(run(cli, handle));
+    background.shutdown_timeout(std::time::Duration::from_secs(5));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -62,10 +85,10 @@ fn init_tracing(config: &Config) {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli, background: tokio::runtime::Handle) -> anyhow::Result<()> {
     let config = cli.config;
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(config).await,
+        Command::Serve => serve(config, background).await,
         Command::Migrate => {
             open_store(&config, true).await?;
             println!("migrations applied to {}", automation_host::redact(&config.effective_database_url()));
@@ -160,9 +183,9 @@ async fn create_key(
     Ok(key)
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, background: tokio::runtime::Handle) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let store = open_store(&config, !config.no_migrate).await?;
+    let store = open_store(&config, !config.no_migrate).await?.with_front_runtime(tokio::runtime::Handle::current());
     tracing::info!(
         database = %automation_host::redact(&config.effective_database_url()),
         dialect = ?store.dialect(),
@@ -175,7 +198,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         println!("  {key}");
         println!("Use it as `Authorization: Bearer {key}`, or set AUTOMATION_API_KEY.");
     }
-    let plugins = automation_host::start_plugins(&config, Some(&store)).await?;
+    let plugins = automation_host::start_plugins(&config, Some(&store), background.clone()).await?;
     let addr = config.listen_addr();
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -184,7 +207,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(%local, "listening");
     // One machine-readable line on stdout; the tests read the port from it.
     println!("automation-host listening on http://{local}");
-    automation_host::serve(config, store, plugins, listener, automation_host::shutdown_signal()).await
+    automation_host::serve(config, store, plugins, listener, automation_host::shutdown_signal(), background).await
 }
 
 /// Overwrites the values of `names` where the kernel keeps the process's

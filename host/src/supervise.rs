@@ -26,12 +26,20 @@ pub struct Supervisor {
     tracker: TaskTracker,
     stop: CancellationToken,
     metrics: Arc<Metrics>,
+    /// Where its loops run: the current runtime, or this one.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Supervisor {
     /// A supervisor whose loops stop when `stop` is cancelled.
     pub fn new(stop: CancellationToken, metrics: Arc<Metrics>) -> Supervisor {
-        Supervisor { tracker: TaskTracker::new(), stop, metrics }
+        Supervisor { tracker: TaskTracker::new(), stop, metrics, runtime: None }
+    }
+
+    /// The same supervisor (same stop, same shutdown), starting the loops
+    /// it is given from now on on `runtime`.
+    pub fn on(&self, runtime: tokio::runtime::Handle) -> Supervisor {
+        Supervisor { runtime: Some(runtime), ..self.clone() }
     }
 
     /// Runs the loop `make(stop)` builds until it returns (it should return
@@ -44,7 +52,7 @@ impl Supervisor {
     {
         let stop = self.stop.clone();
         let metrics = self.metrics.clone();
-        self.tracker.spawn(async move {
+        let supervised = async move {
             let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
             loop {
                 let outcome = AssertUnwindSafe(make(stop.clone())).catch_unwind().await;
@@ -66,7 +74,11 @@ impl Supervisor {
                     () = tokio::time::sleep(delay) => {}
                 }
             }
-        });
+        };
+        match &self.runtime {
+            Some(runtime) => drop(self.tracker.spawn_on(supervised, runtime)),
+            None => drop(self.tracker.spawn(supervised)),
+        }
     }
 
     /// Cancels every loop and waits until they have returned, or until

@@ -46,6 +46,13 @@ use uuid::Uuid;
 
 use policy::{Applied, CgroupPlan, Control, Exit, LAUNCHER_ARG, Layers, Policy, RUN_MARKER, Report};
 pub use policy::{DEFAULT_NICE, Identity, Level, Limits, Network};
+pub use sys::PriorityError;
+
+/// Lowers the calling thread's scheduling priority to niceness `nice`
+/// (never raises it).
+pub fn lower_thread_priority(nice: i32) -> Result<(), PriorityError> {
+    sys::lower_priority(nice)
+}
 
 /// How long a process may take to start (build its sandbox and `execve`).
 const START_TIMEOUT: Duration = Duration::from_secs(30);

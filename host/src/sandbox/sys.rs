@@ -39,7 +39,7 @@ pub(super) fn fork_into(flags: CloneFlags) -> nix::Result<Forked> {
 
 /// Why a scheduling priority could not be lowered.
 #[derive(Debug, thiserror::Error)]
-pub(super) enum PriorityError {
+pub enum PriorityError {
     /// The current niceness could not be read.
     #[error("getpriority: {0}")]
     Read(nix::errno::Errno),

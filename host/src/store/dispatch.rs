@@ -99,6 +99,17 @@ impl Store {
         &self,
         host: &str,
         lease_until: DateTime<Utc>,
+        choose: impl FnOnce(&ClaimCandidates) -> ClaimChoice + Send + 'static,
+    ) -> Result<Claim> {
+        let (store, host) = (self.clone(), host.to_owned());
+        self.at_front(async move { store.claim_runs_here(&host, lease_until, choose).await }).await
+    }
+
+    /// See [`Store::claim_runs`].
+    async fn claim_runs_here(
+        &self,
+        host: &str,
+        lease_until: DateTime<Utc>,
         choose: impl FnOnce(&ClaimCandidates) -> ClaimChoice,
     ) -> Result<Claim> {
         self.noted(async {
@@ -272,6 +283,12 @@ impl Store {
     /// Extends the leases of this host's running runs (one statement for all
     /// of them); returns the ids it still holds.
     pub async fn renew_leases(&self, host: &str, ids: &[Uuid], until: DateTime<Utc>) -> Result<Vec<Uuid>> {
+        let (store, host, ids) = (self.clone(), host.to_owned(), ids.to_vec());
+        self.at_front(async move { store.renew_leases_here(&host, &ids, until).await }).await
+    }
+
+    /// See [`Store::renew_leases`].
+    async fn renew_leases_here(&self, host: &str, ids: &[Uuid], until: DateTime<Utc>) -> Result<Vec<Uuid>> {
         self.noted(
             async {
                 if ids.is_empty() {
@@ -309,6 +326,12 @@ impl Store {
     /// heartbeating), or every running run when `all` (a single-host SQLite
     /// start-up: whoever held them is gone). Returns them, now leased to `host`.
     pub async fn take_over_runs(&self, host: &str, until: DateTime<Utc>, all: bool, limit: u32) -> Result<Vec<Run>> {
+        let (store, host) = (self.clone(), host.to_owned());
+        self.at_front(async move { store.take_over_runs_here(&host, until, all, limit).await }).await
+    }
+
+    /// See [`Store::take_over_runs`].
+    async fn take_over_runs_here(&self, host: &str, until: DateTime<Utc>, all: bool, limit: u32) -> Result<Vec<Run>> {
         self.noted(
             async {
                 let now = crate::model::now();

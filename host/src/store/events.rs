@@ -286,6 +286,17 @@ impl Store {
         limit: u32,
         stale_before: DateTime<Utc>,
     ) -> Result<Vec<PendingDelivery>> {
+        let (store, host) = (self.clone(), host.to_owned());
+        self.at_front(async move { store.claim_deliveries_here(&host, limit, stale_before).await }).await
+    }
+
+    /// See [`Store::claim_deliveries`].
+    async fn claim_deliveries_here(
+        &self,
+        host: &str,
+        limit: u32,
+        stale_before: DateTime<Utc>,
+    ) -> Result<Vec<PendingDelivery>> {
         self.noted(
             async {
                 let lock = if self.dialect() == Dialect::Postgres { " for update skip locked" } else { "" };
@@ -339,6 +350,12 @@ impl Store {
     /// their runs, the filter errors seen, and each result. A delivery is
     /// recorded only if `host` still holds its claim; returns how many were.
     pub async fn record_matches(&self, host: &str, records: &[MatchRecord]) -> Result<usize> {
+        let (store, host, records) = (self.clone(), host.to_owned(), records.to_vec());
+        self.at_front(async move { store.record_matches_here(&host, &records).await }).await
+    }
+
+    /// See [`Store::record_matches`].
+    async fn record_matches_here(&self, host: &str, records: &[MatchRecord]) -> Result<usize> {
         self.noted(
             async {
                 let now = crate::model::now();

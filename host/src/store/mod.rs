@@ -106,6 +106,8 @@ pub struct Store {
     file: Option<std::sync::Arc<health::FileWatch>>,
     /// Seals secrets at rest; set by [`Store::with_secret_key`].
     secrets: Option<crate::secrets::SecretKey>,
+    /// Where run bookkeeping is written (see [`Store::with_front_runtime`]).
+    front: Option<tokio::runtime::Handle>,
 }
 
 #[derive(Clone)]
@@ -202,7 +204,7 @@ impl Store {
                 .acquire_timeout(Duration::from_secs(10))
                 .connect_with(opts)
                 .await?;
-            Ok(Store { inner: Inner::Postgres { pool, ack }, health, file: None, secrets: None })
+            Ok(Store { inner: Inner::Postgres { pool, ack }, health, file: None, secrets: None, front: None })
         } else {
             let opts = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(true)
@@ -241,7 +243,37 @@ impl Store {
             writer.set_connect_options(opts.clone().create_if_missing(false));
             read.set_connect_options(opts.read_only(true).create_if_missing(false));
             let lane = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
-            Ok(Store { inner: Inner::Sqlite { writer, read, lane }, health, file: Some(file), secrets: None })
+            Ok(Store {
+                inner: Inner::Sqlite { writer, read, lane },
+                health,
+                file: Some(file),
+                secrets: None,
+                front: None,
+            })
+        }
+    }
+
+    /// This store, writing run bookkeeping (claims, starts, ends, leases,
+    /// match records) from tasks on `runtime`. The host drives runs on
+    /// threads that yield the CPU to acknowledgements; a write of theirs
+    /// holds the database writer, which a delivery's commit may be waiting
+    /// for, so it is carried out at the acknowledgements' priority, not
+    /// theirs.
+    pub fn with_front_runtime(mut self, runtime: tokio::runtime::Handle) -> Store {
+        self.front = Some(runtime);
+        self
+    }
+
+    /// Runs `work` on the front runtime when there is one, else here.
+    async fn at_front<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = Result<T>> + Send + 'static,
+    ) -> Result<T> {
+        let Some(front) = &self.front else { return work.await };
+        match front.spawn(work).await {
+            Ok(done) => done,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(Error::Unavailable("the host is stopping".into())),
         }
     }
 

@@ -482,6 +482,12 @@ impl Store {
     /// trip instead of three or four; an end takes that path only when its
     /// automation wants no notification (else both go in one transaction).
     pub async fn write_runs(&self, writes: &[RunWrite]) -> Result<Vec<bool>> {
+        let (store, writes) = (self.clone(), writes.to_vec());
+        self.at_front(async move { store.write_runs_here(&writes).await }).await
+    }
+
+    /// See [`Store::write_runs`].
+    async fn write_runs_here(&self, writes: &[RunWrite]) -> Result<Vec<bool>> {
         if let [one] = writes
             && let Some(applied) = self.noted(self.write_run_alone(one).await)?
         {
