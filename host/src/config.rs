@@ -364,6 +364,15 @@ pub struct Config {
           value_parser = clap::value_parser!(i32).range(0..=19), global = true)]
     pub background_nice: i32,
 
+    /// Milliseconds a delivery may wait to be matched before matching
+    /// catches up at the acknowledgements' priority: a burst is stored
+    /// first and matched in the background, while a stream the background
+    /// cannot keep up with slows the acknowledgements a little instead of
+    /// building a backlog without bound. 0 never catches up (matching always
+    /// yields).
+    #[arg(long, env = "AUTOMATION_MATCH_CATCH_UP_MS", default_value_t = 500, global = true)]
+    pub match_catch_up_ms: u64,
+
     /// Scheduling niceness of sandboxed runs, 0-19 (higher yields more CPU
     /// to the host: acknowledgements come first when the CPU is short).
     #[arg(long, env = "AUTOMATION_SANDBOX_NICE", default_value_t = crate::sandbox::DEFAULT_NICE,

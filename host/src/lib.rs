@@ -204,14 +204,17 @@ pub async fn serve(
     } else {
         dispatcher.spawn(&bg);
     }
-    let matcher = Arc::new(events::matcher::Matcher::new(
-        store.clone(),
-        plugins.clone(),
-        dispatcher.clone(),
-        metrics.clone(),
-        host_id.clone(),
-        Duration::from_secs(config.lease_seconds),
-    ));
+    let matcher = Arc::new(
+        events::matcher::Matcher::new(
+            store.clone(),
+            plugins.clone(),
+            dispatcher.clone(),
+            metrics.clone(),
+            host_id.clone(),
+            Duration::from_secs(config.lease_seconds),
+        )
+        .catching_up_on(tokio::runtime::Handle::current(), Duration::from_millis(config.match_catch_up_ms)),
+    );
     matcher.spawn(&bg);
     let ingest = Arc::new(events::Ingest::start(store.clone(), matcher.clone(), metrics.clone(), &sup));
     {

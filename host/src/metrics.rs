@@ -108,6 +108,9 @@ pub struct Metrics {
     pub start_retries: AtomicU64,
     /// Seconds from delivery acknowledgement to matching done.
     pub match_lag: Histogram,
+    /// Deliveries matched, by the priority they were matched at
+    /// (`background`, or `catch_up` when they had waited too long).
+    pub matched: LabeledCounter,
     /// Iterations of background loops that failed and were retried later,
     /// by loop (`ingest`, `matcher`, `dispatcher`, `scheduler`, ...).
     pub background_errors: LabeledCounter,
@@ -140,6 +143,7 @@ impl Default for Metrics {
             rescues: AtomicU64::new(0),
             start_retries: AtomicU64::new(0),
             match_lag: Histogram::new(LATENCY_BUCKETS),
+            matched: LabeledCounter::default(),
             background_errors: LabeledCounter::default(),
             background_restarts: LabeledCounter::default(),
             automations_disabled: LabeledCounter::default(),
@@ -171,6 +175,12 @@ impl Metrics {
             &mut out,
             "automation_event_match_lag_seconds",
             "Delay between accepting a delivery and matching it.",
+        );
+        self.matched.render(
+            &mut out,
+            "automation_event_matched_total",
+            "priority",
+            "Deliveries matched, by priority: background, or catch_up (they had waited longer than AUTOMATION_MATCH_CATCH_UP_MS).",
         );
         self.delivery_commit.render(
             &mut out,
