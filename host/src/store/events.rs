@@ -123,7 +123,8 @@ struct Row {
     payload: String,
 }
 
-const COLUMNS: &str = "id, source, delivery_id, event_key, status, received_at, matched_at, result, payload";
+const COLUMNS: &str = "id, source, delivery_id, event_key, status, received_at, matched_at, result, \
+    (select p.payload from delivery_payloads p where p.id = deliveries.id) as payload";
 
 impl From<Row> for Delivery {
     fn from(r: Row) -> Delivery {
@@ -217,30 +218,69 @@ impl Store {
     /// requests share one commit. A delivery whose provider id was seen
     /// before is not stored again.
     ///
-    /// One multi-row `insert` in autocommit is atomic (all rows or none)
-    /// and holds the SQLite writer for a single round trip, instead of
-    /// three with `begin` and `commit` around it: every round trip the
-    /// writer is held is time the other writers, and the next group of
-    /// senders, wait. The original of a duplicate is looked up afterwards,
-    /// through a reader.
+    /// Atomic (one transaction on SQLite, one statement on Postgres): a
+    /// multi-row `insert` of the delivery rows, then one of the payloads of
+    /// those stored (their own table, so the row the
+    /// matcher updates twice is small: on SQLite each update of a row that
+    /// held its payload wrote the payload again). The original of a
+    /// duplicate is looked up afterwards, through a reader.
     pub async fn insert_deliveries(&self, batch: &[NewDelivery]) -> Result<Vec<Stored>> {
         let r = async {
             self.file_intact()?;
+            let postgres = self.dialect() == Dialect::Postgres;
             let inserted: Vec<DbId> = with_db!(self, ack, |db| {
+                if postgres {
+                    // One statement: a round trip fewer on the connection
+                    // every group of senders waits for.
+                    let mut qb = sqlx::QueryBuilder::new(
+                        "with v (id, source, delivery_id, event_key, received_at, status, payload) as (",
+                    );
+                    qb.push_values(batch, |mut b, d| {
+                        b.push_bind(DbId(d.id))
+                            .push_bind(&d.source)
+                            .push_bind(&d.delivery_id)
+                            .push_bind(&d.event_key)
+                            .push_bind(DbTime::new(d.received_at))
+                            .push_bind(if d.event_key.is_some() { "pending" } else { "unrecognized" })
+                            .push_bind(&d.payload);
+                    });
+                    qb.push(
+                        "), d as (insert into deliveries (id, source, delivery_id, event_key, received_at, status) \
+                         select id, source, delivery_id, event_key, received_at, status from v \
+                         on conflict (source, delivery_id) where delivery_id is not null do nothing returning id), \
+                         p as (insert into delivery_payloads (id, payload) select v.id, v.payload from v join d on d.id = v.id) \
+                         select id from d",
+                    );
+                    qb.build_query_scalar().fetch_all(db).await?
+                } else {
+                let mut tx = db.begin().await?;
                 let mut qb = sqlx::QueryBuilder::new(
-                    "insert into deliveries (id, source, delivery_id, event_key, payload, received_at, status) ",
+                    "insert into deliveries (id, source, delivery_id, event_key, received_at, status) ",
                 );
                 qb.push_values(batch, |mut b, d| {
                     b.push_bind(DbId(d.id))
                         .push_bind(&d.source)
                         .push_bind(&d.delivery_id)
                         .push_bind(&d.event_key)
-                        .push_bind(&d.payload)
                         .push_bind(DbTime::new(d.received_at))
                         .push_bind(if d.event_key.is_some() { "pending" } else { "unrecognized" });
                 });
                 qb.push(" on conflict (source, delivery_id) where delivery_id is not null do nothing returning id");
-                qb.build_query_scalar().fetch_all(db).await?
+                let inserted: Vec<DbId> = qb.build_query_scalar().fetch_all(&mut *tx).await?;
+                // The payloads of the ones stored (not of duplicates), in
+                // their own table: written once, never with a status change.
+                let new: std::collections::HashSet<Uuid> = inserted.iter().map(|i| i.0).collect();
+                let payloads: Vec<&NewDelivery> = batch.iter().filter(|d| new.contains(&d.id)).collect();
+                if !payloads.is_empty() {
+                    let mut qb = sqlx::QueryBuilder::new("insert into delivery_payloads (id, payload) ");
+                    qb.push_values(payloads, |mut b, d| {
+                        b.push_bind(DbId(d.id)).push_bind(&d.payload);
+                    });
+                    qb.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                inserted
+                }
             });
             // A commit into a file that was deleted or replaced meanwhile
             // reached no one: it must not be acknowledged.
@@ -318,7 +358,7 @@ impl Store {
                     return Ok(Vec::new());
                 }
                 let read_sql = format!(
-                    "select id, payload from deliveries where id in ({})",
+                    "select id, payload from delivery_payloads where id in ({})",
                     super::dispatch::placeholders(1, claimed.len())
                 );
                 let payloads: Vec<(DbId, String)> = with_db!(self, read, |db| {
@@ -432,7 +472,10 @@ impl Store {
     /// event this way, through a reader).
     pub async fn delivery_payload(&self, id: Uuid) -> Result<Option<String>> {
         Ok(with_db!(self, read, |db| {
-            sqlx::query_scalar("select payload from deliveries where id = $1").bind(DbId(id)).fetch_optional(db).await?
+            sqlx::query_scalar("select payload from delivery_payloads where id = $1")
+                .bind(DbId(id))
+                .fetch_optional(db)
+                .await?
         }))
     }
 

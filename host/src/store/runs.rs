@@ -49,7 +49,7 @@ macro_rules! insert_run_in {
 pub(super) const COLUMNS: &str = "id, automation_id, status, status_detail, trigger, attempt, \
     executor, executor_handle, output, error, plugin_log, created_at, started_at, finished_at, \
     timeout_at, updated_at, rerun_of, progress, \
-    (select d.payload from deliveries d where d.id = runs.event_id) as event_payload";
+    (select d.payload from delivery_payloads d where d.id = runs.event_id) as event_payload";
 
 /// The columns of a run as its driver takes it (claim, rescue): without
 /// the event payload, which the driver reads as text from the delivery
