@@ -88,11 +88,11 @@ impl Matcher {
     }
 
     /// This matcher, matching a batch on `front` (the runtime that
-    /// acknowledges deliveries) instead of the background when its oldest
-    /// delivery has waited longer than `after`: a burst is acknowledged
-    /// first and matched when the CPU is free, but a stream the background
-    /// cannot keep up with does not build a backlog without bound (it slows
-    /// the acknowledgements instead). A zero `after` never catches up.
+    /// acknowledges deliveries, at its priority) instead of with idle CPU
+    /// when its oldest delivery has waited longer than `after`: a burst is
+    /// acknowledged first and matched when the CPU is free, but a stream
+    /// that leaves no CPU idle does not build a backlog without bound (it
+    /// slows the acknowledgements instead). A zero `after` never catches up.
     pub fn catching_up_on(mut self, front: tokio::runtime::Handle, after: Duration) -> Matcher {
         self.catch_up = (!after.is_zero()).then_some((front, after));
         self
@@ -145,8 +145,8 @@ impl Matcher {
             // one commit. Evaluating two at a time drained the backlog ~30%
             // faster but took the second core from acknowledgements (16
             // senders on SQLite: 3,160/s -> 1,890/s, p99 15 -> 32 ms; see
-            // BENCHMARKS.md): the 202 is what senders wait for, so a batch
-            // is evaluated on the niced background unless it waited too long.
+            // BENCHMARKS.md): the 202 is what senders wait for, so a batch's
+            // filter calls get only idle CPU unless it waited too long.
             let oldest = claimed.iter().map(|d| d.received_at).min();
             let front = self
                 .catch_up
@@ -156,8 +156,8 @@ impl Matcher {
             catching_up = front.is_some();
             let priority = if catching_up { "catch_up" } else { "background" };
             let outcomes = match front {
-                None => self.clone().evaluate_all(claimed).await,
-                Some(front) => match front.spawn(self.clone().evaluate_all(claimed)).await {
+                None => self.clone().evaluate_all(claimed, Lane::Idle).await,
+                Some(front) => match front.spawn(self.clone().evaluate_all(claimed, Lane::Blocking)).await {
                     Ok(outcomes) => outcomes,
                     Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                     // The host is stopping; the batch stays claimed.
@@ -224,8 +224,9 @@ impl Matcher {
     async fn evaluate_all(
         self: Arc<Self>,
         claimed: Vec<PendingDelivery>,
+        lane: Lane,
     ) -> Vec<(PendingDelivery, Result<MatchRecord, crate::store::Error>)> {
-        let decisions = self.decide_all(&claimed, true).await;
+        let decisions = self.decide_all(&claimed, true, lane).await;
         claimed
             .into_iter()
             .zip(decisions)
@@ -302,6 +303,7 @@ impl Matcher {
         &self,
         deliveries: &[PendingDelivery],
         count: bool,
+        lane: Lane,
     ) -> Vec<Result<Decision, crate::store::Error>> {
         // What each delivery is decided by, and the plugin of each call.
         let mut prepared = Vec::with_capacity(deliveries.len());
@@ -340,27 +342,27 @@ impl Matcher {
             .filter_map(|p| p.as_mut().ok())
             .filter_map(|(.., event, calls)| event.take().map(|e| (e, std::mem::take(calls))))
             .collect();
-        let mut answers = if work.is_empty() {
-            Vec::new()
-        } else {
-            self.plugins
-                .blocking(move |rt| {
-                    work.iter()
-                        .map(|(event, calls)| {
-                            calls
-                                .iter()
-                                .map(|call| {
-                                    let (plugin, expressions) = call.as_ref().map_err(Clone::clone)?;
-                                    let (result, _) = rt.filter_matches(plugin, event, expressions);
-                                    result
-                                        .map(|v| v.into_iter().map(|r| r.map_err(|e| e.message)).collect())
-                                        .map_err(|e| e.to_string())
-                                })
-                                .collect::<Vec<FilterAnswer>>()
+        let any = !work.is_empty();
+        let calls = move |rt: &crate::plugins::Runtime| {
+            work.iter()
+                .map(|(event, calls)| {
+                    calls
+                        .iter()
+                        .map(|call| {
+                            let (plugin, expressions) = call.as_ref().map_err(Clone::clone)?;
+                            let (result, _) = rt.filter_matches(plugin, event, expressions);
+                            result
+                                .map(|v| v.into_iter().map(|r| r.map_err(|e| e.message)).collect())
+                                .map_err(|e| e.to_string())
                         })
-                        .collect::<Vec<_>>()
+                        .collect::<Vec<FilterAnswer>>()
                 })
-                .await
+                .collect::<Vec<_>>()
+        };
+        let mut answers = match lane {
+            _ if !any => Vec::new(),
+            Lane::Idle => self.plugins.idle(calls).await,
+            Lane::Blocking => self.plugins.blocking(calls).await,
         }
         .into_iter();
         prepared
@@ -481,7 +483,7 @@ impl Matcher {
             .flatten()
             .filter_map(|m| m["automation_id"].as_str().map(str::to_owned))
             .collect();
-        let decided = self.decide_all(&[PendingDelivery::from(delivery)], false).await.pop();
+        let decided = self.decide_all(&[PendingDelivery::from(delivery)], false, Lane::Blocking).await.pop();
         let Decision { key, index, verdicts } = decided.expect("one decision for one delivery")?;
         let mut verdict_of = verdicts.into_iter().peekable();
         let mut not_matched = Vec::new();
@@ -519,6 +521,16 @@ impl Matcher {
 fn behind(oldest: Option<chrono::DateTime<chrono::Utc>>, now: chrono::DateTime<chrono::Utc>, after: Duration) -> bool {
     let after = chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX);
     oldest.is_some_and(|t| now - t > after)
+}
+
+/// Where a batch's filter calls run.
+#[derive(Clone, Copy)]
+enum Lane {
+    /// On the thread that gets only idle CPU: matching in the background.
+    Idle,
+    /// On a blocking thread of the calling runtime: catching up (on the
+    /// front runtime), or an explanation someone asked for.
+    Blocking,
 }
 
 /// One filter call's answers (a verdict per expression), or why the call

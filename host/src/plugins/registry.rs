@@ -37,12 +37,17 @@ pub struct Registry {
     /// Bundled and directory plugins, to fall back to when an uploaded
     /// plugin of the same name is deleted.
     base: RwLock<BTreeMap<String, Arc<Plugin>>>,
+    /// The thread of [`Registry::idle`], started on first use.
+    idle: std::sync::OnceLock<std::sync::mpsc::Sender<IdleJob>>,
 }
+
+/// A call for the idle thread.
+type IdleJob = Box<dyn FnOnce(&Runtime) + Send>;
 
 impl Registry {
     /// An empty registry over a runtime.
     pub fn new(runtime: Arc<Runtime>) -> Registry {
-        Registry { runtime, plugins: RwLock::default(), base: RwLock::default() }
+        Registry { runtime, plugins: RwLock::default(), base: RwLock::default(), idle: std::sync::OnceLock::new() }
     }
 
     /// The runtime.
@@ -202,6 +207,50 @@ impl Registry {
         match tokio::task::spawn_blocking(move || f(&rt)).await {
             Ok(r) => r,
             Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+}
+
+impl Registry {
+    /// Runs a synchronous plugin call on a thread that gets the CPU only
+    /// when nothing else of the machine wants it (`SCHED_IDLE`; niceness 19
+    /// where that is refused): for work that may wait, such as matching a
+    /// backlog while deliveries are being acknowledged. One call at a time;
+    /// a call that panics fails alone.
+    pub async fn idle<R: Send + 'static>(&self, f: impl FnOnce(&Runtime) -> R + Send + 'static) -> R {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: IdleJob = Box::new(move |rt| {
+            let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(rt))));
+        });
+        let lane = self.idle.get_or_init(|| {
+            let (lane, jobs) = std::sync::mpsc::channel::<IdleJob>();
+            let rt = self.runtime.clone();
+            let started = std::thread::Builder::new().name("plugin-idle".into()).spawn(move || {
+                if let Err(e) = crate::sandbox::idle_thread_priority() {
+                    tracing::warn!(error = %e, "the idle plugin thread keeps its priority");
+                }
+                while let Ok(job) = jobs.recv() {
+                    job(&rt);
+                }
+            });
+            if let Err(e) = started {
+                // The jobs sent go nowhere and come back (below).
+                tracing::warn!(error = %e, "cannot start the idle plugin thread; its calls use the blocking pool");
+            }
+            lane
+        });
+        let job = match lane.send(job) {
+            Ok(()) => None,
+            Err(std::sync::mpsc::SendError(job)) => Some(job),
+        };
+        if let Some(job) = job {
+            let rt = self.runtime.clone();
+            let _ = tokio::task::spawn_blocking(move || job(&rt)).await;
+        }
+        match rx.await {
+            Ok(Ok(r)) => r,
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            Err(_) => panic!("the idle plugin call was dropped unanswered"),
         }
     }
 }

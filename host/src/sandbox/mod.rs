@@ -54,6 +54,15 @@ pub fn lower_thread_priority(nice: i32) -> Result<(), PriorityError> {
     sys::lower_priority(nice)
 }
 
+/// Makes the calling thread run only when the CPU is otherwise idle
+/// (`SCHED_IDLE`), or where that is refused, at niceness 19.
+pub fn idle_thread_priority() -> Result<(), PriorityError> {
+    match sys::idle_priority() {
+        Ok(()) => Ok(()),
+        Err(_) => sys::lower_priority(19),
+    }
+}
+
 /// How long a process may take to start (build its sandbox and `execve`).
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Payloads up to this size are also passed in `AUTOMATION_EVENT_PAYLOAD`.

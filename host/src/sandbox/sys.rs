@@ -79,6 +79,18 @@ pub(super) fn lower_priority(nice: i32) -> Result<(), PriorityError> {
     Ok(())
 }
 
+/// Moves the calling thread to `SCHED_IDLE`: it runs when no other thread
+/// of the machine wants the CPU.
+pub(super) fn idle_priority() -> nix::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param that outlives the call; 0 is
+    // the calling thread.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    Ok(())
+}
+
 /// Puts `SIGPIPE` back to its default action. The Rust runtime ignores it at
 /// start-up, and an ignored signal stays ignored across `execve`; a shell
 /// pipeline in a run expects the default.
