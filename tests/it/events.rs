@@ -18,6 +18,7 @@ db_tests!(
     an_events_payload_is_stored_once_for_all_its_runs,
     signature_schemes_verify_refuse_stale_and_dedup,
     automation_changes_reach_the_very_next_delivery,
+    a_backlog_that_waited_is_matched_at_the_acknowledgements_priority,
 );
 
 pub(crate) fn fixtures() -> Vec<(String, PathBuf)> {
@@ -573,4 +574,46 @@ async fn regex_filters_cannot_exhaust_the_filters_memory() {
     let d = wait_matched(&s, &id).await;
     assert_eq!(d["result"]["filter_errors"], json!([]), "{}", d["result"]);
     assert_eq!(d["result"]["matched"], json!([]), "none of them matches");
+}
+
+/// A batch whose oldest delivery waited longer than
+/// `AUTOMATION_MATCH_CATCH_UP_MS` is matched on the acknowledgements'
+/// runtime instead of with idle CPU: the same verdicts, counted apart.
+async fn a_backlog_that_waited_is_matched_at_the_acknowledgements_priority(backend: Backend) {
+    let mut env = server_env();
+    // Every batch has waited longer than this by the time it is claimed.
+    env.push(("AUTOMATION_MATCH_CATCH_UP_MS", "1"));
+    let s = TestServer::start_with(backend, &env).await;
+    let body = json!({
+        "name": "issues with a sender",
+        "trigger": {"type": "event", "source": "github", "on": ["issues.*"], "filter": "sender.login"},
+        "preset": {"name": "script", "config": {"script": "true"}},
+    });
+    let automation = s.post("/v1/automations", body).await.expect(201).id();
+    let issues: Vec<PathBuf> = fixtures().into_iter().filter(|(e, _)| e == "issues").map(|(_, p)| p).collect();
+    assert!(issues.len() >= 5, "{}", issues.len());
+    let mut acks = Vec::new();
+    for (i, path) in issues.iter().enumerate() {
+        let body = std::fs::read(path).unwrap();
+        let payload: Value = serde_json::from_slice(&body).unwrap();
+        let expect = payload["sender"]["login"].as_str().is_some_and(|l| !l.is_empty());
+        acks.push((deliver(&s, "issues", &format!("catch-up-{i}"), &body).await.expect(202).id(), expect));
+    }
+    for (id, expect) in &acks {
+        let d = wait_matched(&s, id).await;
+        let matched: Vec<&str> =
+            d["result"]["matched"].as_array().unwrap().iter().map(|m| m["automation_id"].as_str().unwrap()).collect();
+        if *expect {
+            assert_eq!(matched, [automation.as_str()], "{d}");
+        } else {
+            assert!(matched.is_empty(), "{d}");
+        }
+    }
+    let metrics = s.raw(Method::GET, "/metrics", &[], vec![]).await.expect(200).text;
+    let count = |priority: &str| -> u64 {
+        let prefix = format!("automation_event_matched_total{{priority=\"{priority}\"}} ");
+        metrics.lines().find_map(|l| l.strip_prefix(prefix.as_str())).map_or(0, |v| v.trim().parse().unwrap())
+    };
+    assert!(count("catch_up") > 0, "{metrics}");
+    assert_eq!(count("catch_up") + count("background"), acks.len() as u64, "{metrics}");
 }
