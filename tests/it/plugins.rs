@@ -10,6 +10,7 @@ db_tests!(
     filters_evaluate_through_the_real_component,
     automations_name_plugins_of_the_right_kind,
     misbehaving_plugins_fail_their_own_call,
+    hostile_filters_in_matching_fail_only_their_own_verdicts,
     uploads_are_checked_persisted_and_deletable,
     a_plugin_replaced_under_load_loses_no_call,
     kv_state_is_granted_and_kept_in_the_database,
@@ -323,4 +324,62 @@ async fn an_expression_that_exhausts_memory_fails_only_its_call() {
     s.get("/v1/plugins").await.expect(200);
     let ok = s.post("/v1/filters/evaluate", json!({"filter": "a == `1`", "payload": {"a": 1}})).await.expect(200);
     assert_eq!(ok.body["matches"], true);
+}
+
+/// The matcher's background filter calls share one thread that gets only
+/// idle CPU (`Registry::idle`). A filter that spins to its deadline, one
+/// that exhausts its memory and one that panics, all called there, fail
+/// only their own automation's verdict, with the reason on the automation;
+/// the thread serves the next delivery and the good filter still decides.
+async fn hostile_filters_in_matching_fail_only_their_own_verdicts(backend: Backend) {
+    let env = [
+        ("AUTOMATION_GITHUB_WEBHOOK_SECRET", crate::events::SECRET),
+        ("AUTOMATION_NO_DISPATCH", "true"),
+        // Never catch up: every batch goes through the idle lane.
+        ("AUTOMATION_MATCH_CATCH_UP_MS", "0"),
+    ];
+    let s = TestServer::start_with(backend, &env).await;
+    let automation = |name: &str, plugin: &str, filter: &str| {
+        json!({
+            "name": name,
+            "trigger": {"type": "event", "source": "github", "on": ["issues.*"], "filter": filter, "filter_plugin": plugin},
+            "preset": {"name": "script", "config": {"script": "true"}},
+        })
+    };
+    let good = s.post("/v1/automations", automation("good", "jmespath", "sender.login")).await.expect(201).id();
+    let mut hostile = Vec::new();
+    for (name, file, needle) in [
+        ("spin", "test_spin_filter.wasm", "deadline"),
+        ("membomb", "test_membomb_filter.wasm", "memory limit"),
+        ("panics", "test_panic_filter.wasm", "crashed"),
+    ] {
+        put_plugin(&s, name, "kind=filter", guest(file)).await.expect(201);
+        let id = s.post("/v1/automations", automation(name, name, "a")).await.expect(201).id();
+        hostile.push((id, needle));
+    }
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/github-webhooks/issues/labeled.payload.json");
+    let body = std::fs::read(&path).unwrap();
+    for n in 0..2 {
+        let id = crate::events::deliver(&s, "issues", &format!("hostile-{n}"), &body).await.expect(202).id();
+        let d = crate::events::wait_matched(&s, &id).await;
+        let matched: Vec<&str> =
+            d["result"]["matched"].as_array().unwrap().iter().map(|m| m["automation_id"].as_str().unwrap()).collect();
+        assert_eq!(matched, [good.as_str()], "{d}");
+        let errors = d["result"]["filter_errors"].as_array().unwrap();
+        assert_eq!(errors.len(), hostile.len(), "{d}");
+        for (automation, needle) in &hostile {
+            let e = errors.iter().find(|e| e["automation_id"] == automation.as_str()).unwrap_or_else(|| panic!("{d}"));
+            assert!(e["error"].as_str().unwrap().contains(needle), "{needle}: {e}");
+        }
+    }
+    for (automation, needle) in &hostile {
+        let a = s.get(&format!("/v1/automations/{automation}")).await.expect(200).body;
+        assert_eq!(a["filter_errors"]["count"], 2, "{a}");
+        assert!(a["filter_errors"]["last_error"].as_str().unwrap().contains(needle), "{a}");
+    }
+    s.raw(Method::GET, "/health", &[], vec![]).await.expect(200);
+    let metrics = s.raw(Method::GET, "/metrics", &[], vec![]).await.expect(200).text;
+    assert!(metrics.contains("automation_event_matched_total{priority=\"background\"} 2"), "{metrics}");
+    assert!(!metrics.contains("priority=\"catch_up\"} "), "{metrics}");
 }
