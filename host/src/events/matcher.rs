@@ -293,8 +293,8 @@ impl Matcher {
     /// Decides deliveries against their sources' automations: for each, a
     /// verdict for every automation whose `on` matches its key (the index
     /// finds them; the others are not looked at), with one filter call per
-    /// plugin. Every filter call of the batch is made in one trip to a
-    /// blocking thread: a trip per delivery waited for a thread of a busy
+    /// plugin. Every filter call of the batch is made in one trip to the
+    /// `lane`'s thread: a trip per delivery waited for a thread of a busy
     /// runtime each time, which was most of the matching time while
     /// deliveries were being acknowledged. `count` records the filter
     /// verdicts in the metrics (matching does, an explanation read later
