@@ -32,6 +32,7 @@ use jmespath::{Context, Expression, JmespathError, Rcvar, Runtime, Variable};
 
 use crate::compat::{self, PythonOrdering, legacy_literals};
 use crate::fnmatch::fnmatch;
+use crate::prune::Needs;
 use crate::pyre::PyRegex;
 
 /// Why an expression could not be compiled or evaluated. The text is shown to
@@ -188,23 +189,36 @@ impl Engine {
         payload: &str,
         expressions: &[S],
     ) -> Vec<Result<bool, EvalError>> {
-        let data = match parse_payload(payload) {
+        let compiled: Vec<_> = expressions.iter().map(|expression| cache.compile(self, expression.as_ref())).collect();
+        // Only what the batch's expressions can see is built (see `prune`).
+        let needs = cache.needs(expressions, &compiled);
+        let data = match parse_pruned(payload, &needs) {
             Ok(data) => data,
             Err(err) => return expressions.iter().map(|_| Err(err.clone())).collect(),
         };
         let mut seen: HashMap<&str, Result<bool, EvalError>> = HashMap::new();
         expressions
             .iter()
-            .map(|expression| {
-                let expression = expression.as_ref();
-                seen.entry(expression)
-                    .or_insert_with(|| match &*cache.compile(self, expression) {
+            .zip(&compiled)
+            .map(|(expression, compiled)| {
+                seen.entry(expression.as_ref())
+                    .or_insert_with(|| match &**compiled {
                         Ok(compiled) => self.evaluate(compiled, &data).map(|result| python_truthy(&result)),
                         Err(err) => Err(err.clone()),
                     })
                     .clone()
             })
             .collect()
+    }
+
+    /// Compiles one expression and evaluates it against a JSON payload
+    /// parsed as [`Engine::matches`] parses it (only the parts the
+    /// expression can see), returning the plain JMESPath result.
+    pub fn search_pruned(&self, expression: &str, payload: &str) -> Result<Rcvar, EvalError> {
+        let compiled = self.compile(expression)?;
+        let mut needs = Needs::new();
+        needs.add(compiled.as_ast());
+        self.evaluate(&compiled, &parse_pruned(payload, &needs)?)
     }
 }
 
@@ -225,7 +239,14 @@ pub const EXPRESSION_CACHE_LIMIT: usize = 16_384;
 /// the component keeps one cache per instance.
 pub struct ExpressionCache<'a> {
     compiled: RefCell<HashMap<String, Rc<Result<Expression<'a>, EvalError>>>>,
+    /// What recent batches of expressions need of a payload, most recent
+    /// first: the host sends one event key's candidates in the same order
+    /// each time, so a few lists cover a deployment's traffic.
+    needs: RefCell<Vec<(Vec<String>, Rc<Needs>)>>,
 }
+
+/// How many batches' [`Needs`] an [`ExpressionCache`] keeps.
+const NEEDS_CACHE_LIMIT: usize = 8;
 
 impl Default for ExpressionCache<'_> {
     fn default() -> Self {
@@ -236,7 +257,7 @@ impl Default for ExpressionCache<'_> {
 impl<'a> ExpressionCache<'a> {
     /// An empty cache.
     pub fn new() -> Self {
-        Self { compiled: RefCell::new(HashMap::new()) }
+        Self { compiled: RefCell::new(HashMap::new()), needs: RefCell::new(Vec::new()) }
     }
 
     /// The compiled form of `expression`, compiling it on a miss.
@@ -251,6 +272,30 @@ impl<'a> ExpressionCache<'a> {
         }
         map.insert(expression.to_owned(), compiled.clone());
         compiled
+    }
+
+    /// What the batch `expressions` (compiled as `compiled`) needs of a
+    /// payload, worked out on a miss. An expression that does not compile
+    /// needs nothing: its answer is the compile error.
+    fn needs<S: AsRef<str>>(&self, expressions: &[S], compiled: &[Rc<Result<Expression<'a>, EvalError>>]) -> Rc<Needs> {
+        let same = |list: &[String]| {
+            list.len() == expressions.len() && list.iter().zip(expressions).all(|(a, b)| a == b.as_ref())
+        };
+        let mut recent = self.needs.borrow_mut();
+        if let Some(at) = recent.iter().position(|(list, _)| same(list)) {
+            let hit = recent.remove(at);
+            let needs = hit.1.clone();
+            recent.insert(0, hit);
+            return needs;
+        }
+        let mut needs = Needs::new();
+        for expression in compiled.iter().filter_map(|c| c.as_ref().as_ref().ok()) {
+            needs.add(expression.as_ast());
+        }
+        let needs = Rc::new(needs);
+        recent.truncate(NEEDS_CACHE_LIMIT - 1);
+        recent.insert(0, (expressions.iter().map(|e| e.as_ref().to_owned()).collect(), needs.clone()));
+        needs
     }
 
     /// How many expressions are cached.
@@ -297,9 +342,12 @@ fn check_structure(expression: &str) -> Result<(), EvalError> {
 
 /// Parses an event payload (JSON text) into a JMESPath value.
 pub fn parse_payload(payload: &str) -> Result<Rcvar, EvalError> {
-    Variable::from_json(payload)
-        .map(Rcvar::new)
-        .map_err(|err| EvalError::new(format!("the event payload is not valid JSON: {err}")))
+    parse_pruned(payload, &Needs::everything())
+}
+
+/// Parses an event payload, building only what `needs` reaches.
+fn parse_pruned(payload: &str, needs: &Needs) -> Result<Rcvar, EvalError> {
+    needs.parse(payload).map_err(|err| EvalError::new(format!("the event payload is not valid JSON: {err}")))
 }
 
 /// Python's `bool()` of a JMESPath result, which is how the reference service

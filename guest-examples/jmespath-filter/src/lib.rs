@@ -11,6 +11,7 @@
 mod compat;
 pub mod eval;
 pub mod fnmatch;
+pub mod prune;
 pub mod pyre;
 
 use eval::{Engine, EvalError, ExpressionCache};

@@ -19,7 +19,7 @@ fn lit(s: &str) -> String {
 }
 
 /// Every payload file, sorted.
-fn payload_files() -> Vec<PathBuf> {
+pub(crate) fn payload_files() -> Vec<PathBuf> {
     let root = fixtures_dir().join("github-webhooks");
     let mut files = Vec::new();
     for event_dir in fs::read_dir(&root).unwrap() {
@@ -39,7 +39,7 @@ fn payload_files() -> Vec<PathBuf> {
 }
 
 /// Expressions with their expected outcome for one payload.
-fn cases_for(event: &str, payload: &Value) -> Vec<(String, bool)> {
+pub(crate) fn cases_for(event: &str, payload: &Value) -> Vec<(String, bool)> {
     let mut cases = vec![
         ("@".to_owned(), true),
         ("this_field_does_not_exist".to_owned(), false),

@@ -13,3 +13,7 @@ mod compliance;
 
 /// Real GitHub webhook payloads.
 mod github_webhooks;
+
+/// The parser that builds only what expressions can see gives the same
+/// results as the whole payload.
+mod prune;
