@@ -369,8 +369,11 @@ pub struct Config {
     /// first and matched in the background, while a stream the background
     /// cannot keep up with slows the acknowledgements a little instead of
     /// building a backlog without bound. 0 never catches up (matching always
-    /// yields).
-    #[arg(long, env = "AUTOMATION_MATCH_CATCH_UP_MS", default_value_t = 500, global = true)]
+    /// yields). 250: with 500 a steady stream kept a backlog of about half a
+    /// second of deliveries, which alone cost 0.05-0.08 of the matched rate
+    /// in the 8 s benchmark window; 250 halved it and cost the mixed case
+    /// nothing measurable (BENCHMARKS.md, "2026-12-08 (third)").
+    #[arg(long, env = "AUTOMATION_MATCH_CATCH_UP_MS", default_value_t = 250, global = true)]
     pub match_catch_up_ms: u64,
 
     /// Scheduling niceness of sandboxed runs, 0-19 (higher yields more CPU
