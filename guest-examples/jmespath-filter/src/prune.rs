@@ -393,6 +393,9 @@ mod tests {
         // What is skipped is still checked as JSON.
         assert!(needs.parse(r#"{"d": [1, }"#).is_err());
         assert!(needs.parse(r#"{"a": []} x"#).is_err());
-        assert_eq!(*Needs::everything().parse("[1, {\"x\": 2}]").unwrap(), Variable::from_json("[1, {\"x\": 2}]").unwrap());
+        assert_eq!(
+            *Needs::everything().parse("[1, {\"x\": 2}]").unwrap(),
+            Variable::from_json("[1, {\"x\": 2}]").unwrap()
+        );
     }
 }
