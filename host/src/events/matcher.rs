@@ -61,6 +61,9 @@ pub struct Matcher {
     /// Where a batch that waited too long is matched (the acknowledgements'
     /// runtime, whose threads are not niced), and after how long.
     catch_up: Option<(tokio::runtime::Handle, Duration)>,
+    /// How many parts a catching-up batch's filter calls are split into:
+    /// the cores, at most the two kept instances a filter has.
+    cores: usize,
 }
 
 impl Matcher {
@@ -84,6 +87,7 @@ impl Matcher {
             wake: Notify::new(),
             cache: Mutex::default(),
             catch_up: None,
+            cores: std::thread::available_parallelism().map_or(1, usize::from).min(crate::plugins::WARM_PER_PLUGIN),
         }
     }
 
@@ -342,27 +346,19 @@ impl Matcher {
             .filter_map(|p| p.as_mut().ok())
             .filter_map(|(.., event, calls)| event.take().map(|e| (e, std::mem::take(calls))))
             .collect();
-        let any = !work.is_empty();
-        let calls = move |rt: &crate::plugins::Runtime| {
-            work.iter()
-                .map(|(event, calls)| {
-                    calls
-                        .iter()
-                        .map(|call| {
-                            let (plugin, expressions) = call.as_ref().map_err(Clone::clone)?;
-                            let (result, _) = rt.filter_matches(plugin, event, expressions);
-                            result
-                                .map(|v| v.into_iter().map(|r| r.map_err(|e| e.message)).collect())
-                                .map_err(|e| e.to_string())
-                        })
-                        .collect::<Vec<FilterAnswer>>()
-                })
-                .collect::<Vec<_>>()
-        };
         let mut answers = match lane {
-            _ if !any => Vec::new(),
-            Lane::Idle => self.plugins.idle(calls).await,
-            Lane::Blocking => self.plugins.blocking(calls).await,
+            _ if work.is_empty() => Vec::new(),
+            Lane::Idle => self.plugins.idle(move |rt| filter_calls(rt, &work)).await,
+            // Catching up, the batch is split across the cores: each part
+            // takes a kept instance of its own (filters keep two).
+            Lane::Blocking => {
+                let parts = split_evenly(work, self.cores);
+                let answered = futures::future::join_all(
+                    parts.into_iter().map(|part| self.plugins.blocking(move |rt| filter_calls(rt, &part))),
+                )
+                .await;
+                answered.into_iter().flatten().collect()
+            }
         }
         .into_iter();
         prepared
@@ -522,6 +518,38 @@ fn behind(oldest: Option<chrono::DateTime<chrono::Utc>>, now: chrono::DateTime<c
     let after = chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX);
     oldest.is_some_and(|t| now - t > after)
 }
+
+/// Each delivery's filter calls, in order, on the calling thread.
+fn filter_calls(rt: &crate::plugins::Runtime, work: &[(FilterEvent, Vec<PreparedCall>)]) -> Vec<Vec<FilterAnswer>> {
+    work.iter()
+        .map(|(event, calls)| {
+            calls
+                .iter()
+                .map(|call| {
+                    let (plugin, expressions) = call.as_ref().map_err(Clone::clone)?;
+                    let (result, _) = rt.filter_matches(plugin, event, expressions);
+                    result.map(|v| v.into_iter().map(|r| r.map_err(|e| e.message)).collect()).map_err(|e| e.to_string())
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// `items` in at most `parts` consecutive runs of nearly equal length (none
+/// empty), so that concatenating them gives `items` back in order.
+fn split_evenly<T>(items: Vec<T>, parts: usize) -> Vec<Vec<T>> {
+    let parts = parts.clamp(1, items.len().max(1));
+    let (size, extra) = (items.len() / parts, items.len() % parts);
+    let mut items = items.into_iter();
+    (0..parts)
+        .map(|i| items.by_ref().take(size + usize::from(i < extra)).collect())
+        .filter(|p: &Vec<T>| !p.is_empty())
+        .collect()
+}
+
+/// A filter call ready to make: the plugin and the expressions, or why the
+/// plugin cannot be called.
+type PreparedCall = Result<(Arc<crate::plugins::Plugin>, Arc<Vec<String>>), String>;
 
 /// Where a batch's filter calls run.
 #[derive(Clone, Copy)]
@@ -692,6 +720,18 @@ impl SourceIndex {
 #[cfg(test)]
 mod index_tests {
     use super::*;
+
+    #[test]
+    fn a_batch_splits_into_even_ordered_parts() {
+        let cases: [(usize, usize, &[usize]); 6] =
+            [(0, 2, &[]), (1, 2, &[1]), (5, 2, &[3, 2]), (6, 2, &[3, 3]), (7, 3, &[3, 2, 2]), (4, 0, &[4])];
+        for (n, parts, sizes) in cases {
+            let items: Vec<usize> = (0..n).collect();
+            let split = split_evenly(items.clone(), parts);
+            assert_eq!(split.iter().map(Vec::len).collect::<Vec<_>>(), sizes, "{n} in {parts}");
+            assert_eq!(split.concat(), items, "{n} in {parts}: order kept");
+        }
+    }
 
     #[test]
     fn a_batch_catches_up_only_once_its_oldest_delivery_waited_too_long() {

@@ -59,7 +59,8 @@ use self::convert::{
     status_from_wit, verdicts,
 };
 use self::limits::{deadline_ticks, filter_matches_limits};
-use self::warm::{WARM_CALLS, WARM_PER_PLUGIN, WarmFilter, WarmSlot};
+pub(crate) use self::warm::WARM_PER_PLUGIN;
+use self::warm::{WARM_CALLS, WarmFilter, WarmSlot};
 
 /// The fuel a metered store starts with: effectively unlimited (deadlines
 /// come from epochs); what is left tells what the call used.

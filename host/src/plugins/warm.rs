@@ -12,9 +12,10 @@ use super::host::HostState;
 /// fresh one, so whatever a filter accumulates is bounded in time too.
 pub(super) const WARM_CALLS: u32 = 10_000;
 
-/// Most idle instances kept per filter plugin. The matcher calls one at a
-/// time; the rest serve `POST /v1/filters/evaluate` and validation.
-pub(super) const WARM_PER_PLUGIN: usize = 2;
+/// Most idle instances kept per filter plugin. The matcher uses one, or two
+/// at once when it catches up on two cores; the rest serve `POST
+/// /v1/filters/evaluate` and validation.
+pub(crate) const WARM_PER_PLUGIN: usize = 2;
 
 /// Most instances kept across all filter plugins: kept instances hold slots
 /// of the pooling allocator, which every other call needs too.
