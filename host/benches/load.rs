@@ -21,7 +21,9 @@
 //! - scale: matching cost with 100 / 1,000 / 10,000 automations and 1 KB / 14 KB / 1 MB payloads.
 //!
 //! `LOAD_HOST_BINARY=/path/to/automation-host` runs the scenarios against
-//! another build (an interleaved A/B against older code, for example).
+//! another build (an interleaved A/B against older code, for example); copy
+//! that build's `automation-sandbox` next to it, or the sandbox falls back to
+//! re-executing the whole host per run (the driver refuses to start then).
 
 #![allow(missing_docs)]
 
@@ -101,8 +103,20 @@ fn start(db_url: Option<&str>, env: &[(&str, &str)]) -> Server {
 }
 
 /// The binary under test: this build's, or `LOAD_HOST_BINARY`.
+///
+/// The sandbox's launcher must be next to it: without it the host
+/// re-executes itself for every sandboxed process, which once took 39% of
+/// the machine's CPU in an A/B run of copied binaries and made the mixed
+/// scenario measure that instead.
 fn host_binary() -> String {
-    std::env::var("LOAD_HOST_BINARY").unwrap_or_else(|_| env!("CARGO_BIN_EXE_automation-host").to_owned())
+    let host = std::env::var("LOAD_HOST_BINARY").unwrap_or_else(|_| env!("CARGO_BIN_EXE_automation-host").to_owned());
+    let launcher = Path::new(&host).with_file_name("automation-sandbox");
+    assert!(
+        launcher.is_file(),
+        "{} is missing: copy the build's automation-sandbox next to {host}",
+        launcher.display()
+    );
+    host
 }
 
 fn start_at(data_dir: &Path, db_url: Option<&str>, env: &[(&str, &str)]) -> Server {
