@@ -308,7 +308,7 @@ async fn ingest(
         payload,
         received_at: crate::model::now(),
     };
-    match state.ingest.submit(delivery).await.map_err(Error::Unavailable)? {
+    match state.ingest.submit(delivery).await.map_err(|e| Error::Unavailable(e.to_string()))? {
         Stored::New(id) => {
             let status = if event_key.is_some() { "accepted" } else { "unrecognized" };
             Ok((StatusCode::ACCEPTED, Json(Ack { id, status, event_key })))

@@ -28,12 +28,21 @@ use crate::store::{NewDelivery, Store, Stored};
 /// Most deliveries in one commit.
 const MAX_GROUP: usize = 512;
 
-/// What a sender is told when its delivery could not be stored.
-const UNSTORED: &str = "this host cannot store deliveries right now; nothing was stored, retry later";
+/// Why a delivery was not stored; the text is what its sender is told
+/// (what went wrong inside is logged, not sent to unauthenticated senders).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IngestError {
+    /// The commit failed: nothing of its group was stored.
+    #[error("this host cannot store deliveries right now; nothing was stored, retry later")]
+    Unstored,
+    /// The committer has stopped.
+    #[error("the host is shutting down")]
+    ShuttingDown,
+}
 
 /// The ingestion front: hands deliveries to the group committer.
 pub struct Ingest {
-    commit: GroupCommit<NewDelivery, Result<Stored, String>>,
+    commit: GroupCommit<NewDelivery, Result<Stored, IngestError>>,
 }
 
 impl Ingest {
@@ -54,8 +63,8 @@ impl Ingest {
 
     /// Stores a delivery durably; returns once it is committed (or found to
     /// be a duplicate).
-    pub async fn submit(&self, delivery: NewDelivery) -> Result<Stored, String> {
-        self.commit.submit(delivery).await.unwrap_or_else(|| Err("the host is shutting down".to_owned()))
+    pub async fn submit(&self, delivery: NewDelivery) -> Result<Stored, IngestError> {
+        self.commit.submit(delivery).await.unwrap_or(Err(IngestError::ShuttingDown))
     }
 }
 
@@ -66,7 +75,7 @@ async fn commit(
     matcher: &matcher::Matcher,
     metrics: &Metrics,
     batch: &[NewDelivery],
-) -> Vec<Result<Stored, String>> {
+) -> Vec<Result<Stored, IngestError>> {
     let started = std::time::Instant::now();
     let result = store.insert_deliveries(batch).await;
     metrics.delivery_commit.observe(started.elapsed().as_secs_f64());
@@ -85,7 +94,7 @@ async fn commit(
             tracing::error!(error = %e, deliveries = batch.len(), "storing deliveries failed; answering 503");
             metrics.background_errors.add("ingest", 1);
             metrics.deliveries.add("store_failed", batch.len() as u64);
-            batch.iter().map(|_| Err(UNSTORED.to_owned())).collect()
+            batch.iter().map(|_| Err(IngestError::Unstored)).collect()
         }
     }
 }
